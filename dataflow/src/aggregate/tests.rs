@@ -1,0 +1,224 @@
+//! The aggregates against a from-scratch fold, with 1, 2 and 3 workers, without Kafka.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::consolidation::consolidate;
+use differential_dataflow::input::Input;
+
+use super::*;
+
+/// Deterministic pseudo-random lines over a few epochs, with cancellations, guests, zero
+/// prices, large quantities and big invoices so that every rule and aggregate is exercised.
+fn sample_lines(n: usize) -> Vec<Line> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |m: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % m
+    };
+    let countries = ["United Kingdom", "France", "Germany", "EIRE", "Spain"];
+    (0..n)
+        .map(|i| {
+            let invoice_no = i as u64 / 4;
+            let cancel = next(20) == 0;
+            let customer = (next(4) != 0).then(|| format!("{}", 12_000 + next(30)));
+            let mut quantity = 1 + next(24) as i64;
+            if next(500) == 0 {
+                quantity = 12_000;
+            }
+            if cancel {
+                quantity = -quantity;
+            }
+            let unit_price_milli = if next(100) == 0 {
+                0
+            } else {
+                10 + next(20_000) as i64
+            };
+            Line {
+                epoch: invoice_no / 25,
+                invoice: format!("{}{}", if cancel { "C" } else { "" }, 500_000 + invoice_no),
+                stock_code: format!("P{:03}", next(40)),
+                customer,
+                country: countries[next(5) as usize].to_owned(),
+                quantity,
+                unit_price_milli,
+                late: next(50) == 0,
+            }
+        })
+        .collect()
+}
+
+/// Runs the aggregates on `workers` workers and returns every output update.
+fn run(lines: &[Line], workers: usize, rules: AlertRules) -> Vec<(Output, u64, isize)> {
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&collected);
+    let lines = lines.to_vec();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let sink = Arc::clone(&sink);
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, lines) = scope.new_collection::<Line, isize>();
+            build(lines, rules).inspect(move |(o, t, r)| {
+                sink.lock().unwrap().push((o.clone(), *t, *r));
+            });
+            input
+        });
+        if worker.index() == 0 {
+            let mut sorted = lines.clone();
+            sorted.sort_by_key(|l| l.epoch);
+            for line in sorted {
+                let epoch = line.epoch;
+                input.update_at(line, epoch, 1);
+            }
+        }
+        input.close();
+    })
+    .expect("timely runs");
+    let mut updates = collected.lock().unwrap().clone();
+    consolidate_triples(&mut updates);
+    updates
+}
+
+fn consolidate_triples(updates: &mut Vec<(Output, u64, isize)>) {
+    let mut pairs: Vec<((Output, u64), isize)> =
+        updates.drain(..).map(|(o, t, r)| ((o, t), r)).collect();
+    consolidate(&mut pairs);
+    updates.extend(pairs.into_iter().map(|((o, t), r)| (o, t, r)));
+}
+
+/// The final state: every output row whose accumulated count is positive.
+fn final_state(updates: &[(Output, u64, isize)]) -> BTreeSet<Output> {
+    let mut counts: BTreeMap<&Output, isize> = BTreeMap::new();
+    for (o, _, r) in updates {
+        *counts.entry(o).or_default() += r;
+    }
+    counts
+        .into_iter()
+        .filter(|(_, c)| {
+            assert!(*c == 0 || *c == 1, "an output row is counted {c} times");
+            *c == 1
+        })
+        .map(|(o, _)| o.clone())
+        .collect()
+}
+
+fn top(by_product: &BTreeMap<String, i64>, n: usize) -> Ranked {
+    let mut ranked: Vec<(String, i64)> = by_product.iter().map(|(p, r)| (p.clone(), *r)).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(n);
+    ranked
+}
+
+/// The expected final state, folded over the lines directly.
+fn fold(lines: &[Line], rules: AlertRules) -> BTreeSet<Output> {
+    let add = |acc: &mut Sums, l: &Line| {
+        let s = l.sums();
+        acc.lines += s.lines;
+        acc.units += s.units;
+        acc.revenue_milli += s.revenue_milli;
+        acc.cancellation_lines += s.cancellation_lines;
+        acc.cancellation_value_milli += s.cancellation_value_milli;
+        acc.late_lines += s.late_lines;
+    };
+    let mut total = Sums::default();
+    let mut countries: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut epochs: BTreeMap<u64, Sums> = BTreeMap::new();
+    let mut epoch_invoices: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
+    let mut invoices = BTreeSet::new();
+    let mut customers = BTreeSet::new();
+    let mut products: BTreeMap<String, i64> = BTreeMap::new();
+    let mut epoch_products: BTreeMap<u64, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut invoice_value: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut bursts: BTreeMap<(u64, &str), i64> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for l in lines {
+        add(&mut total, l);
+        add(countries.entry(l.country.clone()).or_default(), l);
+        add(epochs.entry(l.epoch).or_default(), l);
+        epoch_invoices
+            .entry(l.epoch)
+            .or_default()
+            .insert(&l.invoice);
+        invoices.insert(&l.invoice);
+        if let Some(c) = &l.customer {
+            customers.insert(c);
+            if l.is_cancellation() {
+                *bursts.entry((l.epoch, c)).or_default() += 1;
+            }
+        }
+        *products.entry(l.stock_code.clone()).or_default() += l.value_milli();
+        *epoch_products
+            .entry(l.epoch)
+            .or_default()
+            .entry(l.stock_code.clone())
+            .or_default() += l.value_milli();
+        *invoice_value.entry(&l.invoice).or_default() += l.value_milli();
+        out.extend(rules.line_alerts(l).map(Output::Alert));
+    }
+    total.invoices = invoices.len() as i64;
+    total.customers = customers.len() as i64;
+    out.insert(Output::Totals(total));
+    out.extend(countries.into_iter().map(|(c, s)| Output::Country(c, s)));
+    out.insert(Output::TopProducts(top(&products, TOP_PRODUCTS)));
+    for (e, mut s) in epochs {
+        s.invoices = epoch_invoices[&e].len() as i64;
+        let ps = epoch_products.remove(&e).unwrap_or_default();
+        out.insert(Output::Epoch(e, s, top(&ps, TOP_PRODUCTS_PER_EPOCH)));
+    }
+    for (invoice, value) in invoice_value {
+        out.extend(rules.invoice_alert(invoice, value).map(Output::Alert));
+    }
+    for ((epoch, customer), n) in bursts {
+        out.extend(
+            rules
+                .cancellation_alert(epoch, customer, n)
+                .map(Output::Alert),
+        );
+    }
+    out
+}
+
+#[test]
+fn aggregates_equal_a_fold_for_any_worker_count() {
+    let lines = sample_lines(4_000);
+    let rules = AlertRules {
+        invoice_value_milli: 300_000,
+        quantity: 10_000,
+        cancellations_per_epoch: 2,
+    };
+    let expected = fold(&lines, rules);
+    // The sample must exercise every alert rule, or the comparison proves little.
+    for rule in [
+        "large_invoice",
+        "non_positive_price",
+        "large_quantity",
+        "cancellation_burst",
+    ] {
+        assert!(
+            expected
+                .iter()
+                .any(|o| matches!(o, Output::Alert(a) if a.rule() == rule)),
+            "sample raises no {rule}"
+        );
+    }
+    let one = run(&lines, 1, rules);
+    assert_eq!(final_state(&one), expected);
+    for workers in [2, 3] {
+        let many = run(&lines, workers, rules);
+        assert_eq!(
+            many, one,
+            "{workers} workers differ from 1 in some epoch's changes"
+        );
+    }
+}
+
+#[test]
+fn epochs_only_change_at_their_own_time() {
+    let lines = sample_lines(1_000);
+    for (o, t, _) in run(&lines, 2, AlertRules::default()) {
+        if let Output::Epoch(e, ..) = o {
+            assert_eq!(e, t, "epoch {e} changed at time {t}");
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Event time to epochs, with a watermark per Kafka partition.
+//!
+//! A record belongs to the epoch of its InvoiceDate (`seconds / epoch_len`). Each partition
+//! remembers the latest epoch it has shown; a record more than `lateness` epochs older than that
+//! is *late* and is folded into the partition's earliest still-open epoch. The assignment thus
+//! depends only on the order of records within their own partition, never on which worker reads
+//! the partition or when, which is what makes results identical for any worker count.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Parses a duration such as `500ms`, `30s`, `15m`, `1h`, `1d` (a bare number means seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 30s, 1h or 1d, got {text:?}"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        "w" => secs(604_800),
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {text:?} (ms, s, m, h, d, w)"
+            ));
+        }
+    })
+}
+
+/// Maps event time to epoch numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochClock {
+    /// Epoch length in seconds (at least 1).
+    pub epoch_secs: u64,
+    /// How many epochs behind its partition's latest a record may be and still count on time.
+    pub lateness_epochs: u64,
+}
+
+impl EpochClock {
+    /// `lateness` is rounded up to whole epochs.
+    pub fn new(epoch: Duration, lateness: Duration) -> Result<EpochClock, String> {
+        let epoch_secs = epoch.as_secs();
+        if epoch_secs == 0 || epoch.subsec_nanos() != 0 {
+            return Err(format!(
+                "--epoch must be a whole number of seconds, at least 1s (got {epoch:?})"
+            ));
+        }
+        Ok(EpochClock {
+            epoch_secs,
+            lateness_epochs: lateness.as_secs().div_ceil(epoch_secs),
+        })
+    }
+
+    /// The epoch of an event time (seconds since 1970; earlier times fall into epoch 0).
+    pub fn epoch_of(&self, event_secs: i64) -> u64 {
+        u64::try_from(event_secs).unwrap_or(0) / self.epoch_secs
+    }
+
+    /// Seconds since 1970 at which `epoch` starts.
+    pub fn start_secs(&self, epoch: u64) -> i64 {
+        i64::try_from(epoch.saturating_mul(self.epoch_secs)).unwrap_or(i64::MAX)
+    }
+
+    /// The start of `epoch` as ISO-8601, the label used in every output.
+    pub fn label(&self, epoch: u64) -> EpochLabel {
+        EpochLabel(self.start_secs(epoch))
+    }
+}
+
+/// Displays an epoch by its start time, `YYYY-MM-DDTHH:MM:SS`.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochLabel(i64);
+
+impl fmt::Display for EpochLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match chrono::DateTime::from_timestamp(self.0, 0) {
+            Some(t) => write!(
+                f,
+                "{}",
+                t.naive_utc().format(retail_common::time::WIRE_FORMAT)
+            ),
+            None => write!(f, "@{}", self.0),
+        }
+    }
+}
+
+/// Where one record lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub epoch: u64,
+    /// The record was older than its partition's watermark and was moved forward.
+    pub late: bool,
+}
+
+/// The watermark state of one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionClock {
+    /// Latest epoch this partition has shown, if any record was seen.
+    latest: Option<u64>,
+    /// Lower bound imposed from outside: set when an idle partition wakes up behind the
+    /// worker's frontier (the one wall-clock influence, see `--idle-timeout`).
+    floor: u64,
+}
+
+impl PartitionClock {
+    /// The earliest epoch this partition may still add records to.
+    pub fn open_from(&self, clock: &EpochClock) -> u64 {
+        let watermark = self
+            .latest
+            .map_or(0, |e| e.saturating_sub(clock.lateness_epochs));
+        watermark.max(self.floor)
+    }
+
+    /// Whether the partition has shown any record yet.
+    pub fn has_data(&self) -> bool {
+        self.latest.is_some()
+    }
+
+    /// Assigns a record with event epoch `event_epoch` and advances the watermark.
+    pub fn assign(&mut self, clock: &EpochClock, event_epoch: u64) -> Assignment {
+        let open_from = self.open_from(clock);
+        let (epoch, late) = if event_epoch < open_from {
+            (open_from, true)
+        } else {
+            (event_epoch, false)
+        };
+        self.latest = Some(self.latest.map_or(epoch, |l| l.max(epoch)));
+        Assignment { epoch, late }
+    }
+
+    /// Keeps the partition from assigning anything before `epoch` (used when a partition that
+    /// was skipped as idle sends again after the worker's frontier moved on).
+    pub fn raise_floor(&mut self, epoch: u64) {
+        self.floor = self.floor.max(epoch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(lateness_epochs: u64) -> EpochClock {
+        EpochClock {
+            epoch_secs: 3600,
+            lateness_epochs,
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn clock_rejects_subsecond_epochs_and_rounds_lateness_up() {
+        assert!(EpochClock::new(Duration::from_millis(500), Duration::ZERO).is_err());
+        assert!(EpochClock::new(Duration::ZERO, Duration::ZERO).is_err());
+        let c = EpochClock::new(Duration::from_secs(3600), Duration::from_secs(90 * 60)).unwrap();
+        assert_eq!(c.lateness_epochs, 2);
+    }
+
+    #[test]
+    fn epoch_of_and_label() {
+        let c = clock(0);
+        // 2010-12-01T08:26:00 is 1291191960.
+        let e = c.epoch_of(1_291_191_960);
+        assert_eq!(c.label(e).to_string(), "2010-12-01T08:00:00");
+        assert_eq!(c.epoch_of(-5), 0);
+    }
+
+    #[test]
+    fn in_order_records_keep_their_epoch() {
+        let c = clock(0);
+        let mut p = PartitionClock::default();
+        assert_eq!(p.open_from(&c), 0);
+        for e in [5, 5, 6, 9] {
+            assert_eq!(
+                p.assign(&c, e),
+                Assignment {
+                    epoch: e,
+                    late: false
+                }
+            );
+        }
+        assert_eq!(p.open_from(&c), 9);
+    }
+
+    #[test]
+    fn late_records_fold_into_the_earliest_open_epoch() {
+        let c = clock(0);
+        let mut p = PartitionClock::default();
+        p.assign(&c, 10);
+        assert_eq!(
+            p.assign(&c, 7),
+            Assignment {
+                epoch: 10,
+                late: true
+            }
+        );
+        assert_eq!(
+            p.assign(&c, 10),
+            Assignment {
+                epoch: 10,
+                late: false
+            }
+        );
+    }
+
+    #[test]
+    fn lateness_keeps_recent_epochs_open() {
+        let c = clock(2);
+        let mut p = PartitionClock::default();
+        p.assign(&c, 10);
+        assert_eq!(p.open_from(&c), 8);
+        assert_eq!(
+            p.assign(&c, 8),
+            Assignment {
+                epoch: 8,
+                late: false
+            }
+        );
+        assert_eq!(
+            p.assign(&c, 9),
+            Assignment {
+                epoch: 9,
+                late: false
+            }
+        );
+        assert_eq!(
+            p.assign(&c, 7),
+            Assignment {
+                epoch: 8,
+                late: true
+            }
+        );
+        // The watermark follows the latest epoch, not the last record.
+        p.assign(&c, 20);
+        assert_eq!(p.open_from(&c), 18);
+        assert_eq!(
+            p.assign(&c, 11),
+            Assignment {
+                epoch: 18,
+                late: true
+            }
+        );
+    }
+
+    #[test]
+    fn assignment_depends_only_on_partition_order() {
+        // The same sequence gives the same epochs, however it is interleaved with others.
+        let c = clock(1);
+        let seq = [3u64, 5, 4, 2, 8, 6, 7, 1];
+        let run = || {
+            let mut p = PartitionClock::default();
+            seq.iter().map(|&e| p.assign(&c, e)).collect::<Vec<_>>()
+        };
+        let a = run();
+        let mut p = PartitionClock::default();
+        let mut other = PartitionClock::default();
+        let mut b = Vec::new();
+        for &e in &seq {
+            other.assign(&c, 100);
+            b.push(p.assign(&c, e));
+        }
+        assert_eq!(a, b);
+        let late: Vec<bool> = a.iter().map(|x| x.late).collect();
+        assert_eq!(late, [false, false, false, true, false, true, false, true]);
+    }
+
+    #[test]
+    fn floor_moves_a_woken_partition_forward() {
+        let c = clock(0);
+        let mut p = PartitionClock::default();
+        p.raise_floor(12);
+        assert_eq!(
+            p.assign(&c, 10),
+            Assignment {
+                epoch: 12,
+                late: true
+            }
+        );
+        assert_eq!(
+            p.assign(&c, 13),
+            Assignment {
+                epoch: 13,
+                late: false
+            }
+        );
+    }
+}
