@@ -1,0 +1,350 @@
+//! The command line: clap mirrors the flags, [`Args::into_config`] validates them once.
+//!
+//! Timely's own flags (`-w`, `-n`, `-p`, `-h`, `-r`, `-z`) are declared here so that `--help`
+//! explains them beside ours, and are then handed to `timely::Config::from_args`, so timely's
+//! argument handling decides what they mean. Clap's `-h` is therefore the hostfile, as in every
+//! timely program; help is `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use retail_common::kafka::{ClientSettings, DEFAULT_BOOTSTRAP, parse_key_value};
+use retail_common::money::Milli;
+
+use crate::aggregate::AlertRules;
+use crate::epoch::{EpochClock, parse_duration};
+use crate::source::StartFrom;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum From {
+    /// The oldest retained message of every partition.
+    Earliest,
+    /// Only messages produced after the job starts.
+    Latest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// A table per micro-batch on stdout.
+    Console,
+    /// JSON-lines files and summary.json in --output-dir.
+    Jsonl,
+    /// The aggregates topic and the dead-letter topic.
+    Kafka,
+}
+
+const AFTER_HELP: &str = "\
+Exit status: 0 success; 1 error (broker unreachable, topic missing, output not writable);
+2 bad usage; 3 some Kafka output was not delivered; 130 interrupted (Ctrl-C).
+
+Several processes: start the same command once per process with the same -n and -w and
+its own -p (0..n-1); with -h FILE, line i of FILE is process i's host:port (default
+localhost:2101+i). Partitions are spread over all n x w workers: worker i reads the
+partitions p with p mod (n x w) == i. Process 0 writes every output.
+
+Examples:
+  dataflow --until-end -w 2                       # bounded run over the whole topic
+  dataflow --epoch 1s --from latest               # live micro-batches every second
+  dataflow -n 2 -p 0 -w 2 & dataflow -n 2 -p 1 -w 2  # two processes on one machine";
+
+/// Real-time retail analytics: reads sales from Kafka, validates them, and emits incremental
+/// aggregates per event-time epoch to the console, JSON-lines files and Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "dataflow", version, disable_help_flag = true, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Kafka bootstrap servers.
+    #[arg(short = 'b', long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = DEFAULT_BOOTSTRAP)]
+    pub bootstrap_servers: String,
+
+    /// A librdkafka setting for every client, e.g. -X security.protocol=SASL_SSL (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub client_settings: Vec<(String, String)>,
+
+    /// Topic of sales records to read.
+    #[arg(short = 't', long, env = "DATAFLOW_TOPIC", default_value = retail_common::DEFAULT_TOPIC)]
+    pub topic: String,
+
+    /// Where to start reading.
+    #[arg(long, value_enum, default_value = "earliest")]
+    pub from: From,
+
+    /// Bounded run: read up to the end offsets seen at start, close every epoch, write
+    /// summary.json and exit.
+    #[arg(long)]
+    pub until_end: bool,
+
+    /// Epoch length: records are grouped by the epoch of their InvoiceDate (e.g. 1s, 15m, 1h, 1d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub epoch: Duration,
+
+    /// How far behind its partition's latest epoch a record may be and still land in its own
+    /// epoch; older records are folded into the partition's earliest open epoch and counted late.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub lateness: Duration,
+
+    /// A partition that is caught up and silent this long stops holding epochs open ("off" to
+    /// wait for ever). The only wall-clock input: it never changes the result of a bounded run.
+    #[arg(long, default_value = "30s", value_parser = parse_idle)]
+    pub idle_timeout: IdleTimeout,
+
+    /// Messages larger than this go to the dead-letter sink.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// Directory for the JSON-lines files and summary.json.
+    #[arg(short = 'o', long, env = "DATAFLOW_OUTPUT_DIR", default_value = "out")]
+    pub output_dir: PathBuf,
+
+    /// Sinks to write (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "console,jsonl,kafka"
+    )]
+    pub sinks: Vec<SinkKind>,
+
+    /// Topic for aggregate changes (created when missing).
+    #[arg(long, default_value = "retail-aggregates")]
+    pub aggregates_topic: String,
+
+    /// Dead-letter topic [default: <topic>.dlq].
+    #[arg(long)]
+    pub dlq_topic: Option<String>,
+
+    /// Consumer group the job reports as (offsets are assigned explicitly, never rebalanced).
+    #[arg(long, default_value = "retail-stream-dataflow")]
+    pub group_id: String,
+
+    /// Alert when an invoice's net value exceeds this amount.
+    #[arg(long, default_value = "5000", value_parser = parse_money)]
+    pub alert_invoice_value: Milli,
+
+    /// Alert on a line whose absolute quantity is at least this.
+    #[arg(long, default_value_t = 10_000)]
+    pub alert_quantity: i64,
+
+    /// Alert when a customer cancels more than this many lines in one epoch.
+    #[arg(long, default_value_t = 5)]
+    pub alert_cancellations: i64,
+
+    /// Seconds between progress lines on stderr (0 turns them off).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+
+    /// Timely: worker threads per process.
+    #[arg(
+        short = 'w',
+        long = "workers",
+        visible_alias = "threads",
+        default_value_t = 1,
+        help_heading = "Timely"
+    )]
+    pub workers: usize,
+
+    /// Timely: number of processes in the job.
+    #[arg(short = 'n', long, default_value_t = 1, help_heading = "Timely")]
+    pub processes: usize,
+
+    /// Timely: index of this process, 0..processes-1.
+    #[arg(short = 'p', long, default_value_t = 0, help_heading = "Timely")]
+    pub process: usize,
+
+    /// Timely: file whose line i is process i's host:port.
+    #[arg(short = 'h', long, help_heading = "Timely")]
+    pub hostfile: Option<PathBuf>,
+
+    /// Timely: report connection progress between processes.
+    #[arg(short = 'r', long, help_heading = "Timely")]
+    pub report: bool,
+
+    /// Timely: zero-copy channels within a process.
+    #[arg(short = 'z', long, help_heading = "Timely")]
+    pub zerocopy: bool,
+
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// `--idle-timeout`: a duration or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleTimeout(pub Option<Duration>);
+
+fn parse_idle(text: &str) -> Result<IdleTimeout, String> {
+    if text == "off" {
+        return Ok(IdleTimeout(None));
+    }
+    parse_duration(text).map(|d| IdleTimeout(Some(d)))
+}
+
+fn parse_money(text: &str) -> Result<Milli, String> {
+    Milli::parse(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// The validated configuration of one process of the job.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: ClientSettings,
+    pub topic: String,
+    pub from: StartFrom,
+    pub until_end: bool,
+    pub clock: EpochClock,
+    pub idle_timeout: Option<Duration>,
+    pub max_message_bytes: usize,
+    pub group_id: String,
+    pub output_dir: PathBuf,
+    pub console: bool,
+    pub jsonl: bool,
+    pub kafka: bool,
+    pub aggregates_topic: String,
+    pub dlq_topic: String,
+    pub rules: AlertRules,
+    pub progress_interval: Option<Duration>,
+    /// This process's index and the process count.
+    pub process: usize,
+    pub processes: usize,
+    /// The arguments handed to timely.
+    pub timely_args: Vec<String>,
+}
+
+impl Args {
+    /// Checks combinations and builds the [`Config`].
+    pub fn into_config(self) -> Result<Config, String> {
+        if self.workers == 0 || self.processes == 0 {
+            return Err("-w/--workers and -n/--processes must be at least 1".into());
+        }
+        if self.process >= self.processes {
+            return Err(format!(
+                "-p/--process {} is out of range for -n/--processes {} (use 0..{})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            ));
+        }
+        if let Some(h) = &self.hostfile
+            && !h.is_file()
+        {
+            return Err(format!("hostfile {} does not exist", h.display()));
+        }
+        if self.max_message_bytes == 0 {
+            return Err("--max-message-bytes must be positive".into());
+        }
+        let clock = EpochClock::new(self.epoch, self.lateness)?;
+        let mut timely_args = vec![
+            "-w".to_owned(),
+            self.workers.to_string(),
+            "-n".to_owned(),
+            self.processes.to_string(),
+            "-p".to_owned(),
+            self.process.to_string(),
+        ];
+        if let Some(h) = &self.hostfile {
+            timely_args.extend(["-h".to_owned(), h.display().to_string()]);
+        }
+        if self.report {
+            timely_args.push("-r".to_owned());
+        }
+        if self.zerocopy {
+            timely_args.push("-z".to_owned());
+        }
+        let dlq_topic = self
+            .dlq_topic
+            .unwrap_or_else(|| format!("{}.dlq", self.topic));
+        Ok(Config {
+            settings: ClientSettings {
+                bootstrap: self.bootstrap_servers,
+                extra: self.client_settings,
+            },
+            from: match self.from {
+                From::Earliest => StartFrom::Earliest,
+                From::Latest => StartFrom::Latest,
+            },
+            until_end: self.until_end,
+            clock,
+            idle_timeout: self.idle_timeout.0,
+            max_message_bytes: self.max_message_bytes,
+            group_id: self.group_id,
+            output_dir: self.output_dir,
+            console: self.sinks.contains(&SinkKind::Console),
+            jsonl: self.sinks.contains(&SinkKind::Jsonl),
+            kafka: self.sinks.contains(&SinkKind::Kafka),
+            aggregates_topic: self.aggregates_topic,
+            dlq_topic,
+            topic: self.topic,
+            rules: AlertRules {
+                invoice_value_milli: self.alert_invoice_value.0,
+                quantity: self.alert_quantity,
+                cancellations_per_epoch: self.alert_cancellations,
+            },
+            progress_interval: (!self.progress_interval.is_zero())
+                .then_some(self.progress_interval),
+            process: self.process,
+            processes: self.processes,
+            timely_args,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args = Args::try_parse_from(std::iter::once("dataflow").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.into_config()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.topic, "retail-transactions");
+        assert_eq!(c.dlq_topic, "retail-transactions.dlq");
+        assert_eq!(c.clock.epoch_secs, 3600);
+        assert!(c.console && c.jsonl && c.kafka);
+        assert_eq!(c.timely_args, ["-w", "1", "-n", "1", "-p", "0"]);
+        assert_eq!(c.rules.invoice_value_milli, 5_000_000);
+    }
+
+    #[test]
+    fn timely_flags_are_handed_on() {
+        let c = parse(&["-w", "3", "-n", "2", "-p", "1", "-r", "--sinks", "jsonl"]).unwrap();
+        assert_eq!(c.timely_args, ["-w", "3", "-n", "2", "-p", "1", "-r"]);
+        assert!(!c.console && c.jsonl && !c.kafka);
+        timely::Config::from_args(c.timely_args.into_iter()).expect("timely accepts them");
+    }
+
+    #[test]
+    fn bad_combinations_are_refused() {
+        assert!(
+            parse(&["-n", "2", "-p", "2"])
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(parse(&["-w", "0"]).is_err());
+        assert!(parse(&["--epoch", "500ms"]).is_err());
+        assert!(parse(&["--epoch", "1y"]).is_err());
+        assert!(
+            parse(&["-h", "/nonexistent/hosts"])
+                .unwrap_err()
+                .contains("hostfile")
+        );
+        assert!(parse(&["--alert-invoice-value", "1.2345"]).is_err());
+        assert!(parse(&["--sinks", "printer"]).is_err());
+    }
+
+    #[test]
+    fn idle_timeout_can_be_off() {
+        assert_eq!(
+            parse(&["--idle-timeout", "off"]).unwrap().idle_timeout,
+            None
+        );
+        assert_eq!(
+            parse(&["--idle-timeout", "5s"]).unwrap().idle_timeout,
+            Some(Duration::from_secs(5))
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! The single writer: turns each closed epoch's changes into console, JSON-lines and Kafka
+//! output, and keeps the final state for `summary.json`.
+//!
+//! All output and dead letters are routed to worker 0, which stashes them by epoch. Once the
+//! frontier passes an epoch, its updates are consolidated and sorted, so what is written depends
+//! only on the input, not on the worker count or on timing.
+//!
+//! Record shapes (one JSON object per line, the same bytes in files and in `retail-aggregates`):
+//! - keyed streams `totals`, `by_country`, `top_products`, `epochs`:
+//!   `{"epoch":"<epoch start>","stream":S,"key":K,"value":V}`, `V` the new value or `null` when
+//!   the key disappeared;
+//! - `alerts`, a set: `{"epoch":..,"stream":"alerts","key":K,"diff":1|-1,"alert":{..}}`;
+//! - `dlq.jsonl`: `{"epoch":..,"partition":P,"offset":O,"reason":R,"detail":D,"key":..,
+//!   "payload":..}` (`payload_hex` instead of `payload` when the bytes are not UTF-8).
+
+pub mod console;
+pub mod jsonl;
+pub mod kafka;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use differential_dataflow::consolidation::consolidate;
+use serde_json::{Value, json};
+
+use crate::aggregate::{Output, Ranked, Sums};
+use crate::epoch::EpochClock;
+use crate::source::DeadLetter;
+
+/// Output streams, in the order they are written within an epoch.
+pub const STREAMS: [&str; 5] = ["totals", "by_country", "top_products", "epochs", "alerts"];
+
+/// One rendered change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub stream: &'static str,
+    pub key: String,
+    /// The full JSON line.
+    pub line: String,
+}
+
+/// Everything written for one closed epoch.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub epoch: u64,
+    pub label: String,
+    pub changes: Vec<Change>,
+    pub dead: Vec<(DeadLetter, String)>,
+    /// Typed changes of the epoch, for the console.
+    pub updates: Vec<(Output, isize)>,
+}
+
+/// A destination for batches.
+pub trait Sink {
+    fn write(&mut self, batch: &Batch, state: &State) -> io::Result<()>;
+    /// Called once after the last epoch.
+    fn finish(&mut self, state: &State) -> io::Result<()>;
+}
+
+/// The current value of every aggregate, kept by the writer.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub totals: Sums,
+    pub by_country: BTreeMap<String, Sums>,
+    pub top_products: Ranked,
+    pub epochs: u64,
+    pub alerts: BTreeMap<String, Value>,
+    pub dead_letters: BTreeMap<String, u64>,
+}
+
+pub fn sums_json(s: &Sums) -> Value {
+    json!({"lines": s.lines, "units": s.units, "revenue_milli": s.revenue_milli})
+}
+
+pub fn totals_json(s: &Sums) -> Value {
+    json!({
+        "lines": s.lines,
+        "units": s.units,
+        "revenue_milli": s.revenue_milli,
+        "invoices": s.invoices,
+        "customers": s.customers,
+        "cancellation_lines": s.cancellation_lines,
+        "cancellation_value_milli": s.cancellation_value_milli,
+        "late_lines": s.late_lines,
+    })
+}
+
+pub fn ranked_json(r: &Ranked) -> Value {
+    Value::Array(
+        r.iter()
+            .map(|(p, rev)| json!({"stock_code": p, "revenue_milli": rev}))
+            .collect(),
+    )
+}
+
+impl State {
+    /// The final state in the documented `summary.json` shape (countries sorted).
+    pub fn summary(&self) -> Value {
+        let by_country: serde_json::Map<String, Value> = self
+            .by_country
+            .iter()
+            .map(|(c, s)| (c.clone(), sums_json(s)))
+            .collect();
+        let dead_total: u64 = self.dead_letters.values().sum();
+        json!({
+            "totals": totals_json(&self.totals),
+            "by_country": by_country,
+            "top_products": ranked_json(&self.top_products),
+            "epochs": self.epochs,
+            "alerts": self.alerts.len(),
+            "dead_letters": {"total": dead_total, "by_reason": self.dead_letters},
+        })
+    }
+}
+
+/// Stream and key of an output row, and its rendered value.
+fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
+    match o {
+        Output::Totals(s) => ("totals", "totals".into(), totals_json(s)),
+        Output::Country(c, s) => ("by_country", c.clone(), sums_json(s)),
+        Output::TopProducts(r) => ("top_products", "top_products".into(), ranked_json(r)),
+        Output::Epoch(e, s, r) => (
+            "epochs",
+            clock.label(*e).to_string(),
+            json!({
+                "lines": s.lines,
+                "units": s.units,
+                "revenue_milli": s.revenue_milli,
+                "invoices": s.invoices,
+                "late_lines": s.late_lines,
+                "top_products": ranked_json(r),
+            }),
+        ),
+        Output::Alert(a) => {
+            let mut key = a.key();
+            let mut v = serde_json::to_value(a).expect("alerts serialise");
+            // `{"LargeInvoice": {..}}` -> `{"rule": "large_invoice", ..}`
+            let body = v
+                .as_object_mut()
+                .and_then(|m| m.values_mut().next())
+                .map(Value::take)
+                .unwrap_or(Value::Null);
+            let mut obj = serde_json::Map::new();
+            obj.insert("rule".into(), Value::from(a.rule()));
+            if let Value::Object(fields) = body {
+                obj.extend(fields);
+            }
+            // Epochs appear by their start time, as everywhere else in the output.
+            if let crate::aggregate::Alert::CancellationBurst {
+                epoch, customer, ..
+            } = a
+            {
+                let label = clock.label(*epoch).to_string();
+                key = format!("cancellation_burst/{label}/{customer}");
+                obj.insert("epoch".into(), Value::from(label));
+            }
+            ("alerts", key, Value::Object(obj))
+        }
+    }
+}
+
+fn dead_json(d: &DeadLetter, label: &str) -> String {
+    let mut v = json!({
+        "epoch": label,
+        "partition": d.partition,
+        "offset": d.offset,
+        "reason": d.reason,
+        "detail": d.detail,
+        "key": d.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+    });
+    match std::str::from_utf8(&d.payload) {
+        Ok(text) => v["payload"] = Value::from(text),
+        Err(_) => {
+            let hex: String = d.payload.iter().map(|b| format!("{b:02x}")).collect();
+            v["payload_hex"] = Value::from(hex);
+        }
+    }
+    v.to_string()
+}
+
+/// Renders one epoch and applies it to the state.
+pub struct Renderer {
+    pub clock: EpochClock,
+    pub state: State,
+}
+
+impl Renderer {
+    /// Consolidates the epoch's updates and dead letters into a [`Batch`].
+    pub fn render(
+        &mut self,
+        epoch: u64,
+        mut updates: Vec<(Output, isize)>,
+        mut dead: Vec<DeadLetter>,
+    ) -> Batch {
+        consolidate(&mut updates);
+        dead.sort();
+        let label = self.clock.label(epoch).to_string();
+        // Keyed streams: the +1 row of a key is its new value; a key with only -1 is gone.
+        let mut keyed: BTreeMap<(usize, String), Option<Value>> = BTreeMap::new();
+        let mut changes = Vec::new();
+        for (o, diff) in &updates {
+            let (stream, key, value) = describe(o, &self.clock);
+            self.apply(o, *diff, &key, &value);
+            if stream == "alerts" {
+                let line = json!({"epoch": label, "stream": stream, "key": key, "diff": diff, "alert": value});
+                changes.push((STREAMS.len(), key, stream, line.to_string()));
+                continue;
+            }
+            let rank = STREAMS.iter().position(|s| *s == stream).unwrap_or(0);
+            let slot = keyed.entry((rank, key)).or_insert(None);
+            if *diff > 0 {
+                *slot = Some(value);
+            }
+        }
+        for ((rank, key), value) in keyed {
+            let stream = STREAMS[rank];
+            let line = json!({"epoch": label, "stream": stream, "key": key, "value": value});
+            changes.push((rank, key, stream, line.to_string()));
+        }
+        changes.sort_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
+        for d in &dead {
+            *self.state.dead_letters.entry(d.reason.clone()).or_default() += 1;
+        }
+        Batch {
+            epoch,
+            changes: changes
+                .into_iter()
+                .map(|(_, key, stream, line)| Change { stream, key, line })
+                .collect(),
+            dead: dead
+                .into_iter()
+                .map(|d| {
+                    let line = dead_json(&d, &label);
+                    (d, line)
+                })
+                .collect(),
+            label,
+            updates,
+        }
+    }
+
+    fn apply(&mut self, o: &Output, diff: isize, key: &str, value: &Value) {
+        let s = &mut self.state;
+        match o {
+            Output::Totals(t) if diff > 0 => s.totals = *t,
+            Output::Country(c, t) if diff > 0 => {
+                s.by_country.insert(c.clone(), *t);
+            }
+            Output::Country(c, t) => {
+                if s.by_country.get(c) == Some(t) {
+                    s.by_country.remove(c);
+                }
+            }
+            Output::TopProducts(r) if diff > 0 => s.top_products = r.clone(),
+            Output::Epoch(..) if diff > 0 => s.epochs += 1,
+            Output::Epoch(..) => s.epochs -= 1,
+            Output::Alert(_) if diff > 0 => {
+                s.alerts.insert(key.to_owned(), value.clone());
+            }
+            Output::Alert(_) => {
+                if s.alerts.get(key) == Some(value) {
+                    s.alerts.remove(key);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes `summary.json` atomically (temp file + rename).
+pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
+    let path = dir.join("summary.json");
+    let tmp = dir.join("summary.json.tmp");
+    let mut text = serde_json::to_string_pretty(&state.summary()).expect("summary serialises");
+    text.push('\n');
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Alert;
+
+    fn renderer() -> Renderer {
+        Renderer {
+            clock: EpochClock {
+                epoch_secs: 3600,
+                lateness_epochs: 0,
+            },
+            state: State::default(),
+        }
+    }
+
+    #[test]
+    fn keyed_changes_carry_the_new_value_and_alerts_their_diff() {
+        let mut r = renderer();
+        let old = Sums {
+            lines: 1,
+            ..Sums::default()
+        };
+        let new = Sums {
+            lines: 2,
+            ..Sums::default()
+        };
+        let alert = Alert::LargeInvoice {
+            invoice: "1".into(),
+            value_milli: 9,
+        };
+        let batch = r.render(
+            1,
+            vec![
+                (Output::Country("France".into(), new), 1),
+                (Output::Country("France".into(), old), -1),
+                (Output::Country("Spain".into(), old), -1),
+                (Output::Alert(alert), 1),
+                (Output::Totals(new), 1),
+            ],
+            vec![],
+        );
+        let lines: Vec<&str> = batch.changes.iter().map(|c| c.line.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"{"epoch":"1970-01-01T01:00:00","key":"totals","stream":"totals","value":{"cancellation_lines":0,"cancellation_value_milli":0,"customers":0,"invoices":0,"late_lines":0,"lines":2,"revenue_milli":0,"units":0}}"#,
+                r#"{"epoch":"1970-01-01T01:00:00","key":"France","stream":"by_country","value":{"lines":2,"revenue_milli":0,"units":0}}"#,
+                r#"{"epoch":"1970-01-01T01:00:00","key":"Spain","stream":"by_country","value":null}"#,
+                r#"{"alert":{"invoice":"1","rule":"large_invoice","value_milli":9},"diff":1,"epoch":"1970-01-01T01:00:00","key":"large_invoice/1","stream":"alerts"}"#,
+            ]
+        );
+        assert_eq!(r.state.by_country["France"], new);
+        assert_eq!(r.state.alerts.len(), 1);
+        assert_eq!(r.state.totals, new);
+    }
+
+    #[test]
+    fn dead_letters_keep_non_utf8_bytes_as_hex() {
+        let d = DeadLetter {
+            partition: 3,
+            offset: 7,
+            reason: "not_utf8".into(),
+            detail: "x".into(),
+            key: None,
+            payload: vec![0xff, 0x41],
+        };
+        let line = dead_json(&d, "e");
+        assert!(line.contains(r#""payload_hex":"ff41""#), "{line}");
+    }
+}

@@ -1,0 +1,478 @@
+//! The Kafka source: each worker reads its own partitions into the dataflow.
+//!
+//! Worker `i` of `n` (over all processes) owns the partitions `p` with `p mod n == i` and
+//! assigns them explicitly, so no consumer-group rebalance can move a partition between
+//! workers behind the dataflow's back. Every message is parsed and validated here; a valid one
+//! becomes a [`Line`] at the epoch its partition's clock assigns, an invalid one a
+//! [`DeadLetter`] at the partition's earliest open epoch. The worker's capability is held at
+//! the earliest epoch any of its partitions may still add to, so an epoch closes only once
+//! every partition has passed it.
+//!
+//! The source never blocks its worker: it drains what librdkafka has fetched (up to a budget
+//! per activation), is woken by librdkafka when a queue becomes non-empty, and otherwise by a
+//! backstop timer, so an idle job parks instead of spinning a core.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::OutputBuilderSession;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+use tracing::{debug, info, warn};
+
+use retail_common::kafka::ClientSettings;
+use retail_common::record::{Reject, RejectKind, Sale};
+use retail_common::time::epoch_seconds;
+
+use crate::aggregate::Line;
+use crate::epoch::{EpochClock, PartitionClock};
+
+/// Messages handled per activation before the source yields to other operators.
+const BUDGET: usize = 8192;
+/// How soon an idle source looks again even if librdkafka did not wake it.
+const BACKSTOP: Duration = Duration::from_millis(100);
+
+/// Where to start reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// What every worker's source needs to know.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub settings: ClientSettings,
+    pub topic: String,
+    /// Partition count of the topic, read once at start.
+    pub partitions: i32,
+    pub from: StartFrom,
+    /// Read up to the end offsets seen at start, then close.
+    pub until_end: bool,
+    pub clock: EpochClock,
+    /// A caught-up partition silent this long stops holding epochs open.
+    pub idle_timeout: Option<Duration>,
+    pub max_message_bytes: usize,
+    pub group_id: String,
+}
+
+/// A message that failed validation, kept with everything needed to find and replay it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    /// [`RejectKind::code`].
+    pub reason: String,
+    pub detail: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// One item out of the source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Parsed {
+    Line(Line),
+    Dead(DeadLetter),
+}
+
+/// Counters the progress line reads; shared by the workers of one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub messages: AtomicU64,
+    pub lines: AtomicU64,
+    pub late: AtomicU64,
+    pub dead: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Messages between each worker's position and the end of its partitions.
+    pub lag: AtomicI64,
+}
+
+/// librdkafka context that records each partition's last stable offset from the client
+/// statistics, so lag can be shown without a blocking request on the worker thread.
+struct LagContext {
+    last_stable: Arc<Vec<AtomicI64>>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for p in topic.partitions.values() {
+                if let Some(slot) = usize::try_from(p.partition)
+                    .ok()
+                    .and_then(|i| self.last_stable.get(i))
+                    && p.ls_offset >= 0
+                {
+                    slot.store(p.ls_offset, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// Read state of one owned partition.
+struct PartitionState {
+    partition: i32,
+    clock: PartitionClock,
+    next_offset: i64,
+    /// End offset for a bounded run.
+    end: Option<i64>,
+    done: bool,
+    /// At the end of what the broker has (an EOF was seen and nothing came since).
+    caught_up: bool,
+    last_message: Instant,
+}
+
+/// Partitions owned by worker `index` of `peers`.
+pub fn owned_partitions(partitions: i32, index: usize, peers: usize) -> Vec<i32> {
+    (0..partitions)
+        .filter(|p| *p as usize % peers == index)
+        .collect()
+}
+
+/// What the source emits: items at their epoch, with a count.
+type Batches = Vec<(Parsed, u64, isize)>;
+type SourceOutput<'a> = OutputBuilderSession<'a, u64, CapacityContainerBuilder<Batches>>;
+type SourceLogic = Box<dyn FnMut(&mut SourceOutput<'_>)>;
+
+/// Builds the source operator for this worker.
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, u64>,
+    config: Arc<SourceConfig>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+) -> Stream<'scope, u64, Batches> {
+    let index = scope.index();
+    let peers = scope.peers();
+    let worker = scope.worker();
+    source(scope, "KafkaSource", move |cap, info| {
+        let owned = owned_partitions(config.partitions, index, peers);
+        if owned.is_empty() {
+            // Nothing to read: release the capability at once so epochs can close.
+            debug!(worker = index, "owns no partition");
+            drop(cap);
+            return Box::new(|_: &mut SourceOutput<'_>| {}) as SourceLogic;
+        }
+        let activator = scope.activator_for(info.address.clone());
+        let wake = worker.sync_activator_for(info.address.to_vec());
+        let mut reader = Reader::open(&config, &owned, index)
+            .unwrap_or_else(|e| panic!("worker {index}: cannot start the Kafka source: {e:#}"));
+        reader.consumer.set_nonempty_callback(move || {
+            let _ = wake.activate();
+        });
+        let mut cap = Some(cap);
+        let mut batches: BTreeMap<u64, Batches> = BTreeMap::new();
+        Box::new(move |output: &mut SourceOutput<'_>| {
+            let Some(c) = cap.as_mut() else { return };
+            if shutdown.load(Ordering::Relaxed) {
+                info!(worker = index, "stopping the source: closing open epochs");
+                cap = None;
+                return;
+            }
+            let handled = reader.poll_into(&config, *c.time(), &mut batches, &metrics);
+            for (time, mut batch) in std::mem::take(&mut batches) {
+                output.session(&c.delayed(&time)).give_container(&mut batch);
+            }
+            match reader.frontier(&config, *c.time()) {
+                Some(low) => {
+                    if low > *c.time() {
+                        c.downgrade(&low);
+                    }
+                }
+                None => {
+                    info!(worker = index, "read every owned partition to its end");
+                    cap = None;
+                    return;
+                }
+            }
+            if handled == BUDGET {
+                activator.activate();
+            } else {
+                activator.activate_after(BACKSTOP);
+            }
+        }) as SourceLogic
+    })
+}
+
+/// One worker's consumer and the state of its partitions.
+struct Reader {
+    consumer: BaseConsumer<LagContext>,
+    parts: Vec<PartitionState>,
+    /// Position in `parts` of each partition number.
+    slot: Vec<Option<usize>>,
+    last_stable: Arc<Vec<AtomicI64>>,
+    worker: usize,
+    reported_lag: i64,
+}
+
+impl Reader {
+    fn open(config: &SourceConfig, owned: &[i32], worker: usize) -> anyhow::Result<Reader> {
+        let last_stable: Arc<Vec<AtomicI64>> =
+            Arc::new((0..config.partitions).map(|_| AtomicI64::new(-1)).collect());
+        let context = LagContext {
+            last_stable: Arc::clone(&last_stable),
+        };
+        let consumer: BaseConsumer<LagContext> = config
+            .settings
+            .config(&[
+                ("group.id", &config.group_id),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("isolation.level", "read_committed"),
+                ("auto.offset.reset", "earliest"),
+                ("statistics.interval.ms", "1000"),
+                ("fetch.max.bytes", "52428800"),
+                ("max.partition.fetch.bytes", "4194304"),
+                ("queued.max.messages.kbytes", "65536"),
+            ])
+            .create_with_context(context)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut parts = Vec::new();
+        let mut slot = vec![None; config.partitions as usize];
+        for &p in owned {
+            let (low, high) =
+                consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(30))?;
+            let start = match config.from {
+                StartFrom::Earliest => low,
+                StartFrom::Latest => high,
+            };
+            assignment.add_partition_offset(&config.topic, p, Offset::Offset(start))?;
+            let end = config.until_end.then_some(high);
+            slot[p as usize] = Some(parts.len());
+            parts.push(PartitionState {
+                partition: p,
+                clock: PartitionClock::default(),
+                next_offset: start,
+                end,
+                done: end.is_some_and(|e| start >= e),
+                caught_up: false,
+                last_message: Instant::now(),
+            });
+            debug!(worker, partition = p, start, ?end, "assigned");
+        }
+        consumer.assign(&assignment)?;
+        let reader = Reader {
+            consumer,
+            parts,
+            slot,
+            last_stable,
+            worker,
+            reported_lag: 0,
+        };
+        for state in reader.parts.iter().filter(|s| s.done) {
+            reader.pause(state.partition);
+        }
+        Ok(reader)
+    }
+
+    fn pause(&self, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        if let Some(topic) = self
+            .consumer
+            .assignment()
+            .ok()
+            .and_then(|a| a.elements().first().map(|e| e.topic().to_owned()))
+        {
+            tpl.add_partition(&topic, partition);
+            let _ = self.consumer.pause(&tpl);
+        }
+    }
+
+    /// Drains available messages into per-epoch batches; returns how many it handled.
+    fn poll_into(
+        &mut self,
+        config: &SourceConfig,
+        frontier: u64,
+        batches: &mut BTreeMap<u64, Batches>,
+        metrics: &Metrics,
+    ) -> usize {
+        let now = Instant::now();
+        let (mut handled, mut lines, mut late, mut dead, mut bytes) = (0, 0, 0, 0, 0);
+        let mut finished = Vec::new();
+        while handled < BUDGET {
+            let message = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(state) = self.state_mut(p) {
+                        state.caught_up = true;
+                        if state.end.is_some() && !state.done {
+                            state.done = true;
+                            finished.push(p);
+                        }
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    // Broker outages and the like: librdkafka retries on its own.
+                    warn!(worker = self.worker, error = %e, "Kafka consumer error; retrying");
+                    break;
+                }
+            };
+            let (p, offset) = (message.partition(), message.offset());
+            let Some(i) = self.slot.get(p as usize).copied().flatten() else {
+                continue;
+            };
+            let state = &mut self.parts[i];
+            if state.done || state.end.is_some_and(|e| offset >= e) {
+                continue;
+            }
+            handled += 1;
+            if state.caught_up
+                && config
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(state.last_message) >= t)
+            {
+                // The partition was skipped as idle; it may not add to closed epochs.
+                state.clock.raise_floor(frontier);
+            }
+            state.caught_up = false;
+            state.last_message = now;
+            state.next_offset = offset + 1;
+            let payload = message.payload().unwrap_or_default();
+            bytes += payload.len();
+            let parsed = if payload.len() > config.max_message_bytes {
+                Err(Reject::new(
+                    RejectKind::Oversized,
+                    format!(
+                        "{} bytes, more than --max-message-bytes {}",
+                        payload.len(),
+                        config.max_message_bytes
+                    ),
+                ))
+            } else {
+                Sale::from_json(payload)
+            };
+            let (item, epoch) = match parsed {
+                Ok(sale) => {
+                    let event = config.clock.epoch_of(epoch_seconds(sale.invoice_date));
+                    let at = state.clock.assign(&config.clock, event);
+                    lines += 1;
+                    late += u64::from(at.late);
+                    let line = Line {
+                        epoch: at.epoch,
+                        quantity: sale.quantity,
+                        unit_price_milli: sale.unit_price.0,
+                        late: at.late,
+                        invoice: sale.invoice_no,
+                        stock_code: sale.stock_code,
+                        customer: sale.customer_id,
+                        country: sale.country,
+                    };
+                    (Parsed::Line(line), at.epoch)
+                }
+                Err(reject) => {
+                    dead += 1;
+                    let epoch = state.clock.open_from(&config.clock).max(frontier);
+                    let letter = DeadLetter {
+                        partition: p,
+                        offset,
+                        reason: reject.kind.code().to_owned(),
+                        detail: reject.detail,
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: payload.to_vec(),
+                    };
+                    (Parsed::Dead(letter), epoch)
+                }
+            };
+            batches.entry(epoch).or_default().push((item, epoch, 1));
+            if state.end.is_some_and(|e| offset + 1 >= e) {
+                state.done = true;
+                finished.push(p);
+            }
+        }
+        for p in finished {
+            self.pause(p);
+        }
+        metrics
+            .messages
+            .fetch_add(handled as u64, Ordering::Relaxed);
+        metrics.lines.fetch_add(lines, Ordering::Relaxed);
+        metrics.late.fetch_add(late, Ordering::Relaxed);
+        metrics.dead.fetch_add(dead, Ordering::Relaxed);
+        metrics.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.report_lag(metrics);
+        handled
+    }
+
+    fn state_mut(&mut self, partition: i32) -> Option<&mut PartitionState> {
+        let i = self.slot.get(partition as usize).copied().flatten()?;
+        Some(&mut self.parts[i])
+    }
+
+    /// The earliest epoch any owned partition may still add to, or `None` once every
+    /// partition of a bounded run is done. Partitions idle past `--idle-timeout` (caught up and
+    /// silent) do not hold epochs open; a partition that has shown nothing yet holds `current`.
+    fn frontier(&self, config: &SourceConfig, current: u64) -> Option<u64> {
+        let now = Instant::now();
+        let open: Vec<&PartitionState> = self.parts.iter().filter(|s| !s.done).collect();
+        if open.is_empty() {
+            return None;
+        }
+        let idle = |s: &PartitionState| {
+            s.caught_up
+                && config
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(s.last_message) >= t)
+        };
+        let hold = |s: &PartitionState| {
+            if s.clock.has_data() {
+                s.clock.open_from(&config.clock)
+            } else {
+                current
+            }
+        };
+        let active = open.iter().filter(|s| !idle(s)).map(|s| hold(s)).min();
+        // With every open partition idle, hold at the furthest any of them has shown.
+        let low = active.unwrap_or_else(|| open.iter().map(|s| hold(s)).max().unwrap_or(current));
+        Some(low.max(current))
+    }
+
+    fn report_lag(&mut self, metrics: &Metrics) {
+        let lag: i64 = self
+            .parts
+            .iter()
+            .map(|s| {
+                let stable = self.last_stable[s.partition as usize].load(Ordering::Relaxed);
+                if s.done || stable < 0 {
+                    0
+                } else {
+                    (stable - s.next_offset).max(0)
+                }
+            })
+            .sum();
+        metrics
+            .lag
+            .fetch_add(lag - self.reported_lag, Ordering::Relaxed);
+        self.reported_lag = lag;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_round_robin_over_all_workers() {
+        assert_eq!(owned_partitions(8, 0, 3), [0, 3, 6]);
+        assert_eq!(owned_partitions(8, 2, 3), [2, 5]);
+        assert_eq!(owned_partitions(2, 3, 4), Vec::<i32>::new());
+        let all: Vec<i32> = (0..6)
+            .flat_map(|w| owned_partitions(8, w, 6))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+    }
+}
