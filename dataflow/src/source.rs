@@ -365,10 +365,10 @@ impl Reader {
                         quantity: sale.quantity,
                         unit_price_milli: sale.unit_price.0,
                         late: at.late,
-                        invoice: sale.invoice_no,
-                        stock_code: sale.stock_code,
-                        customer: sale.customer_id,
-                        country: sale.country,
+                        invoice: sale.invoice_no.into(),
+                        stock_code: sale.stock_code.into(),
+                        customer: sale.customer_id.map(Into::into),
+                        country: sale.country.into(),
                     };
                     (Parsed::Line(line), at.epoch)
                 }

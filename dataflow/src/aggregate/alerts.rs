@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Line;
+use super::{Line, Text};
 
 /// Thresholds of the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,23 +40,23 @@ impl Default for AlertRules {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Alert {
     LargeInvoice {
-        invoice: String,
+        invoice: Text,
         value_milli: i64,
     },
     NonPositivePrice {
-        invoice: String,
-        stock_code: String,
+        invoice: Text,
+        stock_code: Text,
         unit_price_milli: i64,
         quantity: i64,
     },
     LargeQuantity {
-        invoice: String,
-        stock_code: String,
+        invoice: Text,
+        stock_code: Text,
         quantity: i64,
     },
     CancellationBurst {
         epoch: u64,
-        customer: String,
+        customer: Text,
         lines: i64,
     },
 }
@@ -116,7 +116,7 @@ impl AlertRules {
     /// `large_invoice` for an invoice whose net value is `value_milli`.
     pub fn invoice_alert(&self, invoice: &str, value_milli: i64) -> Option<Alert> {
         (value_milli > self.invoice_value_milli).then(|| Alert::LargeInvoice {
-            invoice: invoice.to_owned(),
+            invoice: invoice.into(),
             value_milli,
         })
     }
@@ -125,7 +125,7 @@ impl AlertRules {
     pub fn cancellation_alert(&self, epoch: u64, customer: &str, lines: i64) -> Option<Alert> {
         (lines > self.cancellations_per_epoch).then(|| Alert::CancellationBurst {
             epoch,
-            customer: customer.to_owned(),
+            customer: customer.into(),
             lines,
         })
     }

@@ -8,11 +8,19 @@
 pub mod alerts;
 pub mod sums;
 
-use differential_dataflow::VecCollection;
+use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::count::CountTotal;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 
 pub use alerts::{Alert, AlertRules};
+
+/// Short text (invoice numbers, stock codes, countries, customers) kept inline: cloning a
+/// line for each aggregate then allocates nothing.
+pub type Text = compact_str::CompactString;
 pub use sums::Sums;
 
 /// A validated sale line as the dataflow carries it: only the fields aggregates use.
@@ -20,10 +28,10 @@ pub use sums::Sums;
 pub struct Line {
     /// The epoch the line was assigned to (equal to its timestamp in the dataflow).
     pub epoch: u64,
-    pub invoice: String,
-    pub stock_code: String,
-    pub customer: Option<String>,
-    pub country: String,
+    pub invoice: Text,
+    pub stock_code: Text,
+    pub customer: Option<Text>,
+    pub country: Text,
     pub quantity: i64,
     pub unit_price_milli: i64,
     /// Folded forward from an older epoch (see `epoch`).
@@ -60,15 +68,15 @@ impl Line {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum StatKey {
     Total,
-    Country(String),
+    Country(Text),
     Epoch(u64),
 }
 
 /// Keys whose distinct count is wanted: invoices overall and per epoch, customers overall.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum DistinctKey {
-    Invoice(Option<u64>, String),
-    Customer(String),
+    Invoice(Option<u64>, Text),
+    Customer(Text),
 }
 
 /// Scope of a product ranking.
@@ -79,14 +87,14 @@ enum RankKey {
 }
 
 /// A product and its net revenue in thousandths, as ranked.
-pub type Ranked = Vec<(String, i64)>;
+pub type Ranked = Vec<(Text, i64)>;
 
 /// One row of the job's output. `Totals`, `Country`, `TopProducts` and `Epoch` hold one value
 /// per key (a change retracts the old value and adds the new one); `Alert` is a set.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Output {
     Totals(Sums),
-    Country(String, Sums),
+    Country(Text, Sums),
     TopProducts(Ranked),
     /// An epoch's own lines: measures, distinct invoices (in `Sums::invoices`), top products.
     Epoch(u64, Sums, Ranked),
@@ -96,6 +104,28 @@ pub enum Output {
 /// Sizes of the rankings.
 pub const TOP_PRODUCTS: usize = 10;
 pub const TOP_PRODUCTS_PER_EPOCH: usize = 5;
+
+/// Consolidates each batch of updates on the worker that made it, before any exchange: the
+/// thousands of lines of a batch that touch the same total, country, epoch or invoice cross
+/// the exchange as one update. Results are unchanged; only the work shrinks.
+fn pre_aggregate<'scope, K, R>(
+    c: VecCollection<'scope, u64, K, R>,
+) -> VecCollection<'scope, u64, K, R>
+where
+    K: Ord + Clone + 'static,
+    R: Semigroup + 'static,
+{
+    c.inner
+        .unary(Pipeline, "PreAggregate", |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    consolidate_updates(data);
+                    output.session(&cap).give_container(data);
+                });
+            }
+        })
+        .as_collection()
+}
 
 /// Builds every aggregate over `lines` (timestamps are epochs).
 pub fn build<'scope>(
@@ -112,60 +142,56 @@ pub fn build<'scope>(
             (StatKey::Country(l.country), s),
         ]
     });
-    let distinct = lines
-        .clone()
-        .flat_map(|l: Line| {
-            let customer = l.customer.map(DistinctKey::Customer);
-            [
-                DistinctKey::Invoice(None, l.invoice.clone()),
-                DistinctKey::Invoice(Some(l.epoch), l.invoice),
-            ]
-            .into_iter()
-            .chain(customer)
-        })
-        .distinct()
-        .explode(|k| {
-            let (key, s) = match k {
-                DistinctKey::Invoice(None, _) => (
-                    StatKey::Total,
-                    Sums {
-                        invoices: 1,
-                        ..Sums::default()
-                    },
-                ),
-                DistinctKey::Invoice(Some(e), _) => (
-                    StatKey::Epoch(e),
-                    Sums {
-                        invoices: 1,
-                        ..Sums::default()
-                    },
-                ),
-                DistinctKey::Customer(_) => (
-                    StatKey::Total,
-                    Sums {
-                        customers: 1,
-                        ..Sums::default()
-                    },
-                ),
-            };
-            Some((key, s))
-        });
-    let stats = measures.concat(distinct).count_total();
+    let distinct = lines.clone().flat_map(|l: Line| {
+        let customer = l.customer.map(DistinctKey::Customer);
+        [
+            DistinctKey::Invoice(None, l.invoice.clone()),
+            DistinctKey::Invoice(Some(l.epoch), l.invoice),
+        ]
+        .into_iter()
+        .chain(customer)
+    });
+    let distinct = pre_aggregate(distinct).distinct().explode(|k| {
+        let (key, s) = match k {
+            DistinctKey::Invoice(None, _) => (
+                StatKey::Total,
+                Sums {
+                    invoices: 1,
+                    ..Sums::default()
+                },
+            ),
+            DistinctKey::Invoice(Some(e), _) => (
+                StatKey::Epoch(e),
+                Sums {
+                    invoices: 1,
+                    ..Sums::default()
+                },
+            ),
+            DistinctKey::Customer(_) => (
+                StatKey::Total,
+                Sums {
+                    customers: 1,
+                    ..Sums::default()
+                },
+            ),
+        };
+        Some((key, s))
+    });
+    let stats = pre_aggregate(measures.concat(distinct)).count_total();
 
     // Net revenue per product, overall and per epoch, then the top N of each.
-    let rankings = lines
-        .clone()
-        .explode(|l: Line| {
-            let s = Sums {
-                lines: 1,
-                revenue_milli: l.value_milli(),
-                ..Sums::default()
-            };
-            [
-                ((RankKey::Total, l.stock_code.clone()), s),
-                ((RankKey::Epoch(l.epoch), l.stock_code), s),
-            ]
-        })
+    let per_product = lines.clone().explode(|l: Line| {
+        let s = Sums {
+            lines: 1,
+            revenue_milli: l.value_milli(),
+            ..Sums::default()
+        };
+        [
+            ((RankKey::Total, l.stock_code.clone()), s),
+            ((RankKey::Epoch(l.epoch), l.stock_code), s),
+        ]
+    });
+    let rankings = pre_aggregate(per_product)
         .count_total()
         .map(|((scope, product), s)| (scope, (-s.revenue_milli, product)))
         .reduce_named("TopProducts", |scope, products, out| {
@@ -216,16 +242,15 @@ fn build_alerts<'scope>(
         .clone()
         .flat_map(move |l: Line| rules.line_alerts(&l))
         .distinct();
-    let invoices = lines
-        .clone()
-        .explode(|l: Line| {
-            let s = Sums {
-                lines: 1,
-                revenue_milli: l.value_milli(),
-                ..Sums::default()
-            };
-            Some((l.invoice, s))
-        })
+    let per_invoice = lines.clone().explode(|l: Line| {
+        let s = Sums {
+            lines: 1,
+            revenue_milli: l.value_milli(),
+            ..Sums::default()
+        };
+        Some((l.invoice, s))
+    });
+    let invoices = pre_aggregate(per_invoice)
         .count_total()
         .flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
     let bursts = lines

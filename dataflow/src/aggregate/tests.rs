@@ -38,10 +38,11 @@ fn sample_lines(n: usize) -> Vec<Line> {
             };
             Line {
                 epoch: invoice_no / 25,
-                invoice: format!("{}{}", if cancel { "C" } else { "" }, 500_000 + invoice_no),
-                stock_code: format!("P{:03}", next(40)),
-                customer,
-                country: countries[next(5) as usize].to_owned(),
+                invoice: format!("{}{}", if cancel { "C" } else { "" }, 500_000 + invoice_no)
+                    .into(),
+                stock_code: format!("P{:03}", next(40)).into(),
+                customer: customer.map(Into::into),
+                country: countries[next(5) as usize].into(),
                 quantity,
                 unit_price_milli,
                 late: next(50) == 0,
@@ -103,8 +104,8 @@ fn final_state(updates: &[(Output, u64, isize)]) -> BTreeSet<Output> {
         .collect()
 }
 
-fn top(by_product: &BTreeMap<String, i64>, n: usize) -> Ranked {
-    let mut ranked: Vec<(String, i64)> = by_product.iter().map(|(p, r)| (p.clone(), *r)).collect();
+fn top(by_product: &BTreeMap<Text, i64>, n: usize) -> Ranked {
+    let mut ranked: Vec<(Text, i64)> = by_product.iter().map(|(p, r)| (p.clone(), *r)).collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     ranked.truncate(n);
     ranked
@@ -122,13 +123,13 @@ fn fold(lines: &[Line], rules: AlertRules) -> BTreeSet<Output> {
         acc.late_lines += s.late_lines;
     };
     let mut total = Sums::default();
-    let mut countries: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut countries: BTreeMap<Text, Sums> = BTreeMap::new();
     let mut epochs: BTreeMap<u64, Sums> = BTreeMap::new();
     let mut epoch_invoices: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
     let mut invoices = BTreeSet::new();
     let mut customers = BTreeSet::new();
-    let mut products: BTreeMap<String, i64> = BTreeMap::new();
-    let mut epoch_products: BTreeMap<u64, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut products: BTreeMap<Text, i64> = BTreeMap::new();
+    let mut epoch_products: BTreeMap<u64, BTreeMap<Text, i64>> = BTreeMap::new();
     let mut invoice_value: BTreeMap<&str, i64> = BTreeMap::new();
     let mut bursts: BTreeMap<(u64, &str), i64> = BTreeMap::new();
     let mut out = BTreeSet::new();

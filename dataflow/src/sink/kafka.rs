@@ -32,10 +32,10 @@ impl ClientContext for DeliveryCounter {}
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                error!(error = %e, "Kafka output delivery failed");
-            }
+        if let Err((e, _)) = result
+            && self.failed.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            error!(error = %e, "Kafka output delivery failed");
         }
     }
 }

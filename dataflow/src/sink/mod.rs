@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use differential_dataflow::consolidation::consolidate;
 use serde_json::{Value, json};
 
-use crate::aggregate::{Output, Ranked, Sums};
+use crate::aggregate::{Output, Ranked, Sums, Text};
 use crate::epoch::EpochClock;
 use crate::source::DeadLetter;
 
@@ -62,7 +62,7 @@ pub trait Sink {
 #[derive(Clone, Debug, Default)]
 pub struct State {
     pub totals: Sums,
-    pub by_country: BTreeMap<String, Sums>,
+    pub by_country: BTreeMap<Text, Sums>,
     pub top_products: Ranked,
     pub epochs: u64,
     pub alerts: BTreeMap<String, Value>,
@@ -100,7 +100,7 @@ impl State {
         let by_country: serde_json::Map<String, Value> = self
             .by_country
             .iter()
-            .map(|(c, s)| (c.clone(), sums_json(s)))
+            .map(|(c, s)| (c.to_string(), sums_json(s)))
             .collect();
         let dead_total: u64 = self.dead_letters.values().sum();
         json!({
@@ -118,7 +118,7 @@ impl State {
 fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
     match o {
         Output::Totals(s) => ("totals", "totals".into(), totals_json(s)),
-        Output::Country(c, s) => ("by_country", c.clone(), sums_json(s)),
+        Output::Country(c, s) => ("by_country", c.to_string(), sums_json(s)),
         Output::TopProducts(r) => ("top_products", "top_products".into(), ranked_json(r)),
         Output::Epoch(e, s, r) => (
             "epochs",
@@ -247,10 +247,8 @@ impl Renderer {
             Output::Country(c, t) if diff > 0 => {
                 s.by_country.insert(c.clone(), *t);
             }
-            Output::Country(c, t) => {
-                if s.by_country.get(c) == Some(t) {
-                    s.by_country.remove(c);
-                }
+            Output::Country(c, t) if s.by_country.get(c) == Some(t) => {
+                s.by_country.remove(c);
             }
             Output::TopProducts(r) if diff > 0 => s.top_products = r.clone(),
             Output::Epoch(..) if diff > 0 => s.epochs += 1,
@@ -258,10 +256,8 @@ impl Renderer {
             Output::Alert(_) if diff > 0 => {
                 s.alerts.insert(key.to_owned(), value.clone());
             }
-            Output::Alert(_) => {
-                if s.alerts.get(key) == Some(value) {
-                    s.alerts.remove(key);
-                }
+            Output::Alert(_) if s.alerts.get(key) == Some(value) => {
+                s.alerts.remove(key);
             }
             _ => {}
         }
