@@ -1,0 +1,201 @@
+//! Helpers for the integration tests: the real broker, fresh topics, the real binaries.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The broker `scripts/kafka up` starts, unless the environment names another.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "localhost:9092".into())
+}
+
+/// A topic name no other test or run uses.
+pub fn fresh_topic(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{name}-{nanos}-{}", std::process::id())
+}
+
+/// The workspace's shared test data (`../shared/data` beside the repository), or
+/// `RETAIL_DATA_DIR`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("RETAIL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+}
+
+/// A binary of the workspace, built beside this package's (`scripts/test` builds them all).
+pub fn binary(name: &str) -> PathBuf {
+    let dataflow = PathBuf::from(env!("CARGO_BIN_EXE_dataflow"));
+    let path = dataflow.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion, failing the test with its output if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Publishes a CSV file or generated sales with the real ingest binary.
+pub fn ingest(topic: &str, args: &[&str], dir: &Path) {
+    run_ok(
+        Command::new(binary("ingest"))
+            .args(["--topic", topic, "-b", &bootstrap(), "--partitions", "8"])
+            .args(["--rejects", &dir.join("rejects.csv").display().to_string()])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null()),
+    );
+}
+
+/// The dataflow binary with the flags every bounded test run shares.
+pub fn dataflow(topic: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataflow"));
+    cmd.args(["--topic", topic, "-b", &bootstrap(), "--until-end"])
+        .args(["--progress-interval", "0", "-o", &out.display().to_string()])
+        .args(extra)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the job as `processes` processes of `workers` workers on loopback and waits for all.
+pub fn dataflow_cluster(topic: &str, out: &Path, processes: usize, workers: usize, extra: &[&str]) {
+    let hostfile = out.with_extension("hosts");
+    let ports: Vec<u16> = (0..processes)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(&hostfile, hosts).unwrap();
+    let children: Vec<_> = (0..processes)
+        .map(|p| {
+            dataflow(topic, out, extra)
+                .args(["-n", &processes.to_string(), "-p", &p.to_string()])
+                .args(["-w", &workers.to_string()])
+                .args(["-h", &hostfile.display().to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("dataflow starts")
+        })
+        .collect();
+    for (p, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "process {p} failed with {}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every message of `topic`: all partitions, from the beginning to the current end.
+pub fn read_topic(topic: &str, read_committed: bool) -> Vec<OwnedMessage> {
+    let isolation = if read_committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", "retail-stream-tests")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "topic {topic} does not exist");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while at_end.len() < partitions {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                messages.push(m.detach());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    messages
+}
+
+/// All files of an output directory with their bytes, for comparison.
+pub fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Asserts two output directories hold the same files, byte for byte.
+pub fn assert_same_outputs(a: &Path, b: &Path) {
+    let (fa, fb) = (outputs(a), outputs(b));
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb), "{} vs {}", a.display(), b.display());
+    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(
+            x == y,
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}

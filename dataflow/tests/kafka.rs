@@ -1,0 +1,380 @@
+//! The dataflow job against the real broker: identical results for any worker and process
+//! count, equal to a plain fold over the input, and every bad message dead-lettered.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{Value, json};
+
+use retail_common::Sale;
+use retail_common::record::Fields;
+
+use common::*;
+
+/// The aggregates of `summary.json`, computed by a plain fold over the sales.
+fn fold(sales: impl IntoIterator<Item = Sale>) -> Value {
+    let mut lines = 0i64;
+    let (mut units, mut revenue, mut cancel_lines, mut cancel_value) = (0i64, 0i64, 0i64, 0i64);
+    let mut invoices = BTreeSet::new();
+    let mut customers = BTreeSet::new();
+    let mut countries: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    let mut products: BTreeMap<String, i64> = BTreeMap::new();
+    for s in sales {
+        let value = s.value().0;
+        lines += 1;
+        units += s.quantity;
+        revenue += value;
+        if s.is_cancellation() {
+            cancel_lines += 1;
+            cancel_value += value;
+        }
+        invoices.insert(s.invoice_no.clone());
+        if let Some(c) = &s.customer_id {
+            customers.insert(c.clone());
+        }
+        let c = countries.entry(s.country.clone()).or_default();
+        c.0 += 1;
+        c.1 += s.quantity;
+        c.2 += value;
+        *products.entry(s.stock_code.clone()).or_default() += value;
+    }
+    let mut top: Vec<(String, i64)> = products.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(10);
+    json!({
+        "totals": {
+            "lines": lines, "units": units, "revenue_milli": revenue,
+            "invoices": invoices.len(), "customers": customers.len(),
+            "cancellation_lines": cancel_lines, "cancellation_value_milli": cancel_value,
+        },
+        "by_country": countries.into_iter().map(|(c, (l, u, r))| {
+            (c, json!({"lines": l, "units": u, "revenue_milli": r}))
+        }).collect::<serde_json::Map<_, _>>(),
+        "top_products": top.into_iter().map(|(p, r)| json!({"stock_code": p, "revenue_milli": r})).collect::<Vec<_>>(),
+    })
+}
+
+/// The parts of a summary that [`fold`] computes.
+fn comparable(summary: &Value) -> Value {
+    let mut totals = summary["totals"].clone();
+    totals.as_object_mut().unwrap().remove("late_lines");
+    json!({
+        "totals": totals,
+        "by_country": summary["by_country"],
+        "top_products": summary["top_products"],
+    })
+}
+
+fn read_summary(dir: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Typed rows of a (possibly gzipped) CSV in the UCI header, as ingest types them.
+fn csv_sales(path: &std::path::Path) -> Vec<Sale> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        bytes = plain;
+    }
+    let mut reader = csv::Reader::from_reader(&bytes[..]);
+    reader
+        .records()
+        .filter_map(|r| {
+            let r = r.unwrap();
+            Sale::from_fields(&Fields {
+                invoice_no: &r[0],
+                stock_code: &r[1],
+                description: &r[2],
+                quantity: &r[3],
+                invoice_date: &r[4],
+                unit_price: &r[5],
+                customer_id: &r[6],
+                country: &r[7],
+            })
+            .ok()
+        })
+        .collect()
+}
+
+/// Runs 1 worker, 3 workers and 2 processes of 2 workers over `topic` and checks that all
+/// outputs are byte-identical; returns the directory of the first run.
+fn same_results_for_any_parallelism(
+    topic: &str,
+    root: &std::path::Path,
+    epoch: &str,
+) -> std::path::PathBuf {
+    let flags = ["--sinks", "jsonl", "--epoch", epoch];
+    let one = root.join("w1");
+    run_ok(dataflow(topic, &one, &flags).args(["-w", "1"]));
+    let three = root.join("w3");
+    run_ok(dataflow(topic, &three, &flags).args(["-w", "3"]));
+    let procs = root.join("n2w2");
+    dataflow_cluster(topic, &procs, 2, 2, &flags);
+    assert_same_outputs(&one, &three);
+    assert_same_outputs(&one, &procs);
+    one
+}
+
+#[test]
+fn real_data_set_gives_identical_results_equal_to_a_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("real");
+    let file = data_dir().join("online_retail.csv.gz");
+    ingest(&topic, &["--file", &file.display().to_string()], dir.path());
+    let out = same_results_for_any_parallelism(&topic, dir.path(), "1d");
+    let summary = read_summary(&out);
+    let expected = fold(csv_sales(&file));
+    assert_eq!(comparable(&summary), expected);
+    // The per-epoch stream covers every line exactly once.
+    let epochs = std::fs::read_to_string(out.join("epochs.jsonl")).unwrap();
+    let epoch_lines: i64 = epochs
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["value"]["lines"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(epoch_lines, expected["totals"]["lines"].as_i64().unwrap());
+}
+
+#[test]
+fn generated_data_gives_identical_results_equal_to_a_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("generated");
+    ingest(&topic, &["--generate", "60000", "--seed", "11"], dir.path());
+    let out = same_results_for_any_parallelism(&topic, dir.path(), "1h");
+    // The independent computation reads the topic back and folds it.
+    let sales: Vec<Sale> = read_topic(&topic, true)
+        .iter()
+        .map(|m| Sale::from_json(m.payload().unwrap()).expect("generated sales are valid"))
+        .collect();
+    assert_eq!(sales.len(), 60_000);
+    let summary = read_summary(&out);
+    assert_eq!(comparable(&summary), fold(sales));
+    assert_eq!(summary["dead_letters"]["total"], 0);
+    // Several epochs were emitted, each once.
+    let epochs = std::fs::read_to_string(out.join("epochs.jsonl")).unwrap();
+    let keys: Vec<String> = epochs
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(keys.len() > 5, "only {} epochs", keys.len());
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
+}
+
+#[test]
+fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("dlq");
+    let settings = retail_common::kafka::ClientSettings::new(bootstrap());
+    settings
+        .ensure_topic(&topic, 2, &[], Duration::from_secs(10))
+        .unwrap();
+    let good = |i: u32| {
+        format!(
+            r#"{{"invoice_no":"5{i:05}","stock_code":"85123A","description":"HEART","quantity":2,"invoice_date":"2010-12-01T08:{:02}:00","unit_price":"2.55","customer_id":"17850","country":"France"}}"#,
+            i % 60
+        )
+        .into_bytes()
+    };
+    let swap = |from: &str, to: &str| {
+        String::from_utf8(good(0))
+            .unwrap()
+            .replace(from, to)
+            .into_bytes()
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("not_utf8", b"{\"invoice_no\":\"\xff\xfe\"}".to_vec()),
+        ("not_json", b"this is not json".to_vec()),
+        (
+            "missing_field",
+            swap(r#""country":"France""#, r#""nation":"France""#),
+        ),
+        ("wrong_type", swap(r#""quantity":2"#, r#""quantity":"two""#)),
+        (
+            "bad_date",
+            swap("2010-12-01T08:00:00", "2010-02-30T08:00:00"),
+        ),
+        (
+            "bad_price",
+            swap(r#""unit_price":"2.55""#, r#""unit_price":"2.5501""#),
+        ),
+        (
+            "empty_field",
+            swap(r#""stock_code":"85123A""#, r#""stock_code":"""#),
+        ),
+        ("oversized", {
+            let pad = "x".repeat(3000);
+            swap(
+                r#""description":"HEART""#,
+                &format!(r#""description":"{pad}""#),
+            )
+        }),
+    ];
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let mut sent_good = 0;
+    let mut i = 0u32;
+    for round in 0..3 {
+        for (partition, (_, payload)) in bad.iter().enumerate() {
+            for _ in 0..4 {
+                let payload = good(i);
+                producer
+                    .send(
+                        BaseRecord::to(&topic)
+                            .key("k")
+                            .payload(&payload)
+                            .partition((i % 2) as i32),
+                    )
+                    .unwrap();
+                i += 1;
+                sent_good += 1;
+            }
+            let key = format!("bad-{round}-{partition}");
+            producer
+                .send(
+                    BaseRecord::to(&topic)
+                        .key(&key)
+                        .payload(payload)
+                        .partition((partition % 2) as i32),
+                )
+                .unwrap();
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let out = dir.path().join("out");
+    let dlq_topic = format!("{topic}.dlq");
+    let aggregates = format!("{topic}.aggregates");
+    run_ok(&mut dataflow(
+        &topic,
+        &out,
+        &[
+            "--sinks",
+            "jsonl,kafka",
+            "--max-message-bytes",
+            "2000",
+            "--aggregates-topic",
+            &aggregates,
+            "-w",
+            "2",
+        ],
+    ));
+
+    let summary = read_summary(&out);
+    assert_eq!(summary["totals"]["lines"], sent_good);
+    assert_eq!(summary["dead_letters"]["total"], bad.len() * 3);
+    for (reason, _) in &bad {
+        assert_eq!(summary["dead_letters"]["by_reason"][reason], 3, "{reason}");
+    }
+    // dlq.jsonl: each bad message with its reason, partition and offset.
+    let letters: Vec<Value> = std::fs::read_to_string(out.join("dlq.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), bad.len() * 3);
+    let by_key: BTreeMap<String, &Value> = letters
+        .iter()
+        .map(|l| (l["key"].as_str().unwrap().to_owned(), l))
+        .collect();
+    for round in 0..3 {
+        for (partition, (reason, _)) in bad.iter().enumerate() {
+            let letter = by_key[&format!("bad-{round}-{partition}")];
+            assert_eq!(letter["reason"], *reason);
+            assert_eq!(letter["partition"], (partition % 2) as i64);
+            assert!(letter["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+    }
+    // The dead-letter topic holds the original bytes, with the source and reason in headers.
+    let dead = read_topic(&dlq_topic, true);
+    assert_eq!(dead.len(), bad.len() * 3);
+    for m in &dead {
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        let index: usize = key.rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(m.payload().unwrap(), bad[index].1.as_slice());
+        let headers = m.headers().expect("headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("reason").as_deref(), Some(bad[index].0));
+        assert_eq!(header("source.topic").as_deref(), Some(topic.as_str()));
+        assert_eq!(header("source.partition"), Some((index % 2).to_string()));
+        assert!(header("source.offset").is_some_and(|o| o.parse::<i64>().is_ok()));
+    }
+    // The aggregates topic carries the same changes as the files, keyed by stream and key.
+    let changes = read_topic(&aggregates, true);
+    let file_lines: usize = ["totals", "by_country", "top_products", "epochs", "alerts"]
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(out.join(format!("{s}.jsonl")))
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(changes.len(), file_lines);
+    assert!(
+        changes
+            .iter()
+            .any(|m| m.key() == Some(b"by_country/France".as_slice()))
+    );
+}
+
+#[test]
+fn a_missing_topic_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dataflow(
+        &fresh_topic("missing"),
+        &dir.path().join("o"),
+        &["--sinks", "jsonl"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_exit_2_before_anything_starts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dataflow"))
+        .args(["--epoch", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--epoch"));
+    let out = Command::new(env!("CARGO_BIN_EXE_dataflow"))
+        .args(["-n", "2", "-p", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+}
