@@ -16,10 +16,11 @@ use timely::dataflow::operators::vec::Map;
 use tracing::{error, info};
 
 use crate::aggregate::{self, Output};
+use crate::checkpoint::{self, Checkpoint};
 use crate::cli::Config;
 use crate::sink::console::{ConsoleSink, group};
 use crate::sink::jsonl::JsonlSink;
-use crate::sink::kafka::{KafkaSink, Undelivered};
+use crate::sink::kafka::{KafkaOut, KafkaOutError, OutputTopics};
 use crate::sink::{Renderer, Sink, State};
 use crate::source::{DeadLetter, Metrics, Parsed, SourceConfig, kafka_source};
 
@@ -43,6 +44,8 @@ pub enum JobError {
     Worker(String),
     #[error("{0} Kafka output records were not delivered")]
     Delivery(u64),
+    #[error("{0}")]
+    Transaction(String),
 }
 
 /// What a finished process reports.
@@ -64,6 +67,8 @@ pub struct Report {
 enum Emit {
     Out(Output, u64, isize),
     Dead(DeadLetter, u64),
+    /// A partition's next offset.
+    Position(i32, i64, u64),
 }
 
 impl Emit {
@@ -71,7 +76,7 @@ impl Emit {
     /// capability is only a lower bound for the times it carries.
     fn time(&self) -> u64 {
         match self {
-            Emit::Out(_, t, _) | Emit::Dead(_, t) => *t,
+            Emit::Out(_, t, _) | Emit::Dead(_, t) | Emit::Position(_, _, t) => *t,
         }
     }
 }
@@ -97,9 +102,31 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 .settings
                 .ensure_topic(&config.dlq_topic, partitions, &[], METADATA_TIMEOUT)?;
     }
-    if writes && config.jsonl {
-        std::fs::create_dir_all(&config.output_dir)
-            .map_err(|e| JobError::Output(format!("{}: {e}", config.output_dir.display())))?;
+    let mut resume = None;
+    if writes && config.checkpoint {
+        config.settings.ensure_topic(
+            &config.checkpoint_topic,
+            1,
+            &checkpoint::TOPIC_CONFIG,
+            METADATA_TIMEOUT,
+        )?;
+        if !config.reset {
+            resume = checkpoint::read_latest(
+                &config.settings,
+                &config.checkpoint_topic,
+                &config.job_id,
+                METADATA_TIMEOUT,
+            )?;
+        }
+        match &resume {
+            Some(c) => info!(
+                job = %config.job_id,
+                epoch = %c.epoch_start,
+                commits = c.commits,
+                "resuming after the last checkpoint: re-reading the topic to rebuild the state"
+            ),
+            None => info!(job = %config.job_id, "no checkpoint: starting from the beginning"),
+        }
     }
     info!(
         topic = %config.topic,
@@ -141,10 +168,12 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         timely::execute(timely_config, move |worker| {
             let index = worker.index();
             let writer = if index == 0 {
-                Some(open_writer(&job, dlq_partitions).unwrap_or_else(|e| {
+                let opened =
+                    open_writer(&job, dlq_partitions, resume.clone(), Arc::clone(&shutdown));
+                Some(opened.unwrap_or_else(|e| {
                     *failure.lock().unwrap() = Some(e);
                     shutdown.store(true, Ordering::Relaxed);
-                    Writer::empty(&job)
+                    Writer::empty(&job, None, Arc::clone(&shutdown))
                 }))
             } else {
                 None
@@ -158,14 +187,20 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             let rules = job.rules;
             worker.dataflow::<u64, _, _>(move |scope| {
                 let parsed = kafka_source(scope, source_config, metrics, shutdown);
-                let (lines, dead) = parsed.ok_err(|(item, time, diff)| match item {
+                // Lines go to the aggregates; dead letters and positions straight to the writer.
+                #[allow(clippy::result_large_err)]
+                let (lines, other) = parsed.ok_err(|(item, time, diff)| match item {
                     Parsed::Line(line) => Ok((line, time, diff)),
-                    Parsed::Dead(letter) => Err((letter, time)),
+                    other => Err((other, time)),
                 });
                 let outputs = aggregate::build(lines.as_collection(), rules)
                     .inner
                     .map(|(o, t, r)| Emit::Out(o, t, r));
-                let dead = dead.map(|(letter, t)| Emit::Dead(letter, t));
+                let dead = other.map(|(item, t)| match item {
+                    Parsed::Dead(letter) => Emit::Dead(letter, t),
+                    Parsed::Position(p, next) => Emit::Position(p, next, t),
+                    Parsed::Line(_) => unreachable!("lines were split off"),
+                });
                 let mut writer = writer;
                 let mut stash: BTreeMap<u64, Vec<Emit>> = BTreeMap::new();
                 let mut finished = false;
@@ -179,16 +214,19 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                             }
                         });
                         let Some(w) = writer.as_mut() else { return };
+                        let mut closed = Vec::new();
                         while let Some(entry) = stash.first_entry() {
                             if frontier.less_equal(entry.key()) {
                                 break;
                             }
                             let epoch = *entry.key();
-                            let items = entry.remove();
-                            if let Err(e) = w.epoch(epoch, items) {
-                                error!(error = %e, "output failed; stopping");
-                                *failure.lock().unwrap() = Some(e);
-                            }
+                            closed.push((epoch, entry.remove()));
+                        }
+                        if !closed.is_empty()
+                            && let Err(e) = w.commit(closed)
+                        {
+                            error!(error = %e, "output failed; stopping");
+                            *failure.lock().unwrap() = Some(e);
                         }
                         if frontier.is_empty() && !finished {
                             finished = true;
@@ -232,88 +270,202 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     })
 }
 
-/// The sinks of worker 0 and the state they render from.
+/// The sinks of worker 0, the state they render from, and what is committed.
 struct Writer {
     renderer: Renderer,
-    sinks: Vec<Box<dyn Sink>>,
+    jsonl: Option<JsonlSink>,
+    console: Option<ConsoleSink>,
+    kafka: Option<KafkaOut>,
+    /// The last checkpoint written (or read at start): epochs up to its epoch are not written
+    /// again.
+    checkpoint: Option<Checkpoint>,
+    /// Set by Ctrl-C: with checkpoints, nothing more is committed.
+    shutdown: Arc<AtomicBool>,
+    /// A commit failed: write nothing more.
+    failed: bool,
+    job_id: String,
 }
 
 impl Writer {
-    fn empty(config: &Config) -> Writer {
+    fn empty(config: &Config, checkpoint: Option<Checkpoint>, shutdown: Arc<AtomicBool>) -> Writer {
         Writer {
             renderer: Renderer {
                 clock: config.clock,
                 state: State::default(),
             },
-            sinks: Vec::new(),
+            jsonl: None,
+            console: None,
+            kafka: None,
+            checkpoint,
+            shutdown,
+            failed: false,
+            job_id: config.job_id.clone(),
         }
     }
 
-    fn epoch(&mut self, epoch: u64, items: Vec<Emit>) -> Result<(), JobError> {
-        let mut updates = Vec::new();
-        let mut dead = Vec::new();
-        for item in items {
-            match item {
-                Emit::Out(o, _, r) => updates.push((o, r)),
-                Emit::Dead(d, _) => dead.push(d),
+    fn committed(&self) -> Option<u64> {
+        self.checkpoint.as_ref().and_then(|c| c.epoch)
+    }
+
+    /// Renders the closed epochs, then writes those after the checkpoint: the files first,
+    /// then one Kafka transaction with their changes, dead letters and the new checkpoint.
+    fn commit(&mut self, closed: Vec<(u64, Vec<Emit>)>) -> Result<(), JobError> {
+        let stopping = self.checkpoint.is_some() && self.shutdown.load(Ordering::Relaxed);
+        if self.failed || stopping {
+            return Ok(());
+        }
+        let mut offsets = self
+            .checkpoint
+            .as_ref()
+            .map(|c| c.offsets.clone())
+            .unwrap_or_default();
+        let mut batches = Vec::new();
+        for (epoch, items) in closed {
+            let mut updates = Vec::new();
+            let mut dead = Vec::new();
+            for item in items {
+                match item {
+                    Emit::Out(o, _, r) => updates.push((o, r)),
+                    Emit::Dead(d, _) => dead.push(d),
+                    Emit::Position(p, next, _) => {
+                        let o = offsets.entry(p).or_insert(next);
+                        *o = (*o).max(next);
+                    }
+                }
+            }
+            // Epochs already committed still update the state, but are not written again.
+            let batch = self.renderer.render(epoch, updates, dead);
+            if self.committed().is_none_or(|c| epoch > c) {
+                batches.push(batch);
             }
         }
-        let batch = self.renderer.render(epoch, updates, dead);
+        let Some(last) = batches.last().map(|b| (b.epoch, b.label.clone())) else {
+            return Ok(());
+        };
         let state = &self.renderer.state;
-        let mut result = Ok(());
-        self.sinks
-            .retain_mut(|sink| match sink.write(&batch, state) {
-                Ok(()) => true,
-                // `dataflow | head`: the reader left; the other sinks go on.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
-                Err(e) => {
-                    result = Err(output_error(e));
-                    true
+        if let Some(jsonl) = &mut self.jsonl {
+            for batch in &batches {
+                jsonl.write(batch, state).map_err(output_error)?;
+            }
+        }
+        if let Some(console) = &mut self.console {
+            for batch in &batches {
+                if let Err(e) = console.write(batch, state) {
+                    // `dataflow | head`: the reader left; the other sinks go on.
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        return Err(output_error(e));
+                    }
+                    self.console = None;
+                    break;
                 }
-            });
-        result
+            }
+        }
+        let files = match &mut self.jsonl {
+            Some(j) => j.lengths().map_err(output_error)?,
+            None => BTreeMap::new(),
+        };
+        let checkpoint = Checkpoint {
+            job_id: self.job_id.clone(),
+            epoch: Some(last.0),
+            epoch_start: last.1,
+            files,
+            offsets,
+            commits: self.checkpoint.as_ref().map_or(0, |c| c.commits) + 1,
+        };
+        if let Some(kafka) = &self.kafka
+            && let Err(e) = kafka.commit(&batches, &checkpoint)
+        {
+            self.failed = true;
+            return Err(kafka_error(e));
+        }
+        self.checkpoint = Some(checkpoint);
+        Ok(())
     }
 
+    /// After the last epoch: flush, and write summary.json unless the run was interrupted.
     fn finish(&mut self) -> Result<(), JobError> {
+        if self.failed || self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints() {
+            return Ok(());
+        }
         let state = &self.renderer.state;
-        for sink in &mut self.sinks {
-            sink.finish(state).map_err(output_error)?;
+        if let Some(kafka) = &self.kafka {
+            kafka.finish().map_err(kafka_error)?;
+        }
+        if let Some(console) = &mut self.console {
+            let _ = console.finish(state);
+        }
+        if let Some(jsonl) = &mut self.jsonl {
+            jsonl.finish(state).map_err(output_error)?;
         }
         Ok(())
     }
+
+    fn kafka_checkpoints(&self) -> bool {
+        self.checkpoint.is_some()
+    }
 }
 
-/// Classifies a sink's error: undelivered Kafka output has its own exit status.
 fn output_error(e: std::io::Error) -> JobError {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<Undelivered>())
-    {
-        Some(Undelivered(n)) => JobError::Delivery(*n),
-        None => JobError::Output(e.to_string()),
+    JobError::Output(e.to_string())
+}
+
+fn kafka_error(e: KafkaOutError) -> JobError {
+    match e {
+        KafkaOutError::Undelivered(n) => JobError::Delivery(n),
+        other => JobError::Transaction(other.to_string()),
     }
 }
 
-fn open_writer(config: &Config, dlq_partitions: i32) -> Result<Writer, JobError> {
-    let mut writer = Writer::empty(config);
+fn open_writer(
+    config: &Config,
+    dlq_partitions: i32,
+    resume: Option<Checkpoint>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Writer, JobError> {
+    let checkpoint = config.checkpoint.then(|| {
+        resume.clone().unwrap_or_else(|| Checkpoint {
+            job_id: config.job_id.clone(),
+            ..Checkpoint::default()
+        })
+    });
+    let mut writer = Writer::empty(config, checkpoint, shutdown);
     if config.jsonl {
-        let sink = JsonlSink::create(config.output_dir.clone())
+        let committed = resume.as_ref().map(|c| &c.files);
+        let sink = JsonlSink::open(config.output_dir.clone(), committed)
             .map_err(|e| JobError::Output(format!("{}: {e}", config.output_dir.display())))?;
-        writer.sinks.push(Box::new(sink));
+        writer.jsonl = Some(sink);
     }
-    if config.kafka {
-        let sink = KafkaSink::create(
-            &config.settings,
-            config.aggregates_topic.clone(),
+    let outputs = config.kafka.then(|| OutputTopics {
+        aggregates: config.aggregates_topic.clone(),
+        dlq: config.dlq_topic.clone(),
+        source: config.topic.clone(),
+        dlq_partitions,
+    });
+    let target = config.checkpoint.then(|| {
+        (
+            config.checkpoint_topic.clone(),
+            config.job_id.clone(),
             config.topic.clone(),
-            config.dlq_topic.clone(),
-            dlq_partitions,
+            config.group_id.clone(),
         )
-        .map_err(|e| JobError::Output(format!("Kafka producer: {e}")))?;
-        writer.sinks.push(Box::new(sink));
+    });
+    if outputs.is_some() || target.is_some() {
+        let kafka = KafkaOut::create(&config.settings, outputs, target).map_err(kafka_error)?;
+        writer.kafka = Some(kafka);
     }
     if config.console {
-        writer.sinks.push(Box::new(ConsoleSink::new()));
+        writer.console = Some(ConsoleSink::new());
+    }
+    // A fresh or reset job commits its empty start, so that a crash before its first epoch
+    // cannot fall back to an older run's checkpoint.
+    if resume.is_none()
+        && let (Some(kafka), Some(checkpoint)) = (&writer.kafka, &writer.checkpoint)
+    {
+        let mut start = checkpoint.clone();
+        if let Some(j) = &mut writer.jsonl {
+            start.files = j.lengths().map_err(output_error)?;
+        }
+        kafka.commit(&[], &start).map_err(kafka_error)?;
     }
     Ok(writer)
 }

@@ -82,6 +82,8 @@ pub struct DeadLetter {
 pub enum Parsed {
     Line(Line),
     Dead(DeadLetter),
+    /// How far a partition has been read (its next offset), for checkpoints and lag.
+    Position(i32, i64),
 }
 
 /// Counters the progress line reads; shared by the workers of one process.
@@ -180,6 +182,13 @@ pub fn kafka_source<'scope>(
                 return;
             }
             let handled = reader.poll_into(&config, *c.time(), &mut batches, &metrics);
+            let now_at = *c.time();
+            for (p, next) in reader.moved_positions() {
+                batches
+                    .entry(now_at)
+                    .or_default()
+                    .push((Parsed::Position(p, next), now_at, 1));
+            }
             for (time, mut batch) in std::mem::take(&mut batches) {
                 output.session(&c.delayed(&time)).give_container(&mut batch);
             }
@@ -213,6 +222,8 @@ struct Reader {
     last_stable: Arc<Vec<AtomicI64>>,
     worker: usize,
     reported_lag: i64,
+    /// Next offset last reported downstream, per owned partition (same order as `parts`).
+    reported: Vec<i64>,
 }
 
 impl Reader {
@@ -269,6 +280,7 @@ impl Reader {
             last_stable,
             worker,
             reported_lag: 0,
+            reported: Vec::new(),
         };
         for state in reader.parts.iter().filter(|s| s.done) {
             reader.pause(state.partition);
@@ -404,6 +416,21 @@ impl Reader {
         metrics.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.report_lag(metrics);
         handled
+    }
+
+    /// Partitions whose position moved since the last call, with their next offset.
+    fn moved_positions(&mut self) -> Vec<(i32, i64)> {
+        if self.reported.len() != self.parts.len() {
+            self.reported = vec![-1; self.parts.len()];
+        }
+        let mut moved = Vec::new();
+        for (state, reported) in self.parts.iter().zip(self.reported.iter_mut()) {
+            if state.next_offset != *reported {
+                *reported = state.next_offset;
+                moved.push((state.partition, state.next_offset));
+            }
+        }
+        moved
     }
 
     fn state_mut(&mut self, partition: i32) -> Option<&mut PartitionState> {

@@ -29,6 +29,8 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, detail: String },
     #[error("topic {topic} does not exist on {bootstrap}")]
     NoTopic { topic: String, bootstrap: String },
+    #[error("timed out {what} on {bootstrap}")]
+    Timeout { what: String, bootstrap: String },
 }
 
 /// Where the cluster is and any extra librdkafka settings.

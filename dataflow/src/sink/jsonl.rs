@@ -1,35 +1,66 @@
 //! JSON-lines files in `--output-dir`: one file per stream plus `dlq.jsonl`, and
 //! `summary.json` at the end.
+//!
+//! Files only grow, one closed epoch at a time. Their lengths go into each checkpoint; a
+//! restarted job cuts them back to the committed lengths before writing again, so what a crash
+//! left half-written disappears and every epoch appears exactly once.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use super::{Batch, STREAMS, Sink, State, write_summary};
 
+const DLQ: &str = "dlq";
+
 pub struct JsonlSink {
     dir: PathBuf,
     files: BTreeMap<&'static str, BufWriter<File>>,
-    dlq: BufWriter<File>,
+}
+
+fn file_name(stream: &str) -> String {
+    format!("{stream}.jsonl")
 }
 
 impl JsonlSink {
-    /// Creates (truncating) the stream files in `dir`.
-    pub fn create(dir: PathBuf) -> io::Result<JsonlSink> {
+    /// Opens the stream files in `dir`: empty for a fresh start, or cut back to `committed`
+    /// lengths when resuming.
+    pub fn open(dir: PathBuf, committed: Option<&BTreeMap<String, u64>>) -> io::Result<JsonlSink> {
         std::fs::create_dir_all(&dir)?;
-        let open = |name: &str| File::create(dir.join(name)).map(BufWriter::new);
         let mut files = BTreeMap::new();
-        for stream in STREAMS {
-            files.insert(stream, open(&format!("{stream}.jsonl"))?);
+        for stream in STREAMS.into_iter().chain([DLQ]) {
+            let name = file_name(stream);
+            let path = dir.join(&name);
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let keep = committed.map_or(0, |c| c.get(&name).copied().unwrap_or(0));
+            let len = file.metadata()?.len();
+            if len < keep {
+                return Err(io::Error::other(format!(
+                    "{} has {len} bytes but {keep} were committed; it was changed outside the job \
+                     (start over with --reset)",
+                    path.display()
+                )));
+            }
+            file.set_len(keep)?;
+            files.insert(stream, BufWriter::new(file));
         }
-        let dlq = open("dlq.jsonl")?;
         // A summary from an earlier run must not pass for this run's.
         match std::fs::remove_file(dir.join("summary.json")) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        Ok(JsonlSink { dir, files, dlq })
+        Ok(JsonlSink { dir, files })
+    }
+
+    /// The length of every file, after flushing, for the checkpoint.
+    pub fn lengths(&mut self) -> io::Result<BTreeMap<String, u64>> {
+        let mut lengths = BTreeMap::new();
+        for (stream, file) in &mut self.files {
+            file.flush()?;
+            lengths.insert(file_name(stream), file.get_ref().metadata()?.len());
+        }
+        Ok(lengths)
     }
 }
 
@@ -43,15 +74,16 @@ impl Sink for JsonlSink {
             file.write_all(change.line.as_bytes())?;
             file.write_all(b"\n")?;
         }
+        let dlq = self.files.get_mut(DLQ).expect("the dead-letter file");
         for (_, line) in &batch.dead {
-            self.dlq.write_all(line.as_bytes())?;
-            self.dlq.write_all(b"\n")?;
+            dlq.write_all(line.as_bytes())?;
+            dlq.write_all(b"\n")?;
         }
-        // Each epoch is complete on disk before the next one starts.
+        // Each epoch is complete on disk before it is committed.
         for file in self.files.values_mut() {
             file.flush()?;
         }
-        self.dlq.flush()
+        Ok(())
     }
 
     fn finish(&mut self, state: &State) -> io::Result<()> {

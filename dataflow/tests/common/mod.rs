@@ -72,13 +72,23 @@ pub fn ingest(topic: &str, args: &[&str], dir: &Path) {
     );
 }
 
-/// The dataflow binary with the flags every bounded test run shares.
+/// The dataflow binary with the flags every bounded test run shares; the job id is unique to
+/// the output directory, so runs never resume one another's checkpoints.
 pub fn dataflow(topic: &str, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataflow"));
-    cmd.args(["--topic", topic, "-b", &bootstrap(), "--until-end"])
-        .args(["--progress-interval", "0", "-o", &out.display().to_string()])
-        .args(extra)
-        .stdin(Stdio::null());
+    let job_id = format!("{topic}-{}", out.file_name().unwrap().to_string_lossy());
+    cmd.args([
+        "--topic",
+        topic,
+        "-b",
+        &bootstrap(),
+        "--until-end",
+        "--job-id",
+        &job_id,
+    ])
+    .args(["--progress-interval", "0", "-o", &out.display().to_string()])
+    .args(extra)
+    .stdin(Stdio::null());
     cmd
 }
 
