@@ -1,6 +1,7 @@
 //! `dataflow`: parses the command line, sets up logging and Ctrl-C, runs the job and maps the
 //! outcome to an exit status.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match args.into_config() {
         Ok(c) => c,

@@ -11,66 +11,12 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use retail_common::Sale;
 use retail_common::record::Fields;
 
 use common::*;
-
-/// The aggregates of `summary.json`, computed by a plain fold over the sales.
-fn fold(sales: impl IntoIterator<Item = Sale>) -> Value {
-    let mut lines = 0i64;
-    let (mut units, mut revenue, mut cancel_lines, mut cancel_value) = (0i64, 0i64, 0i64, 0i64);
-    let mut invoices = BTreeSet::new();
-    let mut customers = BTreeSet::new();
-    let mut countries: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
-    let mut products: BTreeMap<String, i64> = BTreeMap::new();
-    for s in sales {
-        let value = s.value().0;
-        lines += 1;
-        units += s.quantity;
-        revenue += value;
-        if s.is_cancellation() {
-            cancel_lines += 1;
-            cancel_value += value;
-        }
-        invoices.insert(s.invoice_no.clone());
-        if let Some(c) = &s.customer_id {
-            customers.insert(c.clone());
-        }
-        let c = countries.entry(s.country.clone()).or_default();
-        c.0 += 1;
-        c.1 += s.quantity;
-        c.2 += value;
-        *products.entry(s.stock_code.clone()).or_default() += value;
-    }
-    let mut top: Vec<(String, i64)> = products.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    top.truncate(10);
-    json!({
-        "totals": {
-            "lines": lines, "units": units, "revenue_milli": revenue,
-            "invoices": invoices.len(), "customers": customers.len(),
-            "cancellation_lines": cancel_lines, "cancellation_value_milli": cancel_value,
-        },
-        "by_country": countries.into_iter().map(|(c, (l, u, r))| {
-            (c, json!({"lines": l, "units": u, "revenue_milli": r}))
-        }).collect::<serde_json::Map<_, _>>(),
-        "top_products": top.into_iter().map(|(p, r)| json!({"stock_code": p, "revenue_milli": r})).collect::<Vec<_>>(),
-    })
-}
-
-/// The parts of a summary that [`fold`] computes.
-fn comparable(summary: &Value) -> Value {
-    let mut totals = summary["totals"].clone();
-    totals.as_object_mut().unwrap().remove("late_lines");
-    json!({
-        "totals": totals,
-        "by_country": summary["by_country"],
-        "top_products": summary["top_products"],
-    })
-}
 
 fn read_summary(dir: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");

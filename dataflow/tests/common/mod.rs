@@ -12,6 +12,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use retail_common::Sale;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The broker `scripts/kafka up` starts, unless the environment names another.
 pub fn bootstrap() -> String {
@@ -208,4 +211,58 @@ pub fn assert_same_outputs(a: &Path, b: &Path) {
             b.display()
         );
     }
+}
+
+/// The aggregates of `summary.json`, computed by a plain fold over the sales.
+pub fn fold(sales: impl IntoIterator<Item = Sale>) -> Value {
+    let mut lines = 0i64;
+    let (mut units, mut revenue, mut cancel_lines, mut cancel_value) = (0i64, 0i64, 0i64, 0i64);
+    let mut invoices = BTreeSet::new();
+    let mut customers = BTreeSet::new();
+    let mut countries: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    let mut products: BTreeMap<String, i64> = BTreeMap::new();
+    for s in sales {
+        let value = s.value().0;
+        lines += 1;
+        units += s.quantity;
+        revenue += value;
+        if s.is_cancellation() {
+            cancel_lines += 1;
+            cancel_value += value;
+        }
+        invoices.insert(s.invoice_no.clone());
+        if let Some(c) = &s.customer_id {
+            customers.insert(c.clone());
+        }
+        let c = countries.entry(s.country.clone()).or_default();
+        c.0 += 1;
+        c.1 += s.quantity;
+        c.2 += value;
+        *products.entry(s.stock_code.clone()).or_default() += value;
+    }
+    let mut top: Vec<(String, i64)> = products.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(10);
+    json!({
+        "totals": {
+            "lines": lines, "units": units, "revenue_milli": revenue,
+            "invoices": invoices.len(), "customers": customers.len(),
+            "cancellation_lines": cancel_lines, "cancellation_value_milli": cancel_value,
+        },
+        "by_country": countries.into_iter().map(|(c, (l, u, r))| {
+            (c, json!({"lines": l, "units": u, "revenue_milli": r}))
+        }).collect::<serde_json::Map<_, _>>(),
+        "top_products": top.into_iter().map(|(p, r)| json!({"stock_code": p, "revenue_milli": r})).collect::<Vec<_>>(),
+    })
+}
+
+/// The parts of a summary that [`fold`] computes.
+pub fn comparable(summary: &Value) -> Value {
+    let mut totals = summary["totals"].clone();
+    totals.as_object_mut().unwrap().remove("late_lines");
+    json!({
+        "totals": totals,
+        "by_country": summary["by_country"],
+        "top_products": summary["top_products"],
+    })
 }

@@ -1,0 +1,206 @@
+//! Chaos: a bounded run over 1M records is killed with SIGKILL at random points (once as a
+//! two-process job with one process killed), restarted each time, and also sees the broker
+//! restart under it. At the end its committed outputs, read with `read_committed`, equal those
+//! of an uninterrupted run byte for byte, and its summary equals a fold over the topic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::message::Message;
+
+use common::*;
+
+const RECORDS: usize = 1_000_000;
+
+/// The flags of every run of a job; the job id comes from the output directory, so every run
+/// into the same directory resumes the last one.
+fn job(topic: &str, out: &Path, aggregates: &str) -> Command {
+    dataflow(
+        topic,
+        out,
+        &["--sinks", "jsonl,kafka", "--aggregates-topic", aggregates],
+    )
+}
+
+/// Starts a run with its log in `log` (a file, so a run that is never waited for cannot
+/// block on a full pipe).
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("dataflow starts")
+}
+
+/// A small deterministic-per-run pseudo-random source for kill points.
+struct Dice(u64);
+
+impl Dice {
+    fn between(&mut self, low: f64, high: f64) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        low + (high - low) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+fn kafka_script(command: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka");
+    run_ok(Command::new(script).arg(command));
+}
+
+/// Keys and payloads of a topic's committed messages, partition by partition, in order.
+fn committed(topic: &str) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+    let mut messages: Vec<_> = read_topic(topic, true)
+        .into_iter()
+        .map(|m| {
+            (
+                m.partition(),
+                m.offset(),
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            )
+        })
+        .collect();
+    messages.sort_by_key(|m| (m.0, m.1));
+    messages.into_iter().map(|(p, _, k, v)| (p, k, v)).collect()
+}
+
+#[test]
+fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("chaos");
+    ingest(
+        &topic,
+        &["--generate", &RECORDS.to_string(), "--seed", "5"],
+        dir.path(),
+    );
+
+    // The reference: one uninterrupted run.
+    let reference = dir.path().join("reference");
+    let ref_aggregates = format!("{topic}.ref");
+    let started = Instant::now();
+    run_ok(job(&topic, &reference, &ref_aggregates).args(["-w", "2"]));
+    let full = started.elapsed();
+    eprintln!("uninterrupted run: {full:?}");
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut dice = Dice(seed);
+    let chaos = dir.path().join("chaos");
+    let aggregates = format!("{topic}.chaos");
+
+    // Five kills at random points, the third of a two-process job with one process killed.
+    for round in 0..5 {
+        let at = Duration::from_secs_f64(full.as_secs_f64() * dice.between(0.3, 0.95));
+        if round == 2 {
+            let hostfile = dir.path().join("hosts");
+            let ports: Vec<u16> = (0..2)
+                .map(|_| {
+                    std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port()
+                })
+                .collect();
+            std::fs::write(
+                &hostfile,
+                format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+            )
+            .unwrap();
+            let mut procs: Vec<Child> = (0..2)
+                .map(|p| {
+                    spawn_logged(
+                        job(&topic, &chaos, &aggregates)
+                            .args(["-n", "2", "-p", &p.to_string(), "-w", "1"])
+                            .args(["-h", &hostfile.display().to_string()]),
+                        &dir.path().join(format!("run-{round}-p{p}.log")),
+                    )
+                })
+                .collect();
+            std::thread::sleep(at);
+            eprintln!("round {round}: killing process 1 of 2 after {at:?}");
+            procs[1].kill().unwrap();
+            procs[1].wait().unwrap();
+            // Its peer cannot go on alone; give it a moment to notice, then kill it too.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && procs[0].try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = procs[0].kill();
+            procs[0].wait().unwrap();
+        } else {
+            let mut child = spawn_logged(
+                job(&topic, &chaos, &aggregates).args(["-w", "2"]),
+                &dir.path().join(format!("run-{round}.log")),
+            );
+            std::thread::sleep(at);
+            eprintln!("round {round}: kill -9 after {at:?}");
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+    }
+
+    // The kills must have hit a job that had committed something, or nothing was proven.
+    let resumed = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| {
+            let log = std::fs::read_to_string(p).unwrap();
+            log.contains("resuming after the last checkpoint") && !log.contains("commits=0")
+        })
+        .count();
+    eprintln!("{resumed} runs resumed from a checkpoint");
+    assert!(
+        resumed >= 2,
+        "only {resumed} runs resumed after a committed epoch"
+    );
+
+    // A run that sees the broker restart under it, then finishes.
+    let child = job(&topic, &chaos, &aggregates)
+        .args(["-w", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dataflow starts");
+    std::thread::sleep(full.mul_f64(0.3));
+    eprintln!("restarting the broker mid-run");
+    kafka_script("down");
+    kafka_script("up");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // A transaction the broker lost is aborted (exit 75): a restart resumes.
+        assert_eq!(out.status.code(), Some(75), "unexpected failure:\n{stderr}");
+        eprintln!("the broker restart aborted a transaction; resuming");
+        run_ok(job(&topic, &chaos, &aggregates).args(["-w", "2"]));
+    }
+
+    // Committed outputs equal the uninterrupted run's, byte for byte.
+    assert_same_outputs(&reference, &chaos);
+    let (expected, actual) = (committed(&ref_aggregates), committed(&aggregates));
+    assert_eq!(
+        expected.len(),
+        actual.len(),
+        "committed aggregate changes differ in number"
+    );
+    assert!(expected == actual, "committed aggregate changes differ");
+
+    // And the summary equals a fold over the topic.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chaos.join("summary.json")).unwrap())
+            .unwrap();
+    let sales: Vec<retail_common::Sale> = read_topic(&topic, true)
+        .iter()
+        .map(|m| retail_common::Sale::from_json(m.payload().unwrap()).unwrap())
+        .collect();
+    assert_eq!(sales.len(), RECORDS);
+    assert_eq!(comparable(&summary), fold(sales));
+}
