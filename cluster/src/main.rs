@@ -1,0 +1,61 @@
+//! `cluster`: parses the command line, sets up logging and signal handling, runs (or prints)
+//! the job and maps the outcome to an exit status.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cluster::cli::Mode;
+use cluster::{Args, Outcome, Shutdown};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cluster: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.mode == Mode::Print {
+        let mut stdout = std::io::stdout().lock();
+        return match cluster::supervise::print_commands(&config, &mut stdout) {
+            Ok(()) => ExitCode::SUCCESS,
+            // A closed pipe (`cluster --print | head -1`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cluster: error: cannot print the commands: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let shutdown = Shutdown::new();
+    if let Err(e) = shutdown.install_signal_handlers() {
+        eprintln!("cluster: warning: cannot handle Ctrl-C/SIGTERM, children will not be told: {e}");
+    }
+    match cluster::run(&config, &shutdown) {
+        Ok(outcome) => {
+            match &outcome {
+                Outcome::Success { .. } => tracing::info!("{outcome}"),
+                Outcome::Interrupted => eprintln!("cluster: interrupted"),
+                // Already logged in full; repeat it as the last line a user sees.
+                Outcome::Failed { .. } => eprintln!("cluster: error: {outcome}"),
+            }
+            ExitCode::from(outcome.exit_code())
+        }
+        Err(e) => {
+            eprintln!("cluster: error: {:#}", anyhow::Error::new(e));
+            ExitCode::from(1)
+        }
+    }
+}

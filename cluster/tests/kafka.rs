@@ -1,0 +1,241 @@
+//! End-to-end against the real broker (`scripts/kafka up`; address from
+//! `KAFKA_BOOTSTRAP_SERVERS`, default localhost:9092): one fresh topic filled by the real
+//! `ingest`, one uninterrupted 1 process x 1 worker `dataflow` run as the reference, and
+//! `cluster` runs of other shapes, with a killed process, with a 127.0.0.x hostfile and over a
+//! stand-in ssh, each of which must write the same output files byte for byte.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{
+    assert_same_outputs, bootstrap, cluster, fake_ssh, free_port, run, sibling, text, unique,
+    wait_for_file,
+};
+
+/// Long enough (about 3 s for one process here) that a process can be killed mid-run.
+const RECORDS: &str = "300000";
+
+/// The topic every test reads, and the reference outputs of a plain 1 x 1 run over it.
+struct Fixture {
+    topic: String,
+    reference: PathBuf,
+}
+
+/// A fresh directory under cargo's scratch dir for integration tests.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let topic = unique("sales");
+        run(
+            Command::new(sibling("ingest"))
+                .args(["--generate", RECORDS, "--seed", "7", "--partitions", "8"])
+                .args(["--topic", &topic, "-b", &bootstrap()])
+                .env("RUST_LOG", "warn")
+                .current_dir(scratch("ingest")),
+            0,
+        );
+        let reference = scratch("reference");
+        run(
+            Command::new(sibling("dataflow"))
+                .args(dataflow_flags(&topic, &reference))
+                .env("RUST_LOG", "warn"),
+            0,
+        );
+        Fixture { topic, reference }
+    })
+}
+
+/// Whether the dataflow binary has `flag` (its command line is still growing: checkpoints
+/// brought `--job-id`).
+fn dataflow_has(flag: &str) -> bool {
+    static HELP: OnceLock<String> = OnceLock::new();
+    HELP.get_or_init(|| {
+        let out = run(Command::new(sibling("dataflow")).arg("--help"), 0);
+        text(&out.stdout)
+    })
+    .contains(flag)
+}
+
+/// The flags of a bounded run that writes only the JSON-lines files and summary.json. Every
+/// run is its own job (`--job-id`), so that no checkpoint of another run, test or demo is
+/// resumed; a restart inside one `cluster` run keeps the same flags and so the same job.
+fn dataflow_flags(topic: &str, out: &Path) -> Vec<String> {
+    let mut flags = vec![
+        "--topic".into(),
+        topic.into(),
+        "--until-end".into(),
+        "--sinks".into(),
+        "jsonl".into(),
+        "-o".into(),
+        out.to_str().unwrap().into(),
+        "--group-id".into(),
+        unique("group"),
+        "-b".into(),
+        bootstrap(),
+        "--progress-interval".into(),
+        "1s".into(),
+    ];
+    if dataflow_has("--job-id") {
+        flags.extend(["--job-id".into(), unique("job")]);
+    }
+    flags
+}
+
+/// `cluster` with the real dataflow next to it and quiet children.
+fn cluster_job() -> Command {
+    let mut command = cluster();
+    command
+        .env("RUST_LOG", "warn,cluster=info")
+        .arg("--dataflow-bin")
+        .arg(sibling("dataflow"));
+    command
+}
+
+#[test]
+fn three_processes_of_two_workers_match_one_process_of_one() {
+    let f = fixture();
+    let out = scratch("3x2");
+    let result = run(
+        cluster_job()
+            .args(["--processes", "3", "--workers", "2", "--"])
+            .args(dataflow_flags(&f.topic, &out)),
+        0,
+    );
+    let stderr = text(&result.stderr);
+    for i in 0..3 {
+        assert!(
+            stderr.contains(&format!("[p{i}] ")),
+            "no output of p{i}: {stderr}"
+        );
+    }
+    assert_same_outputs(&f.reference, &out);
+}
+
+#[test]
+fn killing_one_process_restarts_the_job_and_ends_with_the_same_results() {
+    let f = fixture();
+    let out = scratch("killed");
+    let pids = scratch("pids");
+    let child = cluster_job()
+        .args(["--processes", "2", "--workers", "1", "--backoff", "100ms"])
+        .arg("--pid-dir")
+        .arg(&pids)
+        .arg("--")
+        .args(dataflow_flags(&f.topic, &out))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let victim = wait_for_file(&pids.join("p1.pid"), Duration::from_secs(30));
+    let victim = victim.trim();
+    // Mid-run: the whole job takes seconds; the processes are connected or connecting.
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-KILL", victim])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "p1 (pid {victim}) was already gone");
+    let result = child.wait_with_output().unwrap();
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    let restart = stderr
+        .lines()
+        .find(|l| l.contains("restarting the whole job"))
+        .unwrap_or_else(|| panic!("no restart: {stderr}"));
+    assert!(
+        restart.contains(&format!("process p1 (pid {victim}, 127.0.0.1:"))
+            && restart.contains("was killed by signal 9 (SIGKILL); stopped the other processes")
+            && restart.ends_with("in 100ms (restart 1 of 3)"),
+        "{restart}"
+    );
+    // (More restarts would mean something else failed too, e.g. the broker was restarted.)
+    assert!(stderr.contains("attempt=2"), "{stderr}");
+    assert!(
+        stderr.contains("every process exited 0 (after "),
+        "{stderr}"
+    );
+    assert_same_outputs(&f.reference, &out);
+}
+
+#[test]
+fn a_hostfile_of_loopback_addresses_runs_every_process_here() {
+    let f = fixture();
+    let out = scratch("loopback");
+    let hosts = out.with_extension("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.2:{}\n127.0.0.3:{}\n",
+            free_port("127.0.0.2"),
+            free_port("127.0.0.3")
+        ),
+    )
+    .unwrap();
+    let result = run(
+        cluster_job()
+            .args(["--workers", "2", "--hostfile"])
+            .arg(&hosts)
+            .arg("--")
+            .args(dataflow_flags(&f.topic, &out)),
+        0,
+    );
+    let stderr = text(&result.stderr);
+    assert!(
+        stderr.contains("processes=2"),
+        "the hostfile sets -n: {stderr}"
+    );
+    assert!(
+        stderr.contains("p1 started (pid ") && stderr.contains(", 127.0.0.3:"),
+        "{stderr}"
+    );
+    assert_same_outputs(&f.reference, &out);
+}
+
+#[test]
+fn ssh_mode_supervises_the_job_through_the_ssh_client() {
+    let f = fixture();
+    let out = scratch("ssh");
+    let hosts = out.with_extension("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.4:{}\n127.0.0.5:{}\n",
+            free_port("127.0.0.4"),
+            free_port("127.0.0.5")
+        ),
+    )
+    .unwrap();
+    let ssh_dir = scratch("ssh-client");
+    let ssh = fake_ssh(&ssh_dir);
+    let result = run(
+        cluster_job()
+            .arg("--ssh")
+            .arg("--ssh-bin")
+            .arg(&ssh)
+            .arg("--hostfile")
+            .arg(&hosts)
+            .arg("--")
+            .args(dataflow_flags(&f.topic, &out)),
+        0,
+    );
+    // Two ssh sessions per attempt (one attempt unless something else failed meanwhile).
+    let log = std::fs::read_to_string(ssh_dir.join("ssh.log")).unwrap();
+    assert!(
+        log.lines().count().is_multiple_of(2) && !log.is_empty(),
+        "{log}"
+    );
+    assert!(log.contains("BatchMode=yes 127.0.0.4 -- ") && log.contains(" -p 0 -w 1 -h "));
+    assert!(log.contains("BatchMode=yes 127.0.0.5 -- ") && log.contains(" -p 1 -w 1 -h "));
+    assert!(text(&result.stderr).contains("[p1] "));
+    assert_same_outputs(&f.reference, &out);
+}
