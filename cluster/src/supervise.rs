@@ -255,6 +255,13 @@ pub fn commands(config: &Config, hostfile: Option<&Path>) -> Vec<LaunchCommand> 
         .collect()
 }
 
+/// The configuration of a restart: the same, less dataflow's `--reset`.
+fn without_reset(config: &Config) -> Config {
+    let mut resumed = config.clone();
+    resumed.dataflow_args.retain(|a| a != "--reset");
+    resumed
+}
+
 /// Runs the job until every process exits 0, it is interrupted, or a failure is not restarted.
 pub fn run(config: &Config, shutdown: &Shutdown) -> Result<Outcome, RunError> {
     // A local run without a hostfile gets one here, with fresh ports for every attempt: the
@@ -302,7 +309,16 @@ pub fn run(config: &Config, shutdown: &Shutdown) -> Result<Outcome, RunError> {
             attempt = restarts + 1,
             "starting the job"
         );
-        let commands = commands(config, hostfile.as_deref());
+        // A restart resumes from the job's last checkpoint: `--reset` applied to the first
+        // attempt only.
+        let resumed;
+        let attempt_config = if restarts > 0 {
+            resumed = without_reset(config);
+            &resumed
+        } else {
+            config
+        };
+        let commands = commands(attempt_config, hostfile.as_deref());
         let end = run_attempt(config, shutdown, &commands, hosts.as_deref())?;
         let failure = match end {
             AttemptEnd::Done => return Ok(Outcome::Success { restarts }),

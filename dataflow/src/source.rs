@@ -105,6 +105,13 @@ struct LagContext {
 }
 
 impl ClientContext for LagContext {
+    /// End of partition is a normal event here (it ends bounded runs), not an error to log.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            warn!(%error, reason, "Kafka client error");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
             for p in topic.partitions.values() {
