@@ -15,12 +15,12 @@ pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
 /// Errors talking to Kafka outside the data path.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
-    #[error("cannot create a Kafka client for {bootstrap}: {source}")]
+    #[error("cannot create a Kafka client for {bootstrap}")]
     Client {
         bootstrap: String,
         source: KafkaError,
     },
-    #[error("cannot reach Kafka at {bootstrap} (is the broker up? `scripts/kafka up`): {source}")]
+    #[error("cannot reach Kafka at {bootstrap} (is the broker up? `scripts/kafka up`)")]
     Metadata {
         bootstrap: String,
         source: KafkaError,
@@ -70,19 +70,23 @@ impl ClientSettings {
         config
     }
 
+    /// A client of any kind with just the bootstrap address and the user's `-X` settings.
+    fn client<C: rdkafka::config::FromClientConfig>(&self) -> Result<C, KafkaSetupError> {
+        self.config(&[])
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                bootstrap: self.bootstrap.clone(),
+                source,
+            })
+    }
+
     /// Number of partitions of `topic`, or `None` if it does not exist.
     pub fn partition_count(
         &self,
         topic: &str,
         timeout: Duration,
     ) -> Result<Option<i32>, KafkaSetupError> {
-        let consumer: BaseConsumer =
-            self.config(&[])
-                .create()
-                .map_err(|source| KafkaSetupError::Client {
-                    bootstrap: self.bootstrap.clone(),
-                    source,
-                })?;
+        let consumer: BaseConsumer = self.client()?;
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
             .map_err(|source| KafkaSetupError::Metadata {
@@ -108,13 +112,7 @@ impl ClientSettings {
         if let Some(n) = self.partition_count(topic, timeout)? {
             return Ok(n);
         }
-        let admin: AdminClient<DefaultClientContext> =
-            self.config(&[])
-                .create()
-                .map_err(|source| KafkaSetupError::Client {
-                    bootstrap: self.bootstrap.clone(),
-                    source,
-                })?;
+        let admin: AdminClient<DefaultClientContext> = self.client()?;
         let new_topic = NewTopic {
             name: topic,
             num_partitions: partitions,
