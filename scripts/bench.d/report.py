@@ -103,7 +103,7 @@ def write(runs_path: str, meta_path: str, out_path: str) -> int:
         result["ratio_to_" + spark] = ratios(spark)
     result["runs"] = runs
 
-    # Goals of issue 6 (with 2 workers).
+    # The performance targets (with 2 workers).
     w2 = next((n for n in names if n.startswith("c")), None)
     if w2:
         g = figures[w2]
