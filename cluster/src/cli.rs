@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::backoff::{Backoff, parse_duration};
+use humantime::parse_duration;
+
+use crate::backoff::Backoff;
 use crate::command::find_timely_flag;
 use crate::hostfile::{self, HostPort, HostfileError};
 

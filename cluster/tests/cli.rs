@@ -37,7 +37,10 @@ fn bad_flags_exit_2_with_a_clear_message_before_anything_starts() {
         (vec!["--workers", "0"], "invalid value '0'"),
         (vec!["--frobnicate"], "unexpected argument '--frobnicate'"),
         (vec!["--topic", "t"], "unexpected argument '--topic'"),
-        (vec!["--backoff", "soon"], "not a duration"),
+        (
+            vec!["--backoff", "soon"],
+            "invalid value 'soon' for '--backoff",
+        ),
         (vec!["--", "-w", "2"], "must not set \"-w\""),
         (
             vec!["--", "--until-end", "--processes=2"],

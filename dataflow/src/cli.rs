@@ -14,7 +14,9 @@ use retail_common::kafka::{ClientSettings, DEFAULT_BOOTSTRAP, parse_key_value};
 use retail_common::money::Milli;
 
 use crate::aggregate::AlertRules;
-use crate::epoch::{EpochClock, parse_duration};
+use humantime::parse_duration;
+
+use crate::epoch::EpochClock;
 use crate::source::StartFrom;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,7 +156,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub alert_cancellations: i64,
 
-    /// Seconds between progress lines on stderr (0 turns them off).
+    /// How often a progress line goes to stderr (e.g. 2s, 500ms; 0s turns it off).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub progress_interval: Duration,
 
@@ -201,7 +203,9 @@ fn parse_idle(text: &str) -> Result<IdleTimeout, String> {
     if text == "off" {
         return Ok(IdleTimeout(None));
     }
-    parse_duration(text).map(|d| IdleTimeout(Some(d)))
+    parse_duration(text)
+        .map(|d| IdleTimeout(Some(d)))
+        .map_err(|e| e.to_string())
 }
 
 fn parse_money(text: &str) -> Result<Milli, String> {
@@ -362,7 +366,7 @@ mod tests {
         );
         assert!(parse(&["-w", "0"]).is_err());
         assert!(parse(&["--epoch", "500ms"]).is_err());
-        assert!(parse(&["--epoch", "1y"]).is_err());
+        assert!(parse(&["--epoch", "1x"]).is_err());
         assert!(
             parse(&["-h", "/nonexistent/hosts"])
                 .unwrap_err()
@@ -370,6 +374,25 @@ mod tests {
         );
         assert!(parse(&["--alert-invoice-value", "1.2345"]).is_err());
         assert!(parse(&["--sinks", "printer"]).is_err());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse(&["--epoch", "1d"]).unwrap().clock.epoch_secs, 86_400);
+        assert_eq!(parse(&["--epoch", "15m"]).unwrap().clock.epoch_secs, 900);
+        assert_eq!(
+            parse(&["--progress-interval", "250ms"])
+                .unwrap()
+                .progress_interval,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse(&["--progress-interval", "0s"])
+                .unwrap()
+                .progress_interval,
+            None
+        );
+        assert!(parse(&["--lateness", "soon"]).is_err());
     }
 
     #[test]

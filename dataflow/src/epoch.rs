@@ -9,32 +9,6 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Parses a duration such as `500ms`, `30s`, `15m`, `1h`, `1d` (a bare number means seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 30s, 1h or 1d, got {text:?}"))?;
-    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => secs(1),
-        "m" | "min" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        "w" => secs(604_800),
-        _ => {
-            return Err(format!(
-                "unknown duration unit {unit:?} in {text:?} (ms, s, m, h, d, w)"
-            ));
-        }
-    })
-}
-
 /// Maps event time to epoch numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochClock {
@@ -152,19 +126,6 @@ mod tests {
             epoch_secs: 3600,
             lateness_epochs,
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
-        assert!(parse_duration("1y").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]
