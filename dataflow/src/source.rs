@@ -223,6 +223,7 @@ pub fn kafka_source<'scope>(
 /// One worker's consumer and the state of its partitions.
 struct Reader {
     consumer: BaseConsumer<LagContext>,
+    topic: String,
     parts: Vec<PartitionState>,
     /// Position in `parts` of each partition number.
     slot: Vec<Option<usize>>,
@@ -282,6 +283,7 @@ impl Reader {
         consumer.assign(&assignment)?;
         let reader = Reader {
             consumer,
+            topic: config.topic.clone(),
             parts,
             slot,
             last_stable,
@@ -297,15 +299,8 @@ impl Reader {
 
     fn pause(&self, partition: i32) {
         let mut tpl = TopicPartitionList::new();
-        if let Some(topic) = self
-            .consumer
-            .assignment()
-            .ok()
-            .and_then(|a| a.elements().first().map(|e| e.topic().to_owned()))
-        {
-            tpl.add_partition(&topic, partition);
-            let _ = self.consumer.pause(&tpl);
-        }
+        tpl.add_partition(&self.topic, partition);
+        let _ = self.consumer.pause(&tpl);
     }
 
     /// Drains available messages into per-epoch batches; returns how many it handled.
