@@ -1,7 +1,8 @@
 //! The one definition of a retail sale that every part of retail-stream shares.
 //!
 //! `ingest` types CSV rows into [`Sale`]s and publishes them as JSON; `dataflow` parses that
-//! JSON back with [`Sale::from_json`] and applies the same validation. Keeping both directions
+//! JSON back with [`Sale::from_json`] (or, without copying its text, [`SaleRef::from_json`]) and
+//! applies the same validation. Keeping both directions
 //! here means a record that ingest accepts is a record the dataflow accepts, byte for byte.
 //!
 //! Layout:
@@ -15,7 +16,7 @@ pub mod money;
 pub mod record;
 pub mod time;
 
-pub use record::{Reject, RejectKind, Sale};
+pub use record::{Reject, RejectKind, Sale, SaleRef};
 
 /// Topic the point-of-sale edge (ingest) writes and the dataflow reads.
 pub const DEFAULT_TOPIC: &str = "retail-transactions";

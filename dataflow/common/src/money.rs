@@ -77,14 +77,67 @@ impl Milli {
 /// The shortest decimal text: `2550` -> `2.55`, `0` -> `0`, `1` -> `0.001`.
 impl fmt::Display for Milli {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let (whole, frac) = (abs / 1000, abs % 1000);
-        if frac == 0 {
-            return write!(f, "{sign}{whole}");
+        f.write_str(DecimalBuffer::new().format(*self))
+    }
+}
+
+/// Formats [`Milli`] amounts as their shortest decimal text on the stack, like
+/// `itoa::Buffer` does integers: the same text as `Display` without allocating (ingest writes
+/// one price per record).
+#[derive(Clone, Copy, Debug)]
+pub struct DecimalBuffer {
+    bytes: [u8; DecimalBuffer::CAPACITY],
+}
+
+impl Default for DecimalBuffer {
+    fn default() -> DecimalBuffer {
+        DecimalBuffer::new()
+    }
+}
+
+impl DecimalBuffer {
+    /// `-9223372036854775.808`, the longest amount, is 21 bytes.
+    const CAPACITY: usize = 24;
+
+    pub fn new() -> DecimalBuffer {
+        DecimalBuffer {
+            bytes: [0; DecimalBuffer::CAPACITY],
         }
-        let digits = format!("{frac:03}");
-        write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+
+    /// `amount` as its shortest decimal text: `2550` -> `2.55`, `0` -> `0`, `1` -> `0.001`.
+    pub fn format(&mut self, amount: Milli) -> &str {
+        let abs = amount.0.unsigned_abs();
+        let (mut whole, mut frac) = (abs / 1000, abs % 1000);
+        // Written backwards from the end: fraction, point, whole part, sign.
+        let mut start = DecimalBuffer::CAPACITY;
+        if frac != 0 {
+            let mut digits = 3;
+            while frac % 10 == 0 {
+                frac /= 10;
+                digits -= 1;
+            }
+            for _ in 0..digits {
+                start -= 1;
+                self.bytes[start] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            start -= 1;
+            self.bytes[start] = b'.';
+        }
+        loop {
+            start -= 1;
+            self.bytes[start] = b'0' + (whole % 10) as u8;
+            whole /= 10;
+            if whole == 0 {
+                break;
+            }
+        }
+        if amount.0 < 0 {
+            start -= 1;
+            self.bytes[start] = b'-';
+        }
+        std::str::from_utf8(&self.bytes[start..]).expect("a decimal is ASCII")
     }
 }
 
@@ -137,5 +190,34 @@ mod tests {
         assert_eq!(Milli(2550).times(6), Some(Milli(15_300)));
         assert_eq!(Milli(1).times(-3), Some(Milli(-3)));
         assert_eq!(Milli(i64::MAX).times(2), None);
+    }
+
+    /// `Display` as it was before [`DecimalBuffer`]: the oracle for the stack formatter.
+    fn reference(m: Milli) -> String {
+        let sign = if m.0 < 0 { "-" } else { "" };
+        let abs = m.0.unsigned_abs();
+        let (whole, frac) = (abs / 1000, abs % 1000);
+        if frac == 0 {
+            return format!("{sign}{whole}");
+        }
+        let digits = format!("{frac:03}");
+        format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+
+    #[test]
+    fn decimal_buffer_writes_the_shortest_decimal() {
+        let mut buffer = DecimalBuffer::new();
+        let mut amounts: Vec<i64> = (-20_000..=20_000).collect();
+        for power in 0..19 {
+            let p = 10i64.pow(power);
+            amounts.extend([p - 1, p, p + 1, -p + 1, -p, -p - 1, p * 9 + 7]);
+        }
+        amounts.extend([i64::MIN, i64::MIN + 1, i64::MAX, i64::MAX - 1]);
+        for amount in amounts {
+            let m = Milli(amount);
+            assert_eq!(buffer.format(m), reference(m), "{amount}");
+            assert_eq!(m.to_string(), reference(m), "{amount}");
+        }
+        assert_eq!(buffer.format(Milli(i64::MIN)), "-9223372036854775.808");
     }
 }

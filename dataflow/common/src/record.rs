@@ -10,15 +10,16 @@
 //!
 //! `unit_price` is a decimal *string* so that no JSON reader turns it into a float; `description`
 //! and `customer_id` may be `null`. The same rules apply to a CSV row ([`Sale::from_fields`])
-//! and to a JSON message ([`Sale::from_json`]).
+//! and to a JSON message ([`Sale::from_json`], or [`SaleRef::from_json`], which borrows the
+//! text from the message instead of copying it).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use chrono::NaiveDateTime;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::money::Milli;
+use crate::money::{DecimalBuffer, Milli};
 use crate::time;
 
 /// One validated invoice line.
@@ -36,6 +37,24 @@ pub struct Sale {
     /// Absent for guests.
     pub customer_id: Option<String>,
     pub country: String,
+}
+
+/// One validated invoice line that borrows its text from the JSON message it was parsed from.
+///
+/// The dataflow's hot path: [`SaleRef::from_json`] applies exactly the validation of
+/// [`Sale::from_json`] without copying the text fields, so a record costs no allocation unless a
+/// field holds a JSON escape (`\"`, `\u00e9`, ...), which must be unescaped into its own
+/// `String`; `Cow` keeps that case correct. The fields mean what [`Sale`]'s fields mean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleRef<'a> {
+    pub invoice_no: Cow<'a, str>,
+    pub stock_code: Cow<'a, str>,
+    pub description: Option<Cow<'a, str>>,
+    pub quantity: i64,
+    pub invoice_date: NaiveDateTime,
+    pub unit_price: Milli,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub country: Cow<'a, str>,
 }
 
 /// The columns of one input row, borrowed from the reader, before typing.
@@ -143,20 +162,32 @@ struct Wire<'a> {
     invoice_no: Cow<'a, str>,
     #[serde(borrow)]
     stock_code: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "optional_cow")]
     description: Option<Cow<'a, str>>,
     quantity: i64,
     #[serde(borrow)]
     invoice_date: Cow<'a, str>,
     #[serde(borrow)]
     unit_price: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "optional_cow")]
     customer_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     country: Cow<'a, str>,
 }
 
-fn required(name: &str, value: &str) -> Result<String, Reject> {
+/// `Option<Cow<str>>` that borrows: serde's `#[serde(borrow)]` borrows a `Cow<str>` field but
+/// not one inside an `Option`, which would copy every description and CustomerID. A newtype
+/// with its own borrowed field fixes that; the errors stay serde's (`expected a string`).
+fn optional_cow<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Text<'a>>::deserialize(deserializer).map(|text| text.map(|Text(text)| text))
+}
+
+/// InvoiceNo, StockCode and Country: trimmed, and never empty.
+fn required<'s>(name: &str, value: &'s str) -> Result<&'s str, Reject> {
     let value = value.trim();
     if value.is_empty() {
         return Err(Reject::new(
@@ -164,17 +195,35 @@ fn required(name: &str, value: &str) -> Result<String, Reject> {
             format!("{name} is empty"),
         ));
     }
-    Ok(value.to_owned())
+    Ok(value)
 }
 
-fn optional(value: &str) -> Option<String> {
-    let trimmed = value.trim();
-    (!trimmed.is_empty()).then(|| value.to_owned())
+/// Description: kept as written (surrounding spaces included) unless it is blank.
+fn optional(value: &str) -> Option<&str> {
+    (!value.trim().is_empty()).then_some(value)
+}
+
+/// Applies a rule that picks a part of a text (see [`required`], [`optional`],
+/// [`customer_id`]) to a field parsed from JSON, still borrowing from the message when the
+/// field did. A field with JSON escapes was unescaped into its own `String` and stays owned.
+fn narrow<'a, E>(
+    text: Cow<'a, str>,
+    rule: impl for<'s> FnOnce(&'s str) -> Result<&'s str, E>,
+) -> Result<Cow<'a, str>, E> {
+    match text {
+        Cow::Borrowed(text) => rule(text).map(Cow::Borrowed),
+        Cow::Owned(text) => rule(&text).map(|part| Cow::Owned(part.to_owned())),
+    }
 }
 
 /// CustomerID as a plain identifier: `17850.0` (a float artefact of spreadsheet exports) becomes
 /// `17850`; any other non-empty text is kept as it is.
 pub fn normalise_customer_id(value: &str) -> Option<String> {
+    customer_id(value).map(str::to_owned)
+}
+
+/// [`normalise_customer_id`] without the copy: the identifier is always a part of `value`.
+fn customer_id(value: &str) -> Option<&str> {
     let value = value.trim();
     if value.is_empty() {
         return None;
@@ -184,9 +233,9 @@ pub fn normalise_customer_id(value: &str) -> Option<String> {
         && whole.bytes().all(|b| b.is_ascii_digit())
         && frac.bytes().all(|b| b == b'0')
     {
-        return Some(whole.to_owned());
+        return Some(whole);
     }
-    Some(value.to_owned())
+    Some(value)
 }
 
 fn price(text: &str) -> Result<Milli, Reject> {
@@ -206,9 +255,9 @@ fn checked_value(quantity: i64, unit_price: Milli) -> Result<(), Reject> {
 impl Sale {
     /// Types one CSV row (either header dialect, already mapped to [`Fields`]).
     pub fn from_fields(f: &Fields<'_>) -> Result<Sale, Reject> {
-        let invoice_no = required("invoice_no", f.invoice_no)?;
-        let stock_code = required("stock_code", f.stock_code)?;
-        let country = required("country", f.country)?;
+        let invoice_no = required("invoice_no", f.invoice_no)?.to_owned();
+        let stock_code = required("stock_code", f.stock_code)?.to_owned();
+        let country = required("country", f.country)?.to_owned();
         let quantity = f.quantity.trim().parse::<i64>().map_err(|_| {
             Reject::new(
                 RejectKind::BadQuantity,
@@ -229,7 +278,7 @@ impl Sale {
         Ok(Sale {
             invoice_no,
             stock_code,
-            description: optional(f.description),
+            description: optional(f.description).map(str::to_owned),
             quantity,
             invoice_date,
             unit_price,
@@ -238,50 +287,26 @@ impl Sale {
         })
     }
 
-    /// Parses and validates one JSON message as ingest writes it.
+    /// Parses and validates one JSON message as ingest writes it: [`SaleRef::from_json`], then
+    /// owned copies of its text.
     pub fn from_json(bytes: &[u8]) -> Result<Sale, Reject> {
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            Reject::new(
-                RejectKind::NotUtf8,
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            )
-        })?;
-        let wire: Wire<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
-        let invoice_no = required("invoice_no", &wire.invoice_no)?;
-        let stock_code = required("stock_code", &wire.stock_code)?;
-        let country = required("country", &wire.country)?;
-        let unit_price = price(&wire.unit_price)?;
-        let invoice_date = time::parse_wire(&wire.invoice_date)
-            .or_else(|| time::parse_iso(&wire.invoice_date))
-            .ok_or_else(|| {
-                Reject::new(
-                    RejectKind::BadDate,
-                    format!("invoice_date {:?} is not ISO-8601", wire.invoice_date),
-                )
-            })?;
-        checked_value(wire.quantity, unit_price)?;
-        Ok(Sale {
-            invoice_no,
-            stock_code,
-            description: wire.description.as_deref().and_then(optional),
-            quantity: wire.quantity,
-            invoice_date,
-            unit_price,
-            customer_id: wire.customer_id.as_deref().and_then(normalise_customer_id),
-            country,
-        })
+        SaleRef::from_json(bytes).map(SaleRef::into_owned)
     }
 
     /// Appends the JSON wire form to `out` (the caller clears and reuses the buffer).
+    ///
+    /// This is ingest's hot path: the date and the price are formatted on the stack, so the
+    /// only work per record is serde_json writing the object.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let date = self.invoice_date.format(time::WIRE_FORMAT).to_string();
+        let mut date = time::WireBuffer::new();
+        let mut price = DecimalBuffer::new();
         let wire = Wire {
             invoice_no: Cow::Borrowed(&self.invoice_no),
             stock_code: Cow::Borrowed(&self.stock_code),
             description: self.description.as_deref().map(Cow::Borrowed),
             quantity: self.quantity,
-            invoice_date: Cow::Owned(date),
-            unit_price: Cow::Owned(self.unit_price.to_string()),
+            invoice_date: Cow::Borrowed(date.format(self.invoice_date)),
+            unit_price: Cow::Borrowed(price.format(self.unit_price)),
             customer_id: self.customer_id.as_deref().map(Cow::Borrowed),
             country: Cow::Borrowed(&self.country),
         };
@@ -309,6 +334,81 @@ impl Sale {
     }
 }
 
+impl<'a> SaleRef<'a> {
+    /// Parses and validates one JSON message as ingest writes it, borrowing from `bytes`.
+    /// Accepts and rejects exactly what [`Sale::from_json`] does, with the same [`Reject`].
+    pub fn from_json(bytes: &'a [u8]) -> Result<SaleRef<'a>, Reject> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            Reject::new(
+                RejectKind::NotUtf8,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
+        let wire: Wire<'a> = serde_json::from_str(text).map_err(classify_json_error)?;
+        // The checks run in this order so that a message with several faults gets the same
+        // reason as before (and as in from_fields).
+        let invoice_no = narrow(wire.invoice_no, |t| required("invoice_no", t))?;
+        let stock_code = narrow(wire.stock_code, |t| required("stock_code", t))?;
+        let country = narrow(wire.country, |t| required("country", t))?;
+        let unit_price = price(&wire.unit_price)?;
+        let invoice_date = time::parse_wire(&wire.invoice_date)
+            .or_else(|| time::parse_iso(&wire.invoice_date))
+            .ok_or_else(|| {
+                Reject::new(
+                    RejectKind::BadDate,
+                    format!("invoice_date {:?} is not ISO-8601", wire.invoice_date),
+                )
+            })?;
+        checked_value(wire.quantity, unit_price)?;
+        Ok(SaleRef {
+            invoice_no,
+            stock_code,
+            description: wire
+                .description
+                .and_then(|d| narrow(d, |t| optional(t).ok_or(())).ok()),
+            quantity: wire.quantity,
+            invoice_date,
+            unit_price,
+            customer_id: wire
+                .customer_id
+                .and_then(|c| narrow(c, |t| customer_id(t).ok_or(())).ok()),
+            country,
+        })
+    }
+
+    /// The same record with owned text.
+    pub fn into_owned(self) -> Sale {
+        Sale {
+            invoice_no: self.invoice_no.into_owned(),
+            stock_code: self.stock_code.into_owned(),
+            description: self.description.map(Cow::into_owned),
+            quantity: self.quantity,
+            invoice_date: self.invoice_date,
+            unit_price: self.unit_price,
+            customer_id: self.customer_id.map(Cow::into_owned),
+            country: self.country.into_owned(),
+        }
+    }
+
+    /// Net value of the line: quantity x unit price, in thousandths (see [`Sale::value`]).
+    pub fn value(&self) -> Milli {
+        self.unit_price
+            .times(self.quantity)
+            .expect("validated sale value fits in i64")
+    }
+
+    /// A cancellation line (InvoiceNo starting with `C`).
+    pub fn is_cancellation(&self) -> bool {
+        self.invoice_no.starts_with('C')
+    }
+}
+
+impl From<SaleRef<'_>> for Sale {
+    fn from(sale: SaleRef<'_>) -> Sale {
+        sale.into_owned()
+    }
+}
+
 fn classify_json_error(e: serde_json::Error) -> Reject {
     use serde_json::error::Category;
     let kind = match e.classify() {
@@ -327,6 +427,16 @@ fn classify_json_error(e: serde_json::Error) -> Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Parser = fn(&[u8]) -> Result<Sale, Reject>;
+
+    /// Every JSON parser, as one signature: the tests of `from_json` run against each.
+    const PARSERS: [(&str, Parser); 2] = [
+        ("Sale::from_json", Sale::from_json),
+        ("SaleRef::from_json", |bytes| {
+            SaleRef::from_json(bytes).map(SaleRef::into_owned)
+        }),
+    ];
 
     fn row() -> Fields<'static> {
         Fields {
@@ -367,7 +477,9 @@ mod tests {
         let json = sale.to_json();
         assert!(json.contains(r#""description":null"#), "{json}");
         assert!(json.contains(r#""customer_id":null"#), "{json}");
-        assert_eq!(Sale::from_json(json.as_bytes()).unwrap(), sale);
+        for (name, parse) in PARSERS {
+            assert_eq!(parse(json.as_bytes()).unwrap(), sale, "{name}");
+        }
         assert!(sale.is_cancellation());
         assert_eq!(sale.value(), Milli(-1));
     }
@@ -469,11 +581,11 @@ mod tests {
         assert_eq!(normalise_customer_id(""), None);
     }
 
-    #[test]
-    fn each_message_reject_reason() {
+    /// One message for each reject reason, from a good one.
+    fn reject_cases() -> Vec<(Vec<u8>, RejectKind)> {
         let good = Sale::from_fields(&row()).unwrap().to_json();
         let swap = |from: &str, to: &str| good.replace(from, to).into_bytes();
-        let cases: Vec<(Vec<u8>, RejectKind)> = vec![
+        vec![
             (b"\xff\xfe{}".to_vec(), RejectKind::NotUtf8),
             (b"not json".to_vec(), RejectKind::NotJson),
             (b"{\"invoice_no\":".to_vec(), RejectKind::NotJson),
@@ -506,16 +618,304 @@ mod tests {
                 RejectKind::EmptyField,
             ),
             (b"[1,2]".to_vec(), RejectKind::WrongType),
-        ];
-        for (bytes, kind) in cases {
-            let err = Sale::from_json(&bytes).unwrap_err();
-            assert_eq!(
-                err.kind,
-                kind,
-                "{} -> {err}",
-                String::from_utf8_lossy(&bytes)
-            );
+        ]
+    }
+
+    #[test]
+    fn each_message_reject_reason() {
+        let good = Sale::from_fields(&row()).unwrap().to_json();
+        for (name, parse) in PARSERS {
+            for (bytes, kind) in reject_cases() {
+                let err = parse(&bytes).unwrap_err();
+                assert_eq!(
+                    err.kind,
+                    kind,
+                    "{name}: {} -> {err}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+            assert!(parse(good.as_bytes()).is_ok(), "{name}");
         }
-        assert!(Sale::from_json(good.as_bytes()).is_ok());
+    }
+
+    /// `Sale::from_json` before `SaleRef`, kept verbatim as the oracle.
+    mod reference {
+        use super::super::*;
+
+        /// The wire struct as it was before `SaleRef`, for the oracle below. Its name is part of
+        /// serde's messages (`expected struct Wire`), hence a module of its own.
+        #[derive(Deserialize)]
+        pub(super) struct Wire<'a> {
+            #[serde(borrow)]
+            invoice_no: Cow<'a, str>,
+            #[serde(borrow)]
+            stock_code: Cow<'a, str>,
+            #[serde(borrow)]
+            description: Option<Cow<'a, str>>,
+            quantity: i64,
+            #[serde(borrow)]
+            invoice_date: Cow<'a, str>,
+            #[serde(borrow)]
+            unit_price: Cow<'a, str>,
+            #[serde(borrow)]
+            customer_id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            country: Cow<'a, str>,
+        }
+
+        /// `Sale::from_json` as it was before `SaleRef`: the oracle the borrowed parser must match.
+        pub(super) fn from_json(bytes: &[u8]) -> Result<Sale, Reject> {
+            let text = std::str::from_utf8(bytes).map_err(|e| {
+                Reject::new(
+                    RejectKind::NotUtf8,
+                    format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                )
+            })?;
+            let wire: Wire<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
+            let required = |name: &str, value: &str| -> Result<String, Reject> {
+                let value = value.trim();
+                if value.is_empty() {
+                    return Err(Reject::new(
+                        RejectKind::EmptyField,
+                        format!("{name} is empty"),
+                    ));
+                }
+                Ok(value.to_owned())
+            };
+            let optional = |value: &str| -> Option<String> {
+                let trimmed = value.trim();
+                (!trimmed.is_empty()).then(|| value.to_owned())
+            };
+            let invoice_no = required("invoice_no", &wire.invoice_no)?;
+            let stock_code = required("stock_code", &wire.stock_code)?;
+            let country = required("country", &wire.country)?;
+            let unit_price = price(&wire.unit_price)?;
+            let invoice_date = NaiveDateTime::parse_from_str(&wire.invoice_date, time::WIRE_FORMAT)
+                .ok()
+                .filter(|_| wire.invoice_date.len() == 19)
+                .or_else(|| time::parse_iso(&wire.invoice_date))
+                .ok_or_else(|| {
+                    Reject::new(
+                        RejectKind::BadDate,
+                        format!("invoice_date {:?} is not ISO-8601", wire.invoice_date),
+                    )
+                })?;
+            checked_value(wire.quantity, unit_price)?;
+            Ok(Sale {
+                invoice_no,
+                stock_code,
+                description: wire.description.as_deref().and_then(optional),
+                quantity: wire.quantity,
+                invoice_date,
+                unit_price,
+                customer_id: wire.customer_id.as_deref().and_then(normalise_customer_id),
+                country,
+            })
+        }
+    }
+
+    /// Messages beyond the reject cases: escapes (which cannot borrow), spaces to trim,
+    /// blank optionals, other date forms, several faults at once, odd JSON.
+    fn tricky_messages() -> Vec<Vec<u8>> {
+        let good = Sale::from_fields(&row()).unwrap().to_json();
+        let swap = |from: &str, to: &str| good.replace(from, to).into_bytes();
+        let mut messages: Vec<Vec<u8>> = [
+            (r#""536365""#, r#""\u0035\u00336365""#),
+            (r#""536365""#, r#"" 536365 ""#),
+            (r#""536365""#, r#""\t536365\n""#),
+            (r#""536365""#, r#""  ""#),
+            (r#""536365""#, r#""\u0020""#),
+            (r#""536365""#, "null"),
+            (r#""536365""#, "536365"),
+            (r#""85123A""#, r#""85123\"A""#),
+            (r#""85123A""#, r#""""#),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, r#""7\" FRAME ""#),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, r#"" SPACED ""#),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, r#""   ""#),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, r#""\t""#),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, r#""""#),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, "null"),
+            (r#""WHITE HANGING HEART T-LIGHT HOLDER""#, "12"),
+            (
+                r#""WHITE HANGING HEART T-LIGHT HOLDER""#,
+                r#""caf\u00e9 \ud83d\ude00""#,
+            ),
+            (r#""17850""#, r#""17850.0""#),
+            (r#""17850""#, r#"" 17850.00 ""#),
+            (r#""17850""#, r#""\u00317850.0""#),
+            (r#""17850""#, r#""\u0020""#),
+            (r#""17850""#, r#"".0""#),
+            (r#""17850""#, r#""12.5""#),
+            (r#""17850""#, r#""""#),
+            (r#""17850""#, "null"),
+            (r#""17850""#, "17850"),
+            (r#""United Kingdom""#, r#""United\u0020Kingdom""#),
+            (r#""United Kingdom""#, r#"" EIRE""#),
+            (r#""United Kingdom""#, r#""\n""#),
+            (r#""2.55""#, r#"" 2.55 ""#),
+            (r#""2.55""#, r#""2.550""#),
+            (r#""2.55""#, r#""\u0032.55""#),
+            (r#""2.55""#, r#""""#),
+            (r#""2.55""#, r#""-0""#),
+            (r#""2.55""#, r#""99999999999999999""#),
+            (r#""2.55""#, r#""9223372036854775.807""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01 08:26:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T08:26""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T09:26:00+01:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T08:26:00Z""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T08:26:00.5""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01""#),
+            (r#""2010-12-01T08:26:00""#, r#""2016-12-31T23:59:60""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T24:00:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-02-29T08:26:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""2012-02-29T08:26:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""+010-12-01T08:26:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T08:26:0 ""#),
+            (r#""2010-12-01T08:26:00""#, r#""2010-12-01T08\u003a26:00""#),
+            (r#""2010-12-01T08:26:00""#, r#""12/1/2010 8:26""#),
+            (r#""2010-12-01T08:26:00""#, "null"),
+            (r#""quantity":6"#, r#""quantity":-6"#),
+            (r#""quantity":6"#, r#""quantity":9223372036854775807"#),
+            (r#""quantity":6"#, r#""quantity":9223372036854775808"#),
+            (r#""quantity":6"#, r#""quantity":6e0"#),
+            (r#""quantity":6"#, r#""quantity":null"#),
+            (r#""quantity":6,"#, ""),
+        ]
+        .iter()
+        .map(|(from, to)| swap(from, to))
+        .collect();
+        // Several faults at once: the first check in order decides the reason.
+        let mut both = good.replace(r#""536365""#, r#""""#);
+        both = both.replace("2.55", "x");
+        messages.push(both.into_bytes());
+        messages.push(
+            good.replace("2.55", "x")
+                .replace("2010-12", "2010-13")
+                .into_bytes(),
+        );
+        let overflow = good.replace(r#""quantity":6"#, r#""quantity":9223372036854775807"#);
+        messages.push(overflow.replace("2010-12", "2010-13").into_bytes());
+        for odd in [
+            "",
+            " ",
+            "{}",
+            "null",
+            "\"536365\"",
+            "{\"invoice_no\":\"1\"}",
+            "\u{feff}{}",
+        ] {
+            messages.push(odd.as_bytes().to_vec());
+        }
+        messages.push(format!(" {good} \n").into_bytes());
+        messages.push(format!("{good}x").into_bytes());
+        messages.push(format!("{good}{good}").into_bytes());
+        messages.push(
+            good.replace('}', r#","extra":[1,{"a":null}]}"#)
+                .into_bytes(),
+        );
+        messages.push(good.replace('}', r#","country":"France"}"#).into_bytes());
+        messages.push(good.replace("HOLDER", "HOLDER\u{fffd}\u{e9}").into_bytes());
+        let mut bad_utf8 = good.clone().into_bytes();
+        bad_utf8[30] = 0xc3;
+        messages.push(bad_utf8);
+        messages
+    }
+
+    #[test]
+    fn both_parsers_match_the_reference_on_every_message() {
+        let good = Sale::from_fields(&row()).unwrap().to_json().into_bytes();
+        let mut messages: Vec<Vec<u8>> = reject_cases().into_iter().map(|(m, _)| m).collect();
+        messages.extend(tricky_messages());
+        messages.push(good);
+        let (mut accepted, mut rejected) = (0, 0);
+        for bytes in &messages {
+            let expected = reference::from_json(bytes);
+            match &expected {
+                Ok(_) => accepted += 1,
+                Err(_) => rejected += 1,
+            }
+            for (name, parse) in PARSERS {
+                assert_eq!(
+                    parse(bytes),
+                    expected,
+                    "{name}: {}",
+                    String::from_utf8_lossy(bytes)
+                );
+            }
+        }
+        // The list must exercise both outcomes, or it proves little.
+        assert!(accepted >= 30 && rejected >= 30, "{accepted} {rejected}");
+    }
+
+    #[test]
+    fn sale_ref_borrows_unless_a_field_has_an_escape() {
+        let good = Sale::from_fields(&row()).unwrap().to_json();
+        let sale = SaleRef::from_json(good.as_bytes()).unwrap();
+        let borrowed = |c: &Cow<'_, str>| matches!(c, Cow::Borrowed(_));
+        assert!(borrowed(&sale.invoice_no) && borrowed(&sale.stock_code));
+        assert!(borrowed(&sale.country));
+        assert!(sale.description.as_ref().is_some_and(borrowed));
+        assert!(sale.customer_id.as_ref().is_some_and(borrowed));
+        assert_eq!(sale.value(), Milli(15_300));
+        assert!(!sale.is_cancellation());
+        assert_eq!(Sale::from(sale), Sale::from_fields(&row()).unwrap());
+
+        // Trimming and CustomerID normalisation still borrow.
+        let spaced = good
+            .replace(r#""536365""#, r#"" C536365 ""#)
+            .replace(r#""17850""#, r#"" 17850.00""#);
+        let sale = SaleRef::from_json(spaced.as_bytes()).unwrap();
+        assert_eq!(sale.invoice_no, Cow::Borrowed("C536365"));
+        assert!(borrowed(&sale.invoice_no) && sale.is_cancellation());
+        assert_eq!(sale.customer_id, Some(Cow::Borrowed("17850")));
+        assert!(sale.customer_id.as_ref().is_some_and(borrowed));
+
+        // An escaped field is unescaped into its own String, trimmed like any other.
+        let escaped = good
+            .replace(r#""536365""#, r#""\u0035\u00336365 ""#)
+            .replace("HOLDER", r#"7\" HOLDER"#)
+            .replace(r#""17850""#, r#""\u00317850.0""#);
+        let sale = SaleRef::from_json(escaped.as_bytes()).unwrap();
+        assert_eq!(sale.invoice_no, "536365");
+        assert!(!borrowed(&sale.invoice_no));
+        assert_eq!(
+            sale.description.as_deref(),
+            Some("WHITE HANGING HEART T-LIGHT 7\" HOLDER")
+        );
+        assert!(!sale.description.as_ref().is_some_and(borrowed));
+        assert_eq!(sale.customer_id.as_deref(), Some("17850"));
+        assert!(borrowed(&sale.stock_code) && borrowed(&sale.country));
+    }
+
+    #[test]
+    fn generated_records_round_trip_through_both_parsers() {
+        // Every date form write_json can produce, prices of every shape, escapes and nulls.
+        let base = Sale::from_fields(&row()).unwrap();
+        let start = time::parse_wire("1999-12-31T23:59:59").unwrap();
+        for i in 0..20_000i64 {
+            let sale = Sale {
+                invoice_no: if i % 50 == 0 {
+                    format!("C{}", 536_365 + i)
+                } else {
+                    (536_365 + i).to_string()
+                },
+                description: match i % 5 {
+                    0 => None,
+                    1 => Some(format!("{i}\" FRAME \\ \u{e9}\t")),
+                    _ => base.description.clone(),
+                },
+                quantity: (i % 7 - 3) * 11,
+                invoice_date: start + chrono::TimeDelta::seconds(i * 3_607 + i * i),
+                unit_price: Milli(i * 37 % 100_000 - 5_000),
+                customer_id: (i % 4 != 0).then(|| (12_346 + i).to_string()),
+                ..base.clone()
+            };
+            let json = sale.to_json();
+            let expected = reference::from_json(json.as_bytes());
+            assert_eq!(expected.as_ref(), Ok(&sale), "{json}");
+            for (name, parse) in PARSERS {
+                assert_eq!(parse(json.as_bytes()), expected, "{name}: {json}");
+            }
+        }
     }
 }
