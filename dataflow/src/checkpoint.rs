@@ -1,15 +1,24 @@
-//! Checkpoints: what the job has committed, so that a restart neither repeats nor skips output.
+//! Checkpoints: what the job has committed, so that a restart neither repeats nor skips output
+//! nor re-reads what it has already counted.
 //!
 //! Every commit of the writer is one Kafka transaction holding the closed epochs' aggregate
-//! changes, their dead letters, and a checkpoint record in the compacted topic
-//! `--checkpoint-topic`, keyed by `--job-id`. The record says which epoch was committed last,
-//! how long each JSON-lines file was at that point, and how far each partition had been read
-//! (the same offsets are committed to the consumer group, so standard tools show the lag).
+//! changes, their dead letters, and, in the compacted topic `--checkpoint-topic`:
+//! - the checkpoint record, keyed by `--job-id`: the last committed epoch, the length of each
+//!   JSON-lines file, where each source partition resumes (next offset and watermark state),
+//!   the last committed dead letter of each partition, and the writer's small state (totals,
+//!   countries, top products, counts);
+//! - in the job's own compacted state topic `<checkpoint-topic>.<job-id>` (as Kafka Streams
+//!   keeps a changelog topic per application), one entry per aggregate key whose state changed,
+//!   keyed `<run>/<identity>`: the accumulated input of the arrangements for that key
+//!   ([`Saved`]) and the writer's open alerts. Compaction keeps the newest value of each key,
+//!   so the topic holds one record per distinct key, however many records were read.
 //!
-//! Recovery relies on the job being deterministic: a restarted job reads its topic from the
-//! start again, rebuilds the same state, and writes only epochs after the checkpoint's, after
-//! cutting the JSON-lines files back to their committed length. The checkpoint therefore stays
-//! a few hundred bytes whatever the volume; the price is that recovery re-reads the topic.
+//! A resumed job feeds the entries back into the dataflow at the committed epoch, seeks every
+//! partition to its checkpointed offset with the checkpointed watermark, and drops the records
+//! it re-reads that belong to committed epochs (their effect is in the state). The positions
+//! committed to the consumer group are the same offsets, so standard tools show the lag.
+//! `<run>` changes when a job starts over: entries of older runs are deleted (tombstones) by
+//! the first commit of the new one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,23 +28,128 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::warn;
 
 use retail_common::kafka::{ClientSettings, KafkaSetupError};
 
+use crate::aggregate::Saved;
+use crate::epoch::PartitionClock;
+use crate::sink::State;
+
 /// The record committed with each transaction.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub job_id: String,
+    /// This run of the job (set when it starts fresh or is reset); its entries carry it.
+    pub run: u64,
     /// The last committed epoch; `None` when nothing is committed yet (a fresh or reset job).
     pub epoch: Option<u64>,
     /// Its start, for people reading the topic.
     pub epoch_start: String,
     /// Byte length of each JSON-lines file after the committed epochs.
     pub files: BTreeMap<String, u64>,
-    /// Next offset to read of each source partition when the epoch closed.
-    pub offsets: BTreeMap<i32, i64>,
+    /// Where each source partition resumes.
+    pub partitions: BTreeMap<i32, Resume>,
+    /// Per partition, the offset of the last committed dead letter.
+    pub dead_through: BTreeMap<i32, i64>,
+    /// The writer's state, except its alerts (those are entries).
+    pub state: State,
     /// Commits so far (1 for the first).
     pub commits: u64,
+}
+
+/// Where a partition resumes: every record before `offset` belongs to a committed epoch, and
+/// `clock` is the partition's watermark state just before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub offset: i64,
+    pub clock: PartitionClock,
+}
+
+impl Checkpoint {
+    /// The offsets to commit to the consumer group.
+    pub fn offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.partitions.iter().map(|(p, r)| (*p, r.offset))
+    }
+}
+
+/// The compacted topic that holds the state entries of `job_id`.
+pub fn state_topic(checkpoint_topic: &str, job_id: &str) -> String {
+    format!("{checkpoint_topic}.{job_id}")
+}
+
+/// Key of an entry of run `run`.
+pub fn entry_key(run: u64, identity: &str) -> String {
+    format!("{run}/{identity}")
+}
+
+/// Identity of the writer's alert `key` among the entries.
+pub fn alert_identity(key: &str) -> String {
+    format!("alert:{key}")
+}
+
+/// What a resumed job starts from.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    pub checkpoint: Checkpoint,
+    /// The aggregate state, fed into the dataflow at the committed epoch.
+    pub saved: Vec<Saved>,
+}
+
+/// What the checkpoint topic holds for a job.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub checkpoint: Option<Checkpoint>,
+    /// The job's entries (of every run): key and payload.
+    pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+/// A checkpoint that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error(
+        "checkpoint entry {key} is unreadable ({source}); start over with --reset or use another --job-id"
+    )]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+impl Stored {
+    /// Splits the entries into the state of the checkpoint's run and the keys of other runs
+    /// (to delete). With `reset`, or without a checkpoint, every entry is stale.
+    pub fn restore(self, reset: bool) -> Result<(Option<Restored>, Vec<String>), CheckpointError> {
+        let checkpoint = if reset { None } else { self.checkpoint };
+        let prefix = checkpoint.as_ref().map(|c| entry_key(c.run, ""));
+        let mut stale = Vec::new();
+        let mut saved = Vec::new();
+        let mut alerts = BTreeMap::new();
+        for (key, payload) in self.entries {
+            let Some(identity) = prefix.as_deref().and_then(|p| key.strip_prefix(p)) else {
+                stale.push(key);
+                continue;
+            };
+            let corrupt = |source| CheckpointError::Corrupt {
+                key: key.clone(),
+                source,
+            };
+            if let Some(alert) = identity.strip_prefix("alert:") {
+                let value: Value = serde_json::from_slice(&payload).map_err(corrupt)?;
+                alerts.insert(alert.to_owned(), value);
+            } else {
+                saved.push(serde_json::from_slice::<Saved>(&payload).map_err(corrupt)?);
+            }
+        }
+        let restored = checkpoint.map(|mut checkpoint| {
+            checkpoint.state.alerts = alerts;
+            Restored { checkpoint, saved }
+        });
+        Ok((restored, stale))
+    }
 }
 
 /// Topic settings of the checkpoint topic: only the latest record per job matters.
@@ -45,13 +159,59 @@ pub const TOPIC_CONFIG: [(&str, &str); 3] = [
     ("min.cleanable.dirty.ratio", "0.1"),
 ];
 
-/// Reads the latest committed checkpoint of `job_id`, if any.
-pub fn read_latest(
+/// Reads the latest committed checkpoint of `job_id` from `topic` and, with `entries`, the
+/// job's entries from its state topic.
+pub fn read(
     settings: &ClientSettings,
     topic: &str,
     job_id: &str,
+    entries: bool,
     timeout: Duration,
-) -> Result<Option<Checkpoint>, KafkaSetupError> {
+) -> Result<Stored, CheckpointError> {
+    let mut stored = Stored::default();
+    let mut corrupt = None;
+    // A null payload (tombstone) forgets the job or the entry.
+    scan(settings, topic, timeout, |key, payload| {
+        if key == job_id.as_bytes() {
+            stored.checkpoint = payload.and_then(|p| {
+                serde_json::from_slice::<Checkpoint>(p)
+                    .map_err(|source| {
+                        corrupt = Some(CheckpointError::Corrupt {
+                            key: job_id.to_owned(),
+                            source,
+                        })
+                    })
+                    .ok()
+            });
+        }
+    })?;
+    if let Some(e) = corrupt {
+        return Err(e);
+    }
+    if entries {
+        scan(
+            settings,
+            &state_topic(topic, job_id),
+            timeout,
+            |key, payload| {
+                let key = String::from_utf8_lossy(key).into_owned();
+                match payload {
+                    None => stored.entries.remove(&key),
+                    Some(p) => stored.entries.insert(key, p.to_vec()),
+                };
+            },
+        )?;
+    }
+    Ok(stored)
+}
+
+/// Reads every committed keyed record of `topic` (if it exists) in order.
+fn scan(
+    settings: &ClientSettings,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), KafkaSetupError> {
     let consumer: BaseConsumer = settings
         .config(&[
             ("group.id", "retail-stream-checkpoint-reader"),
@@ -82,11 +242,10 @@ pub fn read_latest(
         }
     }
     if remaining == 0 {
-        return Ok(None);
+        return Ok(());
     }
     consumer.assign(&tpl).map_err(metadata_error)?;
-    let mut latest = None;
-    let deadline = std::time::Instant::now() + timeout.max(Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + timeout.max(Duration::from_secs(300));
     while remaining > 0 {
         if std::time::Instant::now() > deadline {
             return Err(KafkaSetupError::Timeout {
@@ -97,17 +256,19 @@ pub fn read_latest(
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => remaining -= 1,
-            Some(Err(source)) => return Err(metadata_error(source)),
-            // A null payload (tombstone) forgets the job.
-            Some(Ok(m)) if m.key() == Some(job_id.as_bytes()) => {
-                latest = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<Checkpoint>(p).ok());
+            Some(Err(error)) => {
+                // A broker restarting or a lost connection: librdkafka reconnects on its own.
+                warn!(%error, "Kafka error while reading checkpoints; retrying");
+                std::thread::sleep(Duration::from_millis(500));
             }
-            Some(Ok(_)) => {}
+            Some(Ok(m)) => {
+                if let Some(key) = m.key() {
+                    each(key, m.payload());
+                }
+            }
         }
     }
-    Ok(latest)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -121,10 +282,69 @@ mod tests {
             epoch: Some(42),
             epoch_start: "1970-01-02T18:00:00".into(),
             files: [("totals.jsonl".to_owned(), 120)].into(),
-            offsets: [(0, 17), (3, 9)].into(),
+            partitions: [(
+                3,
+                Resume {
+                    offset: 9,
+                    clock: PartitionClock::default(),
+                },
+            )]
+            .into(),
+            dead_through: [(0, 4)].into(),
             commits: 3,
+            ..Checkpoint::default()
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::aggregate::{DistinctKey, Text};
+
+    #[test]
+    fn entries_of_the_checkpointed_run_restore_and_others_are_stale() {
+        let checkpoint = Checkpoint {
+            job_id: "j".into(),
+            run: 7,
+            epoch: Some(3),
+            ..Checkpoint::default()
+        };
+        let seen = Saved::Seen(DistinctKey::Customer(Text::from("12346")));
+        let entries = [
+            (
+                entry_key(7, &seen.identity()),
+                serde_json::to_vec(&seen).unwrap(),
+            ),
+            (
+                entry_key(7, &alert_identity("large_invoice/1")),
+                br#"{"rule":"large_invoice"}"#.to_vec(),
+            ),
+            (entry_key(6, "seen:x"), b"{}".to_vec()),
+        ];
+        let stored = || Stored {
+            checkpoint: Some(checkpoint.clone()),
+            entries: entries.iter().cloned().collect(),
+        };
+        let (restored, stale) = stored().restore(false).unwrap();
+        let restored = restored.unwrap();
+        assert_eq!(restored.saved, [seen]);
+        assert_eq!(
+            restored.checkpoint.state.alerts["large_invoice/1"]["rule"],
+            "large_invoice"
+        );
+        assert_eq!(stale, [entry_key(6, "seen:x")]);
+        let (restored, stale) = stored().restore(true).unwrap();
+        assert!(restored.is_none());
+        assert_eq!(stale.len(), 3);
+        let mut bad = stored();
+        bad.entries
+            .insert(entry_key(7, "seen:y"), b"not json".to_vec());
+        assert!(matches!(
+            bad.restore(false),
+            Err(CheckpointError::Corrupt { .. })
+        ));
     }
 }

@@ -43,10 +43,11 @@ Exit status: 0 success; 1 error (broker unreachable, topic missing, output not w
 the job resumes from its last checkpoint); 130 interrupted (Ctrl-C).
 
 Exactly once: each commit is one Kafka transaction with the closed epochs' changes, their dead
-letters and a checkpoint (--checkpoint-topic, keyed by --job-id). A restarted job re-reads its
-topic, rebuilds the same state, cuts the JSON-lines files back to the committed length and
-writes only what comes after; Kafka readers use isolation.level=read_committed. The console
-is not exactly-once. Ctrl-C commits nothing after the last closed epoch.
+letters, a checkpoint (--checkpoint-topic, keyed by --job-id) and the changed aggregate state
+(compacted topic <checkpoint-topic>.<job-id>). A restarted job restores the state, seeks every
+partition to its checkpoint, cuts the JSON-lines files back to the committed length and writes
+only what comes after; Kafka readers use isolation.level=read_committed. The console is not
+exactly-once. Ctrl-C commits nothing after the last closed epoch.
 
 Several processes: start the same command once per process with the same -n and -w and
 its own -p (0..n-1); with -h FILE, line i of FILE is process i's host:port (default
@@ -123,7 +124,8 @@ pub struct Args {
     #[arg(long)]
     pub dlq_topic: Option<String>,
 
-    /// Name of the job: its checkpoints and its transactional producer are keyed by it.
+    /// Name of the job (letters, digits, ., _, -): its checkpoints, its state topic and its
+    /// transactional producer are keyed by it.
     #[arg(long, env = "DATAFLOW_JOB_ID", default_value = "retail-stream")]
     pub job_id: String,
 
@@ -131,7 +133,8 @@ pub struct Args {
     #[arg(long)]
     pub reset: bool,
 
-    /// Compacted topic for checkpoints (created when missing).
+    /// Compacted topic for checkpoints (created when missing); the job's aggregate state goes to
+    /// the compacted topic <checkpoint-topic>.<job-id>.
     #[arg(long, default_value = "retail-aggregates.checkpoints")]
     pub checkpoint_topic: String,
 
@@ -264,6 +267,18 @@ impl Args {
         }
         if self.job_id.trim().is_empty() {
             return Err("--job-id must not be empty".into());
+        }
+        if !self
+            .job_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || self.job_id.len() > 200
+        {
+            // It names the job's state topic, `<checkpoint-topic>.<job-id>`.
+            return Err(format!(
+                "--job-id may only use letters, digits, '.', '_' and '-' (at most 200), got {:?}",
+                self.job_id
+            ));
         }
         if self.max_message_bytes == 0 {
             return Err("--max-message-bytes must be positive".into());

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Maps event time to epoch numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochClock {
@@ -74,8 +76,9 @@ pub struct Assignment {
     pub late: bool,
 }
 
-/// The watermark state of one partition.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The watermark state of one partition (checkpointed, so that a resumed job assigns the
+/// records after its checkpoint exactly as an uninterrupted run would).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartitionClock {
     /// Latest epoch this partition has shown, if any record was seen.
     latest: Option<u64>,
@@ -96,6 +99,12 @@ impl PartitionClock {
     /// Whether the partition has shown any record yet.
     pub fn has_data(&self) -> bool {
         self.latest.is_some()
+    }
+
+    /// The latest epoch any record of this partition was assigned to (0 before the first):
+    /// every record read so far belongs to an epoch at or before it.
+    pub fn latest(&self) -> u64 {
+        self.latest.unwrap_or(0)
     }
 
     /// Assigns a record with event epoch `event_epoch` and advances the watermark.

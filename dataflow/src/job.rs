@@ -15,14 +15,20 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use tracing::{error, info};
 
-use crate::aggregate::{self, Output};
-use crate::checkpoint::{self, Checkpoint};
+use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::input::Input;
+
+use crate::aggregate::{self, Output, Saved};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Restored, Resume};
 use crate::cli::Config;
+use crate::epoch::PartitionClock;
 use crate::sink::console::{ConsoleSink, group};
 use crate::sink::jsonl::JsonlSink;
-use crate::sink::kafka::{KafkaOut, KafkaOutError, OutputTopics};
+use crate::sink::kafka::{
+    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics,
+};
 use crate::sink::{Renderer, Sink, State};
-use crate::source::{DeadLetter, Metrics, Parsed, SourceConfig, kafka_source};
+use crate::source::{DeadLetter, Metrics, Parsed, SourceConfig, SourceResume, kafka_source};
 
 /// How long to wait for Kafka metadata at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -32,6 +38,8 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum JobError {
     #[error(transparent)]
     Kafka(#[from] retail_common::kafka::KafkaSetupError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error(
         "topic {topic} does not exist on {bootstrap}; publish sales first (ingest) or check --topic"
     )]
@@ -56,6 +64,8 @@ pub struct Report {
     pub lines: u64,
     pub late: u64,
     pub dead_letters: u64,
+    /// Records re-read after a restart whose effect was in the restored state.
+    pub replayed: u64,
     pub bytes: u64,
     pub seconds: f64,
     pub records_per_sec: f64,
@@ -67,8 +77,10 @@ pub struct Report {
 enum Emit {
     Out(Output, u64, isize),
     Dead(DeadLetter, u64),
-    /// A partition's next offset.
-    Position(i32, i64, u64),
+    /// A partition's next offset and watermark state.
+    Position(i32, i64, PartitionClock, u64),
+    /// A change of the state a checkpoint keeps.
+    Saved(Saved, u64, isize),
 }
 
 impl Emit {
@@ -76,7 +88,10 @@ impl Emit {
     /// capability is only a lower bound for the times it carries.
     fn time(&self) -> u64 {
         match self {
-            Emit::Out(_, t, _) | Emit::Dead(_, t) | Emit::Position(_, _, t) => *t,
+            Emit::Out(_, t, _)
+            | Emit::Dead(_, t)
+            | Emit::Position(_, _, _, t)
+            | Emit::Saved(_, t, _) => *t,
         }
     }
 }
@@ -102,28 +117,41 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 .settings
                 .ensure_topic(&config.dlq_topic, partitions, &[], METADATA_TIMEOUT)?;
     }
-    let mut resume = None;
-    if writes && config.checkpoint {
-        config.settings.ensure_topic(
-            &config.checkpoint_topic,
-            1,
-            &checkpoint::TOPIC_CONFIG,
-            METADATA_TIMEOUT,
-        )?;
-        if !config.reset {
-            resume = checkpoint::read_latest(
+    let mut resume: Option<Restored> = None;
+    let mut stale = Vec::new();
+    if config.checkpoint {
+        if writes {
+            for topic in [
+                config.checkpoint_topic.clone(),
+                checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
+            ] {
+                config.settings.ensure_topic(
+                    &topic,
+                    1,
+                    &checkpoint::TOPIC_CONFIG,
+                    METADATA_TIMEOUT,
+                )?;
+            }
+        }
+        // Every process reads where its partitions resume; process 0 also reads the state (or,
+        // on --reset, the entries of the old run to delete).
+        if writes || !config.reset {
+            let stored = checkpoint::read(
                 &config.settings,
                 &config.checkpoint_topic,
                 &config.job_id,
+                writes,
                 METADATA_TIMEOUT,
             )?;
+            (resume, stale) = stored.restore(config.reset)?;
         }
         match &resume {
-            Some(c) => info!(
+            Some(r) => info!(
                 job = %config.job_id,
-                epoch = %c.epoch_start,
-                commits = c.commits,
-                "resuming after the last checkpoint: re-reading the topic to rebuild the state"
+                epoch = %r.checkpoint.epoch_start,
+                commits = r.checkpoint.commits,
+                entries = r.saved.len(),
+                "resuming after the last checkpoint"
             ),
             None => info!(job = %config.job_id, "no checkpoint: starting from the beginning"),
         }
@@ -148,7 +176,24 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         idle_timeout: config.idle_timeout,
         max_message_bytes: config.max_message_bytes,
         group_id: config.group_id.clone(),
+        resume: resume.as_ref().and_then(|r| {
+            let c = &r.checkpoint;
+            c.epoch.map(|committed| SourceResume {
+                committed,
+                partitions: c.partitions.clone(),
+                dead_through: c.dead_through.clone(),
+            })
+        }),
     });
+    // The restored state enters the dataflow once, on worker 0 of process 0, at the committed
+    // epoch; the writer holds it already and writes nothing for that epoch.
+    let restored_at = resume.as_ref().and_then(|r| r.checkpoint.epoch);
+    let (resume, saved) = match resume {
+        Some(r) => (Some(r.checkpoint), r.saved),
+        None => (None, Vec::new()),
+    };
+    let saved = Arc::new(Mutex::new(Some(saved)));
+    let stale = Arc::new(Mutex::new(Some(stale)));
     let metrics = Arc::new(Metrics::default());
     let failure: Arc<Mutex<Option<JobError>>> = Arc::new(Mutex::new(None));
     let done = Arc::new(AtomicBool::new(false));
@@ -168,8 +213,14 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         timely::execute(timely_config, move |worker| {
             let index = worker.index();
             let writer = if index == 0 {
-                let opened =
-                    open_writer(&job, dlq_partitions, resume.clone(), Arc::clone(&shutdown));
+                let stale = stale.lock().unwrap().take().unwrap_or_default();
+                let opened = open_writer(
+                    &job,
+                    dlq_partitions,
+                    resume.clone(),
+                    stale,
+                    Arc::clone(&shutdown),
+                );
                 Some(opened.unwrap_or_else(|e| {
                     *failure.lock().unwrap() = Some(e);
                     shutdown.store(true, Ordering::Relaxed);
@@ -184,8 +235,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 Arc::clone(&shutdown),
                 Arc::clone(&failure),
             );
-            let rules = job.rules;
-            worker.dataflow::<u64, _, _>(move |scope| {
+            let (rules, save) = (job.rules, job.checkpoint);
+            let mut state = worker.dataflow::<u64, _, _>(move |scope| {
+                let (state, restored) = scope.new_collection::<Saved, isize>();
                 let parsed = kafka_source(scope, source_config, metrics, shutdown);
                 // Lines go to the aggregates; dead letters and positions straight to the writer.
                 #[allow(clippy::result_large_err)]
@@ -193,12 +245,14 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     Parsed::Line(line) => Ok((line, time, diff)),
                     other => Err((other, time)),
                 });
-                let outputs = aggregate::build(lines.as_collection(), rules)
-                    .inner
-                    .map(|(o, t, r)| Emit::Out(o, t, r));
+                let built = aggregate::build(lines.as_collection(), restored, rules, save);
+                let mut outputs = built.outputs.inner.map(|(o, t, r)| Emit::Out(o, t, r));
+                if let Some(saved) = built.saved {
+                    outputs = outputs.concat(saved.inner.map(|(s, t, r)| Emit::Saved(s, t, r)));
+                }
                 let dead = other.map(|(item, t)| match item {
                     Parsed::Dead(letter) => Emit::Dead(letter, t),
-                    Parsed::Position(p, next) => Emit::Position(p, next, t),
+                    Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, t),
                     Parsed::Line(_) => unreachable!("lines were split off"),
                 });
                 let mut writer = writer;
@@ -237,7 +291,17 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                         }
                     },
                 );
+                state
             });
+            if let (0, Some(at)) = (index, restored_at)
+                && let Some(entries) = saved.lock().unwrap().take()
+            {
+                state.advance_to(at);
+                for entry in entries {
+                    state.insert(entry);
+                }
+            }
+            state.close();
             while worker.has_dataflows() {
                 worker.step_or_park(None);
             }
@@ -263,6 +327,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         lines: metrics.lines.load(Ordering::Relaxed),
         late: metrics.late.load(Ordering::Relaxed),
         dead_letters: metrics.dead.load(Ordering::Relaxed),
+        replayed: metrics.replayed.load(Ordering::Relaxed),
         bytes: metrics.bytes.load(Ordering::Relaxed),
         seconds,
         records_per_sec: messages as f64 / seconds.max(1e-9),
@@ -275,31 +340,37 @@ struct Writer {
     renderer: Renderer,
     jsonl: Option<JsonlSink>,
     console: Option<ConsoleSink>,
-    kafka: Option<KafkaOut>,
+    /// Kafka outputs and checkpoints, committed on a thread of their own.
+    kafka: Option<Committer>,
     /// The last checkpoint written (or read at start): epochs up to its epoch are not written
     /// again.
     checkpoint: Option<Checkpoint>,
+    /// Entries of older runs, deleted by the next commit.
+    stale: Vec<String>,
     /// Set by Ctrl-C: with checkpoints, nothing more is committed.
     shutdown: Arc<AtomicBool>,
     /// A commit failed: write nothing more.
     failed: bool,
-    job_id: String,
 }
 
 impl Writer {
     fn empty(config: &Config, checkpoint: Option<Checkpoint>, shutdown: Arc<AtomicBool>) -> Writer {
+        let state = checkpoint
+            .as_ref()
+            .map(|c| c.state.clone())
+            .unwrap_or_default();
         Writer {
             renderer: Renderer {
                 clock: config.clock,
-                state: State::default(),
+                state,
             },
             jsonl: None,
             console: None,
             kafka: None,
             checkpoint,
+            stale: Vec::new(),
             shutdown,
             failed: false,
-            job_id: config.job_id.clone(),
         }
     }
 
@@ -307,37 +378,46 @@ impl Writer {
         self.checkpoint.as_ref().and_then(|c| c.epoch)
     }
 
-    /// Renders the closed epochs, then writes those after the checkpoint: the files first,
-    /// then one Kafka transaction with their changes, dead letters and the new checkpoint.
+    /// Renders the closed epochs after the checkpoint and writes them: the files first, then
+    /// one Kafka transaction with their changes, dead letters, state entries and checkpoint.
     fn commit(&mut self, closed: Vec<(u64, Vec<Emit>)>) -> Result<(), JobError> {
         let stopping = self.checkpoint.is_some() && self.shutdown.load(Ordering::Relaxed);
         if self.failed || stopping {
             return Ok(());
         }
-        let mut offsets = self
-            .checkpoint
-            .as_ref()
-            .map(|c| c.offsets.clone())
-            .unwrap_or_default();
+        let mut next = self.checkpoint.clone().unwrap_or_default();
+        let mut saved_changes = Vec::new();
         let mut batches = Vec::new();
         for (epoch, items) in closed {
+            // Only the restored state arrives at committed epochs; the writer holds it already.
+            if self.committed().is_some_and(|c| epoch <= c) {
+                continue;
+            }
             let mut updates = Vec::new();
             let mut dead = Vec::new();
+            let mut saved = Vec::new();
             for item in items {
                 match item {
                     Emit::Out(o, _, r) => updates.push((o, r)),
-                    Emit::Dead(d, _) => dead.push(d),
-                    Emit::Position(p, next, _) => {
-                        let o = offsets.entry(p).or_insert(next);
-                        *o = (*o).max(next);
+                    Emit::Dead(d, _) => {
+                        let through = next.dead_through.entry(d.partition).or_insert(d.offset);
+                        *through = (*through).max(d.offset);
+                        dead.push(d);
                     }
+                    Emit::Position(p, offset, clock, _) => {
+                        let resume = next.partitions.entry(p).or_default();
+                        if offset >= resume.offset {
+                            *resume = Resume { offset, clock };
+                        }
+                    }
+                    Emit::Saved(entry, t, r) => saved.push((entry, t, r)),
                 }
             }
-            // Epochs already committed still update the state, but are not written again.
-            let batch = self.renderer.render(epoch, updates, dead);
-            if self.committed().is_none_or(|c| epoch > c) {
-                batches.push(batch);
-            }
+            consolidate_updates(&mut saved);
+            // An entry's old value (-1) goes before its new one (+1).
+            saved.sort_by_key(|(_, _, r)| *r);
+            saved_changes.extend(saved.into_iter().map(|(entry, _, r)| (entry, r)));
+            batches.push(self.renderer.render(epoch, updates, dead));
         }
         let Some(last) = batches.last().map(|b| (b.epoch, b.label.clone())) else {
             return Ok(());
@@ -360,37 +440,58 @@ impl Writer {
                 }
             }
         }
-        let files = match &mut self.jsonl {
-            Some(j) => j.lengths().map_err(output_error)?,
-            None => BTreeMap::new(),
-        };
-        let checkpoint = Checkpoint {
-            job_id: self.job_id.clone(),
-            epoch: Some(last.0),
-            epoch_start: last.1,
-            files,
-            offsets,
-            commits: self.checkpoint.as_ref().map_or(0, |c| c.commits) + 1,
-        };
-        if let Some(kafka) = &self.kafka
-            && let Err(e) = kafka.commit(&batches, &checkpoint)
-        {
-            self.failed = true;
-            return Err(kafka_error(e));
+        let checkpoints = self.checkpoint.is_some();
+        let mut alerts = Vec::new();
+        if checkpoints {
+            for change in batches.iter().flat_map(|b| &b.changes) {
+                if change.stream == "alerts" {
+                    alerts.push((change.key.clone(), state.alerts.get(&change.key).cloned()));
+                }
+            }
+            next.epoch = Some(last.0);
+            next.epoch_start = last.1;
+            next.files = match &mut self.jsonl {
+                Some(j) => j.lengths().map_err(output_error)?,
+                None => BTreeMap::new(),
+            };
+            next.state = State {
+                totals: state.totals,
+                by_country: state.by_country.clone(),
+                top_products: state.top_products.clone(),
+                epochs: state.epochs,
+                alerts: BTreeMap::new(),
+                dead_letters: state.dead_letters.clone(),
+            };
+            next.commits += 1;
         }
-        self.checkpoint = Some(checkpoint);
+        if let Some(kafka) = &mut self.kafka {
+            let commit = Commit {
+                batches,
+                saved: saved_changes,
+                alerts,
+                stale: std::mem::take(&mut self.stale),
+                checkpoint: next.clone(),
+            };
+            if let Err(e) = kafka.send(commit) {
+                self.failed = true;
+                return Err(kafka_error(e));
+            }
+        }
+        if checkpoints {
+            self.checkpoint = Some(next);
+        }
         Ok(())
     }
 
     /// After the last epoch: flush, and write summary.json unless the run was interrupted.
     fn finish(&mut self) -> Result<(), JobError> {
+        // Commits already queued complete, whatever happens next.
+        let committed = self.kafka.as_mut().map_or(Ok(()), Committer::finish);
         if self.failed || self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints() {
             return Ok(());
         }
+        committed.map_err(kafka_error)?;
         let state = &self.renderer.state;
-        if let Some(kafka) = &self.kafka {
-            kafka.finish().map_err(kafka_error)?;
-        }
         if let Some(console) = &mut self.console {
             let _ = console.finish(state);
         }
@@ -420,11 +521,13 @@ fn open_writer(
     config: &Config,
     dlq_partitions: i32,
     resume: Option<Checkpoint>,
+    stale: Vec<String>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Writer, JobError> {
     let checkpoint = config.checkpoint.then(|| {
         resume.clone().unwrap_or_else(|| Checkpoint {
             job_id: config.job_id.clone(),
+            run: new_run(),
             ..Checkpoint::default()
         })
     });
@@ -441,33 +544,43 @@ fn open_writer(
         source: config.topic.clone(),
         dlq_partitions,
     });
-    let target = config.checkpoint.then(|| {
-        (
-            config.checkpoint_topic.clone(),
-            config.job_id.clone(),
-            config.topic.clone(),
-            config.group_id.clone(),
-        )
+    let target = config.checkpoint.then(|| CheckpointTarget {
+        topic: config.checkpoint_topic.clone(),
+        state_topic: checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
+        job_id: config.job_id.clone(),
+        source: config.topic.clone(),
+        group_id: config.group_id.clone(),
     });
     if outputs.is_some() || target.is_some() {
         let kafka = KafkaOut::create(&config.settings, outputs, target).map_err(kafka_error)?;
-        writer.kafka = Some(kafka);
+        // A fresh or reset job commits its empty start (deleting an older run's entries), so
+        // that a crash before its first epoch cannot fall back to an older run's checkpoint.
+        match &writer.checkpoint {
+            Some(checkpoint) if resume.is_none() => {
+                let mut start = checkpoint.clone();
+                if let Some(j) = &mut writer.jsonl {
+                    start.files = j.lengths().map_err(output_error)?;
+                }
+                let tombstones: Vec<_> = stale.into_iter().map(|k| (k, None)).collect();
+                kafka
+                    .commit(&[], &tombstones, &start)
+                    .map_err(kafka_error)?;
+            }
+            _ => writer.stale = stale,
+        }
+        writer.kafka = Some(Committer::spawn(kafka));
     }
     if config.console {
         writer.console = Some(ConsoleSink::new());
     }
-    // A fresh or reset job commits its empty start, so that a crash before its first epoch
-    // cannot fall back to an older run's checkpoint.
-    if resume.is_none()
-        && let (Some(kafka), Some(checkpoint)) = (&writer.kafka, &writer.checkpoint)
-    {
-        let mut start = checkpoint.clone();
-        if let Some(j) = &mut writer.jsonl {
-            start.files = j.lengths().map_err(output_error)?;
-        }
-        kafka.commit(&[], &start).map_err(kafka_error)?;
-    }
     Ok(writer)
+}
+
+/// A number for a new run of a job: its start time in nanoseconds.
+fn new_run() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Prints a progress line to stderr every `every` until `done`.

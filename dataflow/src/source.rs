@@ -8,6 +8,12 @@
 //! the earliest epoch any of its partitions may still add to, so an epoch closes only once
 //! every partition has passed it.
 //!
+//! A resumed job starts each partition at its checkpointed offset and watermark, and drops the
+//! records it re-reads that belong to committed epochs (their effect is in the restored state)
+//! and the dead letters already committed. Positions go downstream at the latest epoch their
+//! partition has assigned, so the writer checkpoints a position only once every record before
+//! it belongs to a committed epoch.
+//!
 //! The source never blocks its worker: it drains what librdkafka has fetched (up to a budget
 //! per activation), is woken by librdkafka when a queue becomes non-empty, and otherwise by a
 //! backstop timer, so an idle job parks instead of spinning a core.
@@ -30,10 +36,11 @@ use timely::dataflow::{Scope, Stream};
 use tracing::{debug, info, warn};
 
 use retail_common::kafka::ClientSettings;
-use retail_common::record::{Reject, RejectKind, Sale};
+use retail_common::record::{Reject, RejectKind, SaleRef};
 use retail_common::time::epoch_seconds;
 
 use crate::aggregate::Line;
+use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
 
 /// Messages handled per activation before the source yields to other operators.
@@ -63,6 +70,19 @@ pub struct SourceConfig {
     pub idle_timeout: Option<Duration>,
     pub max_message_bytes: usize,
     pub group_id: String,
+    /// Set when resuming from a checkpoint.
+    pub resume: Option<SourceResume>,
+}
+
+/// Where a resumed job picks up.
+#[derive(Clone, Debug, Default)]
+pub struct SourceResume {
+    /// The last committed epoch.
+    pub committed: u64,
+    /// Checkpointed position of each partition (others start from `--from`).
+    pub partitions: BTreeMap<i32, Resume>,
+    /// Per partition, the offset of the last committed dead letter.
+    pub dead_through: BTreeMap<i32, i64>,
 }
 
 /// A message that failed validation, kept with everything needed to find and replay it.
@@ -82,8 +102,9 @@ pub struct DeadLetter {
 pub enum Parsed {
     Line(Line),
     Dead(DeadLetter),
-    /// How far a partition has been read (its next offset), for checkpoints and lag.
-    Position(i32, i64),
+    /// How far a partition has been read (its next offset) and its watermark state there, for
+    /// checkpoints and lag.
+    Position(i32, i64, PartitionClock),
 }
 
 /// Counters the progress line reads; shared by the workers of one process.
@@ -93,6 +114,8 @@ pub struct Metrics {
     pub lines: AtomicU64,
     pub late: AtomicU64,
     pub dead: AtomicU64,
+    /// Re-read after a restart and dropped: already counted in the restored state.
+    pub replayed: AtomicU64,
     pub bytes: AtomicU64,
     /// Messages between each worker's position and the end of its partitions.
     pub lag: AtomicI64,
@@ -137,6 +160,8 @@ struct PartitionState {
     /// End offset for a bounded run.
     end: Option<i64>,
     done: bool,
+    /// Dead letters at or before this offset are committed already (resumed jobs).
+    dead_through: i64,
     /// At the end of what the broker has (an EOF was seen and nothing came since).
     caught_up: bool,
     last_message: Instant,
@@ -164,7 +189,11 @@ pub fn kafka_source<'scope>(
     let index = scope.index();
     let peers = scope.peers();
     let worker = scope.worker();
-    source(scope, "KafkaSource", move |cap, info| {
+    source(scope, "KafkaSource", move |mut cap, info| {
+        if let Some(r) = &config.resume {
+            // Committed epochs are in the restored state; nothing is added to them.
+            cap.downgrade(&(r.committed + 1));
+        }
         let owned = owned_partitions(config.partitions, index, peers);
         if owned.is_empty() {
             // Nothing to read: release the capability at once so epochs can close.
@@ -190,11 +219,13 @@ pub fn kafka_source<'scope>(
             }
             let handled = reader.poll_into(&config, *c.time(), &mut batches, &metrics);
             let now_at = *c.time();
-            for (p, next) in reader.moved_positions() {
+            for (p, next, clock) in reader.moved_positions() {
+                // Valid as a checkpoint only once the latest epoch it has assigned is committed.
+                let at = clock.latest().max(now_at);
                 batches
-                    .entry(now_at)
+                    .entry(at)
                     .or_default()
-                    .push((Parsed::Position(p, next), now_at, 1));
+                    .push((Parsed::Position(p, next, clock), at, 1));
             }
             for (time, mut batch) in std::mem::take(&mut batches) {
                 output.session(&c.delayed(&time)).give_container(&mut batch);
@@ -262,19 +293,36 @@ impl Reader {
         for &p in owned {
             let (low, high) =
                 consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(30))?;
-            let start = match config.from {
-                StartFrom::Earliest => low,
-                StartFrom::Latest => high,
+            let resumed = config.resume.as_ref().and_then(|r| r.partitions.get(&p));
+            let start = match (resumed, config.from) {
+                (Some(r), _) => r.offset.max(low),
+                (None, StartFrom::Earliest) => low,
+                (None, StartFrom::Latest) => high,
             };
+            if let Some(r) = resumed
+                && r.offset < low
+            {
+                warn!(
+                    partition = p,
+                    checkpoint = r.offset,
+                    earliest = low,
+                    "records after the checkpoint were deleted by retention; resuming at the earliest offset"
+                );
+            }
             assignment.add_partition_offset(&config.topic, p, Offset::Offset(start))?;
             let end = config.until_end.then_some(high);
             slot[p as usize] = Some(parts.len());
             parts.push(PartitionState {
                 partition: p,
-                clock: PartitionClock::default(),
+                clock: resumed.map(|r| r.clock.clone()).unwrap_or_default(),
                 next_offset: start,
                 end,
                 done: end.is_some_and(|e| start >= e),
+                dead_through: config
+                    .resume
+                    .as_ref()
+                    .and_then(|r| r.dead_through.get(&p).copied())
+                    .unwrap_or(-1),
                 caught_up: false,
                 last_message: Instant::now(),
             });
@@ -313,6 +361,8 @@ impl Reader {
     ) -> usize {
         let now = Instant::now();
         let (mut handled, mut lines, mut late, mut dead, mut bytes) = (0, 0, 0, 0, 0);
+        let mut replayed = 0;
+        let committed = config.resume.as_ref().map(|r| r.committed);
         let mut finished = Vec::new();
         while handled < BUDGET {
             let message = match self.consumer.poll(Duration::ZERO) {
@@ -366,26 +416,31 @@ impl Reader {
                     ),
                 ))
             } else {
-                Sale::from_json(payload)
+                SaleRef::from_json(payload)
             };
-            let (item, epoch) = match parsed {
+            let item = match parsed {
                 Ok(sale) => {
                     let event = config.clock.epoch_of(epoch_seconds(sale.invoice_date));
                     let at = state.clock.assign(&config.clock, event);
-                    lines += 1;
-                    late += u64::from(at.late);
-                    let line = Line {
-                        epoch: at.epoch,
-                        quantity: sale.quantity,
-                        unit_price_milli: sale.unit_price.0,
-                        late: at.late,
-                        invoice: sale.invoice_no.into(),
-                        stock_code: sale.stock_code.into(),
-                        customer: sale.customer_id.map(Into::into),
-                        country: sale.country.into(),
-                    };
-                    (Parsed::Line(line), at.epoch)
+                    if committed.is_some_and(|c| at.epoch <= c) {
+                        None
+                    } else {
+                        lines += 1;
+                        late += u64::from(at.late);
+                        let line = Line {
+                            epoch: at.epoch,
+                            quantity: sale.quantity,
+                            unit_price_milli: sale.unit_price.0,
+                            late: at.late,
+                            invoice: sale.invoice_no.into(),
+                            stock_code: sale.stock_code.into(),
+                            customer: sale.customer_id.map(Into::into),
+                            country: sale.country.into(),
+                        };
+                        Some((Parsed::Line(line), at.epoch))
+                    }
                 }
+                Err(_) if offset <= state.dead_through => None,
                 Err(reject) => {
                     dead += 1;
                     let epoch = state.clock.open_from(&config.clock).max(frontier);
@@ -397,10 +452,14 @@ impl Reader {
                         key: message.key().map(<[u8]>::to_vec),
                         payload: payload.to_vec(),
                     };
-                    (Parsed::Dead(letter), epoch)
+                    Some((Parsed::Dead(letter), epoch))
                 }
             };
-            batches.entry(epoch).or_default().push((item, epoch, 1));
+            match item {
+                Some((item, epoch)) => batches.entry(epoch).or_default().push((item, epoch, 1)),
+                // Re-read after a restart: its effect is in the restored state already.
+                None => replayed += 1,
+            }
             if state.end.is_some_and(|e| offset + 1 >= e) {
                 state.done = true;
                 finished.push(p);
@@ -415,13 +474,14 @@ impl Reader {
         metrics.lines.fetch_add(lines, Ordering::Relaxed);
         metrics.late.fetch_add(late, Ordering::Relaxed);
         metrics.dead.fetch_add(dead, Ordering::Relaxed);
+        metrics.replayed.fetch_add(replayed, Ordering::Relaxed);
         metrics.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.report_lag(metrics);
         handled
     }
 
-    /// Partitions whose position moved since the last call, with their next offset.
-    fn moved_positions(&mut self) -> Vec<(i32, i64)> {
+    /// Partitions whose position moved since the last call, with their next offset and clock.
+    fn moved_positions(&mut self) -> Vec<(i32, i64, PartitionClock)> {
         if self.reported.len() != self.parts.len() {
             self.reported = vec![-1; self.parts.len()];
         }
@@ -429,7 +489,7 @@ impl Reader {
         for (state, reported) in self.parts.iter().zip(self.reported.iter_mut()) {
             if state.next_offset != *reported {
                 *reported = state.next_offset;
-                moved.push((state.partition, state.next_offset));
+                moved.push((state.partition, state.next_offset, state.clock.clone()));
             }
         }
         moved

@@ -176,7 +176,20 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     kafka_script("up");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
+    if out.status.success() {
+        // It resumed from the restored state: it did not read the whole topic again.
+        let report: serde_json::Value = stderr
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .expect("the job reports");
+        let read = report["messages"].as_u64().unwrap();
+        eprintln!("the last run read {read} of {RECORDS} records");
+        assert!(
+            read < RECORDS as u64,
+            "a resumed run re-read the topic: {report}"
+        );
+    } else {
         // A transaction the broker lost is aborted (exit 75): a restart resumes.
         assert_eq!(out.status.code(), Some(75), "unexpected failure:\n{stderr}");
         eprintln!("the broker restart aborted a transaction; resuming");

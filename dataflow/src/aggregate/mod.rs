@@ -4,6 +4,12 @@
 //! epoch's work is proportional to the keys it touches, never to the history. Rankings reduce
 //! over the per-product sums; alerts filter aggregates or single lines. All of them end as one
 //! collection of [`Output`] rows whose changes per epoch the sinks write.
+//!
+//! With checkpoints, the job also streams the [`Saved`] state: the current value of every
+//! arrangement input that outlives its epoch (totals, countries, invoices, customers, products,
+//! per-line alerts). A resumed job feeds it back in at the committed epoch, which rebuilds the
+//! same arrangements without re-reading the records. Keys of closed epochs are left out: no
+//! record can reach a closed epoch again, so they never change.
 
 pub mod alerts;
 pub mod sums;
@@ -66,7 +72,7 @@ impl Line {
 
 /// What `count_total` groups the measures by.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum StatKey {
+pub enum StatKey {
     Total,
     Country(Text),
     Epoch(u64),
@@ -74,7 +80,7 @@ enum StatKey {
 
 /// Keys whose distinct count is wanted: invoices overall and per epoch, customers overall.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum DistinctKey {
+pub enum DistinctKey {
     Invoice(Option<u64>, Text),
     Customer(Text),
 }
@@ -99,6 +105,39 @@ pub enum Output {
     /// An epoch's own lines: measures, distinct invoices (in `Sums::invoices`), top products.
     Epoch(u64, Sums, Ranked),
     Alert(Alert),
+}
+
+/// One entry of the aggregate state a checkpoint keeps: the accumulated input of an
+/// arrangement for one key that outlives its epoch.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Saved {
+    /// Measures of the total or of a country, without the distinct counts (those come back
+    /// from the `Seen` entries).
+    Measure(StatKey, Sums),
+    /// A customer seen at least once.
+    Seen(DistinctKey),
+    /// Net revenue and lines of a product over all epochs.
+    Product(Text, Sums),
+    /// Net value and lines of an invoice (which was therefore seen).
+    Invoice(Text, Sums),
+    /// An alert raised by a single line.
+    LineAlert(Alert),
+}
+
+impl Saved {
+    /// The identity of the entry: a newer entry with the same identity replaces it.
+    pub fn identity(&self) -> String {
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).expect("keys serialise")
+        }
+        match self {
+            Saved::Measure(k, _) => format!("measure:{}", json(k)),
+            Saved::Seen(k) => format!("seen:{}", json(k)),
+            Saved::Product(p, _) => format!("product:{}", json(p)),
+            Saved::Invoice(i, _) => format!("invoice:{}", json(i)),
+            Saved::LineAlert(a) => format!("line_alert:{}", json(a)),
+        }
+    }
 }
 
 /// Sizes of the rankings.
@@ -127,31 +166,67 @@ where
         .as_collection()
 }
 
-/// Builds every aggregate over `lines` (timestamps are epochs).
+/// The job's outputs, and the state to checkpoint when asked for.
+pub struct Built<'scope> {
+    pub outputs: VecCollection<'scope, u64, Output>,
+    pub saved: Option<VecCollection<'scope, u64, Saved>>,
+}
+
+/// Keeps the entries of `restored` that `pick` maps into an arrangement's input.
+fn restore<'scope, D, R>(
+    restored: &VecCollection<'scope, u64, Saved>,
+    pick: impl Fn(Saved) -> Option<(D, R)> + 'static,
+) -> VecCollection<'scope, u64, D, R>
+where
+    D: Clone + Ord + 'static,
+    R: Semigroup + differential_dataflow::difference::Multiply<isize, Output = R> + 'static,
+{
+    restored.clone().explode(pick)
+}
+
+/// Builds every aggregate over `lines` (timestamps are epochs), starting from the `restored`
+/// state of a checkpoint; with `save`, also returns the state's changes.
 pub fn build<'scope>(
     lines: VecCollection<'scope, u64, Line>,
+    restored: VecCollection<'scope, u64, Saved>,
     rules: AlertRules,
-) -> VecCollection<'scope, u64, Output> {
+    save: bool,
+) -> Built<'scope> {
     // Measures per total / country / epoch, plus distinct invoice and customer counts, all
     // accumulated by one count_total over the same key space.
-    let measures = lines.clone().explode(|l: Line| {
-        let s = l.sums();
-        [
-            (StatKey::Total, s),
-            (StatKey::Epoch(l.epoch), s),
-            (StatKey::Country(l.country), s),
-        ]
-    });
-    let distinct = lines.clone().flat_map(|l: Line| {
-        let customer = l.customer.map(DistinctKey::Customer);
-        [
-            DistinctKey::Invoice(None, l.invoice.clone()),
-            DistinctKey::Invoice(Some(l.epoch), l.invoice),
-        ]
-        .into_iter()
-        .chain(customer)
-    });
-    let distinct = pre_aggregate(distinct).distinct().explode(|k| {
+    let measures = lines
+        .clone()
+        .explode(|l: Line| {
+            let s = l.sums();
+            [
+                (StatKey::Total, s),
+                (StatKey::Epoch(l.epoch), s),
+                (StatKey::Country(l.country), s),
+            ]
+        })
+        .concat(restore(&restored, |s| match s {
+            Saved::Measure(k, m) => Some((k, m)),
+            _ => None,
+        }));
+    let seen = lines
+        .clone()
+        .flat_map(|l: Line| {
+            let customer = l.customer.map(DistinctKey::Customer);
+            [
+                DistinctKey::Invoice(None, l.invoice.clone()),
+                DistinctKey::Invoice(Some(l.epoch), l.invoice),
+            ]
+            .into_iter()
+            .chain(customer)
+        })
+        .concat(restore(&restored, |s| match s {
+            Saved::Seen(k) => Some((k, 1isize)),
+            // Every invoice with saved sums was seen.
+            Saved::Invoice(i, _) => Some((DistinctKey::Invoice(None, i), 1)),
+            _ => None,
+        }));
+    let seen = pre_aggregate(seen).distinct();
+    let distinct = seen.clone().explode(|k| {
         let (key, s) = match k {
             DistinctKey::Invoice(None, _) => (
                 StatKey::Total,
@@ -180,19 +255,26 @@ pub fn build<'scope>(
     let stats = pre_aggregate(measures.concat(distinct)).count_total();
 
     // Net revenue per product, overall and per epoch, then the top N of each.
-    let per_product = lines.clone().explode(|l: Line| {
-        let s = Sums {
-            lines: 1,
-            revenue_milli: l.value_milli(),
-            ..Sums::default()
-        };
-        [
-            ((RankKey::Total, l.stock_code.clone()), s),
-            ((RankKey::Epoch(l.epoch), l.stock_code), s),
-        ]
-    });
-    let rankings = pre_aggregate(per_product)
-        .count_total()
+    let per_product = lines
+        .clone()
+        .explode(|l: Line| {
+            let s = Sums {
+                lines: 1,
+                revenue_milli: l.value_milli(),
+                ..Sums::default()
+            };
+            [
+                ((RankKey::Total, l.stock_code.clone()), s),
+                ((RankKey::Epoch(l.epoch), l.stock_code), s),
+            ]
+        })
+        .concat(restore(&restored, |s| match s {
+            Saved::Product(p, m) => Some(((RankKey::Total, p), m)),
+            _ => None,
+        }));
+    let products = pre_aggregate(per_product).count_total();
+    let rankings = products
+        .clone()
         .map(|((scope, product), s)| (scope, (-s.revenue_milli, product)))
         .reduce_named("TopProducts", |scope, products, out| {
             let n = match scope {
@@ -214,7 +296,7 @@ pub fn build<'scope>(
         StatKey::Country(c) => Some(Output::Country(c, s)),
         StatKey::Epoch(_) => None,
     });
-    let epoch_stats = stats.flat_map(|(key, s)| match key {
+    let epoch_stats = stats.clone().flat_map(|(key, s)| match key {
         StatKey::Epoch(e) => Some((e, s)),
         _ => None,
     });
@@ -228,30 +310,70 @@ pub fn build<'scope>(
         RankKey::Epoch(_) => None,
     });
 
-    totals
-        .concat(epochs)
-        .concat(top_products)
-        .concat(build_alerts(lines, rules))
+    let (alerts, saved_alerts) = build_alerts(lines, &restored, rules, save);
+    let saved = saved_alerts.map(|saved_alerts| {
+        let measures = stats.flat_map(|(key, s)| match key {
+            StatKey::Epoch(_) => None,
+            key => Some(Saved::Measure(
+                key,
+                Sums {
+                    invoices: 0,
+                    customers: 0,
+                    ..s
+                },
+            )),
+        });
+        // Invoices come back from their `Invoice` entries.
+        let seen = seen.flat_map(|k| match k {
+            DistinctKey::Customer(_) => Some(Saved::Seen(k)),
+            DistinctKey::Invoice(..) => None,
+        });
+        let products = products.flat_map(|((scope, p), s)| match scope {
+            RankKey::Total => Some(Saved::Product(p, s)),
+            RankKey::Epoch(_) => None,
+        });
+        measures.concat(seen).concat(products).concat(saved_alerts)
+    });
+    Built {
+        outputs: totals.concat(epochs).concat(top_products).concat(alerts),
+        saved,
+    }
 }
 
 fn build_alerts<'scope>(
     lines: VecCollection<'scope, u64, Line>,
+    restored: &VecCollection<'scope, u64, Saved>,
     rules: AlertRules,
-) -> VecCollection<'scope, u64, Output> {
+    save: bool,
+) -> (
+    VecCollection<'scope, u64, Output>,
+    Option<VecCollection<'scope, u64, Saved>>,
+) {
     let per_line = lines
         .clone()
         .flat_map(move |l: Line| rules.line_alerts(&l))
+        .concat(restore(restored, |s| match s {
+            Saved::LineAlert(a) => Some((a, 1isize)),
+            _ => None,
+        }))
         .distinct();
-    let per_invoice = lines.clone().explode(|l: Line| {
-        let s = Sums {
-            lines: 1,
-            revenue_milli: l.value_milli(),
-            ..Sums::default()
-        };
-        Some((l.invoice, s))
-    });
-    let invoices = pre_aggregate(per_invoice)
-        .count_total()
+    let per_invoice = lines
+        .clone()
+        .explode(|l: Line| {
+            let s = Sums {
+                lines: 1,
+                revenue_milli: l.value_milli(),
+                ..Sums::default()
+            };
+            Some((l.invoice, s))
+        })
+        .concat(restore(restored, |s| match s {
+            Saved::Invoice(i, m) => Some((i, m)),
+            _ => None,
+        }));
+    let invoices = pre_aggregate(per_invoice).count_total();
+    let invoice_alerts = invoices
+        .clone()
         .flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
     let bursts = lines
         .filter(|l: &Line| l.is_cancellation() && l.customer.is_some())
@@ -266,7 +388,17 @@ fn build_alerts<'scope>(
         .flat_map(move |((epoch, customer), s)| {
             rules.cancellation_alert(epoch, &customer, s.lines)
         });
-    per_line.concat(invoices).concat(bursts).map(Output::Alert)
+    let saved = save.then(|| {
+        per_line
+            .clone()
+            .map(Saved::LineAlert)
+            .concat(invoices.map(|(i, s)| Saved::Invoice(i, s)))
+    });
+    let outputs = per_line
+        .concat(invoice_alerts)
+        .concat(bursts)
+        .map(Output::Alert);
+    (outputs, saved)
 }
 
 #[cfg(test)]

@@ -8,8 +8,11 @@
 //! sends the read offsets to the consumer group, so `kafka-consumer-groups.sh --describe` shows
 //! the job's lag.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
@@ -21,8 +24,11 @@ use tracing::{error, warn};
 
 use retail_common::kafka::ClientSettings;
 
+use serde_json::Value;
+
 use super::Batch;
-use crate::checkpoint::Checkpoint;
+use crate::aggregate::Saved;
+use crate::checkpoint::{self, Checkpoint};
 
 /// How long a transaction step may keep retrying while Kafka is unreachable.
 const RETRY_FOR: Duration = Duration::from_secs(300);
@@ -70,11 +76,19 @@ pub struct OutputTopics {
     pub dlq_partitions: i32,
 }
 
-/// Where checkpoints go, and the group that shows the job's progress.
-pub struct CheckpointTopic {
+/// Where checkpoints and state entries go, and the group that shows the job's progress.
+pub struct CheckpointTarget {
     pub topic: String,
+    pub state_topic: String,
     pub job_id: String,
+    /// The source topic, whose offsets are committed for `group_id`.
     pub source: String,
+    pub group_id: String,
+}
+
+/// A [`CheckpointTarget`] with its group's metadata.
+struct CheckpointTopic {
+    target: CheckpointTarget,
     group: ConsumerGroupMetadata,
 }
 
@@ -90,7 +104,7 @@ impl KafkaOut {
     pub fn create(
         settings: &ClientSettings,
         outputs: Option<OutputTopics>,
-        checkpoint: Option<(String, String, String, String)>,
+        checkpoint: Option<CheckpointTarget>,
     ) -> Result<KafkaOut, KafkaOutError> {
         let context = DeliveryCounter::default();
         let failed = Arc::clone(&context.failed);
@@ -100,18 +114,24 @@ impl KafkaOut {
             ("linger.ms", "5".to_owned()),
         ];
         let mut target = None;
-        if let Some((topic, job_id, source, group_id)) = checkpoint {
-            defaults.push(("transactional.id", format!("retail-stream-{job_id}")));
+        if let Some(checkpoint) = checkpoint {
+            defaults.push((
+                "transactional.id",
+                format!("retail-stream-{}", checkpoint.job_id),
+            ));
             defaults.push(("transaction.timeout.ms", "60000".to_owned()));
             // A consumer handle only to name the group the offsets are committed for.
-            let group: BaseConsumer = settings.config(&[("group.id", &group_id)]).create()?;
+            let group: BaseConsumer = settings
+                .config(&[("group.id", &checkpoint.group_id)])
+                .create()?;
             let group = group.group_metadata().ok_or_else(|| {
-                KafkaOutError::Fatal(format!("no metadata for consumer group {group_id}"))
+                KafkaOutError::Fatal(format!(
+                    "no metadata for consumer group {}",
+                    checkpoint.group_id
+                ))
             })?;
             target = Some(CheckpointTopic {
-                topic,
-                job_id,
-                source,
+                target: checkpoint,
                 group,
             });
         }
@@ -195,9 +215,15 @@ impl KafkaOut {
         Ok(())
     }
 
-    /// Writes the batches, and the checkpoint with them in one transaction when checkpointing.
-    pub fn commit(&self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), KafkaOutError> {
-        let Some(target) = &self.checkpoint else {
+    /// Writes the batches, and with them in one transaction when checkpointing, the changed
+    /// state entries (key, new payload or `None` to delete) and the checkpoint.
+    pub fn commit(
+        &self,
+        batches: &[Batch],
+        entries: &[(String, Option<Vec<u8>>)],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), KafkaOutError> {
+        let Some(CheckpointTopic { target, group }) = &self.checkpoint else {
             for batch in batches {
                 self.send_batch(batch)?;
             }
@@ -211,23 +237,30 @@ impl KafkaOut {
             for batch in batches {
                 self.send_batch(batch)?;
             }
+            for (key, payload) in entries {
+                let mut record = BaseRecord::to(&target.state_topic).key(key.as_bytes());
+                if let Some(p) = payload {
+                    record = record.payload(p.as_slice());
+                }
+                self.send(record)?;
+            }
             let payload = serde_json::to_vec(checkpoint).expect("checkpoint serialises");
             self.send(
                 BaseRecord::to(&target.topic)
                     .key(target.job_id.as_bytes())
                     .payload(&payload),
             )?;
-            if !checkpoint.offsets.is_empty() {
+            if !checkpoint.partitions.is_empty() {
                 let mut offsets = TopicPartitionList::new();
-                for (p, o) in &checkpoint.offsets {
+                for (p, o) in checkpoint.offsets() {
                     offsets
-                        .add_partition_offset(&target.source, *p, Offset::Offset(*o))
+                        .add_partition_offset(&target.source, p, Offset::Offset(o))
                         .map_err(classify)?;
                 }
                 retry("sending offsets to the transaction", || {
                     self.producer.send_offsets_to_transaction(
                         &offsets,
-                        &target.group,
+                        group,
                         Duration::from_secs(30),
                     )
                 })?;
@@ -285,6 +318,90 @@ fn retry(
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(classify(e)),
+        }
+    }
+}
+
+/// One commit for the output thread.
+pub struct Commit {
+    pub batches: Vec<Batch>,
+    /// Changes of the saved state, epoch by epoch, each epoch's old values (-1) before its new
+    /// ones (+1).
+    pub saved: Vec<(Saved, isize)>,
+    /// The writer's alerts that changed: key and new value (`None`: gone).
+    pub alerts: Vec<(String, Option<Value>)>,
+    /// Entries of older runs of the job, to delete.
+    pub stale: Vec<String>,
+    pub checkpoint: Checkpoint,
+}
+
+impl Commit {
+    /// The state topic records of the commit: key and payload (`None` deletes).
+    fn entries(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        let run = self.checkpoint.run;
+        let mut keyed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        for (entry, r) in &self.saved {
+            let payload = (*r > 0).then(|| serde_json::to_vec(entry).expect("state serialises"));
+            keyed.insert(checkpoint::entry_key(run, &entry.identity()), payload);
+        }
+        for (key, value) in &self.alerts {
+            let payload = value
+                .as_ref()
+                .map(|v| serde_json::to_vec(v).expect("alerts serialise"));
+            keyed.insert(
+                checkpoint::entry_key(run, &checkpoint::alert_identity(key)),
+                payload,
+            );
+        }
+        self.stale
+            .iter()
+            .map(|k| (k.clone(), None))
+            .chain(keyed)
+            .collect()
+    }
+}
+
+/// Commits waiting for the output thread before the writer waits too.
+const QUEUE: usize = 2;
+
+/// Runs Kafka commits in order on a thread of their own, so that the worker rendering epochs
+/// does not wait for the broker's acknowledgements.
+pub struct Committer {
+    queue: Option<SyncSender<Commit>>,
+    thread: Option<JoinHandle<Result<(), KafkaOutError>>>,
+}
+
+impl Committer {
+    pub fn spawn(out: KafkaOut) -> Committer {
+        let (queue, commits) = sync_channel::<Commit>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("kafka-commit".into())
+            .spawn(move || {
+                for commit in commits {
+                    out.commit(&commit.batches, &commit.entries(), &commit.checkpoint)?;
+                }
+                out.finish()
+            })
+            .expect("the commit thread starts");
+        Committer {
+            queue: Some(queue),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a commit; fails with the thread's error once a commit has failed.
+    pub fn send(&mut self, commit: Commit) -> Result<(), KafkaOutError> {
+        let sent = self.queue.as_ref().is_some_and(|q| q.send(commit).is_ok());
+        if sent { Ok(()) } else { self.finish() }
+    }
+
+    /// Waits for every queued commit; returns the first failure.
+    pub fn finish(&mut self) -> Result<(), KafkaOutError> {
+        self.queue = None;
+        match self.thread.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(KafkaOutError::Fatal("the commit thread panicked".into())),
         }
     }
 }

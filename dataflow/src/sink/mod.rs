@@ -22,6 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use differential_dataflow::consolidation::consolidate;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::aggregate::{Output, Ranked, Sums, Text};
@@ -58,13 +59,15 @@ pub trait Sink {
     fn finish(&mut self, state: &State) -> io::Result<()>;
 }
 
-/// The current value of every aggregate, kept by the writer.
-#[derive(Clone, Debug, Default)]
+/// The current value of every aggregate, kept by the writer (and checkpointed: the alerts as
+/// entries of their own, the rest in the checkpoint record).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub totals: Sums,
     pub by_country: BTreeMap<Text, Sums>,
     pub top_products: Ranked,
     pub epochs: u64,
+    #[serde(skip)]
     pub alerts: BTreeMap<String, Value>,
     pub dead_letters: BTreeMap<String, u64>,
 }
