@@ -14,6 +14,10 @@
             the line as it appears in the JSON-lines file (polled every 1 ms).
       E is the epoch start in unix seconds. Runs until SIGTERM or SIGINT.
 
+  latency.py arrived ARRIVALS.jsonl SRC EPOCH
+      Exit 0 when ARRIVALS.jsonl holds an arrival of EPOCH (unix seconds) from
+      SRC (kafka, file or spark; spark lines have no src), 1 otherwise.
+
   latency.py report --out RESULTS.json --meta META.json PHASE.json...
       PHASE.json: {"system", "arrivals", "ingest_summary", "ingest_started",
       "ingest_ended", "warmup", "progress" (optional, Spark's micro-batches)}.
@@ -286,6 +290,20 @@ def report(args) -> int:
     return 0
 
 
+def arrived(args) -> int:
+    try:
+        with open(args.arrivals) as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                a = json.loads(line)
+                if a.get("src", "spark") == args.src and a["epoch"] >= args.epoch:
+                    return 0
+    except FileNotFoundError:
+        pass
+    return 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -298,8 +316,12 @@ def main() -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--meta", required=True)
     r.add_argument("phases", nargs="+")
+    a = sub.add_parser("arrived")
+    a.add_argument("arrivals")
+    a.add_argument("src", choices=["kafka", "file", "spark"])
+    a.add_argument("epoch", type=int)
     args = ap.parse_args()
-    return watch(args) if args.cmd == "watch" else report(args)
+    return {"watch": watch, "report": report, "arrived": arrived}[args.cmd](args)
 
 
 if __name__ == "__main__":

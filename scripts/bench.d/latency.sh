@@ -15,10 +15,11 @@ lat_seconds="${BENCH_LATENCY_SECONDS:-$( ((quick)) && echo 30 || echo 120)}"
 lat_warmup="${BENCH_LATENCY_WARMUP:-$( ((quick)) && echo 5 || echo 10)}"
 lat_workers="${BENCH_LATENCY_WORKERS:-1}"
 lat_systems="${BENCH_LATENCY_SYSTEMS:-dataflow,pyspark}"
+lat_drain="${BENCH_LATENCY_DRAIN:-60}"
 GOAL_P99_MS=50          # the goal: p99 emit latency <= 50 ms at 100k records/s
 GOAL_RATE=100000
 
-for v in lat_rate lat_seconds lat_warmup lat_workers; do
+for v in lat_rate lat_seconds lat_warmup lat_workers lat_drain; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: ${v/lat_/BENCH_LATENCY_} must be a whole number, got '${!v}'" >&2; exit 2; }
 done
 ((lat_rate > 0 && lat_seconds >= 3 && lat_workers > 0)) ||
@@ -117,6 +118,16 @@ live_ingest() {
   grep '^{' "$lw/$name-ingest.log" | tail -n 1 >"$lw/$name-ingest.json"
   say "$name: ingest: $(cat "$lw/$name-ingest.json")"
 }
+# drain NAME PID ARRIVALS SRC: after the feed, wait (at most BENCH_LATENCY_DRAIN s)
+# until the last measured epoch has arrived, so an epoch the consumer is slow to
+# emit is measured late rather than counted missing.
+drain() {
+  local name="$1" pid="$2" arrivals="$3" src="$4" last
+  last="$(python3 -c 'import math, sys; print(math.floor(float(sys.argv[1]) - 0.5) - 1)' "$ing_end")"
+  wait_for "$name to emit its last measured epoch" "$lat_drain" "$pid" \
+    python3 "$D/latency.py" arrived "$arrivals" "$src" "$last" || true
+  sleep 1
+}
 phase_json() { # phase_json SYSTEM ARRIVALS [PROGRESS]
   printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"rate":%d%s}\n' \
     "$1" "$2" "$lw/$1-ingest.json" "$ing_start" "$ing_end" "$lat_warmup" "$lat_rate" \
@@ -145,7 +156,7 @@ if ((run_df)); then
   watch_pid=$bg_pid
   sleep 2
   live_ingest dataflow "$prefix-df"
-  sleep 3 # the last measured epoch ends >= 0.5 s before ingest did; give its commit time
+  drain dataflow "$df_pid" "$lw/dataflow-arrivals.jsonl" kafka
   alive "$df_pid" || { tail -n 20 "$lw/dataflow.log" >&2; die "the dataflow job died (log: $lw/dataflow.log)"; }
   stop_bg "$watch_pid" TERM 10
   stop_bg "$df_pid" INT 30
@@ -169,7 +180,7 @@ if ((run_spark)); then
     { tail -n 30 "$lw/spark.log" >&2; die "the PySpark job did not start (log: $lw/spark.log)"; }
   sleep 2
   live_ingest pyspark "$prefix-spark"
-  sleep 5 # append mode emits a window one micro-batch after the watermark passes it
+  drain pyspark "$spark_pid" "$lw/pyspark-arrivals.jsonl" spark
   alive "$spark_pid" || { tail -n 30 "$lw/spark.log" >&2; die "the PySpark job died (log: $lw/spark.log)"; }
   touch "$lw/spark.stop"
   for ((i = 0; i < 600; i++)); do alive "$spark_pid" || break; sleep 0.1; done
@@ -236,6 +247,8 @@ json.dump({
     ],
 }, open(sys.argv[1], "w"), indent=1)
 PY
-out="$D/results/$(date -u +%Y-%m-%d)-latency$( ((quick)) && echo -quick || true).json"
+suffix=""
+if ((quick)); then suffix=-quick; fi
+out="$D/results/$(date -u +%Y-%m-%d)-latency$suffix.json"
 # A run of one system (BENCH_LATENCY_SYSTEMS) keeps the other's figures already in $out.
 python3 "$D/latency.py" report --out "$out" --meta "$meta" "${phases[@]}"

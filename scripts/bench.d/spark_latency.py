@@ -26,7 +26,7 @@ in the sink's hands, before any sink I/O. One line per window goes to
 --arrivals: {"epoch": <window start, unix seconds>, "seen": <unix seconds>,
 "batch": <batch id>, "lines": N}.
 
-The job writes --ready once the query has started, runs until the file --stop
+The job writes --ready once the first (empty) micro-batch is done, runs until the file --stop
 exists (or SIGTERM), then writes every micro-batch's progress (batch id,
 input rows, durations, rows dropped by the watermark) to --progress.
 """
@@ -127,6 +127,10 @@ def main() -> int:
             )
 
     query = windows.writeStream.outputMode("append").foreachBatch(emit).start()
+    # Ready once the first (empty) micro-batch is done: query planning, code
+    # generation and the state store's start-up are behind us.
+    while query.isActive and query.lastProgress is None and not stopping[0]:
+        time.sleep(0.1)
     open(args.ready, "w").close()
     while not stopping[0] and not os.path.exists(args.stop):
         if not query.isActive:
