@@ -20,7 +20,9 @@
 
   latency.py report --out RESULTS.json --meta META.json PHASE.json...
       PHASE.json: {"system", "arrivals", "ingest_summary", "ingest_started",
-      "ingest_ended", "warmup", "progress" (optional, Spark's micro-batches)}.
+      "ingest_ended", "warmup", "rate", "cpu" (machine busy %, cores used by
+      the consumer and by ingest over the feed), "progress" (optional, Spark's
+      micro-batches)}.
       Latency of epoch E = first arrival of E - (E + 1 s), over the epochs that
       start at least `warmup` seconds after ingest started and end at least
       0.5 s before it ended. Prints a table (p50, p99, max per measure, the
@@ -208,6 +210,7 @@ def report(args) -> int:
                 "ended_unix": phase["ingest_ended"],
             },
             "measured_epochs": {"first": first_epoch, "last": last_epoch, "count": len(wanted)},
+            "cpu_over_the_feed": phase.get("cpu"),
             "measures": {},
         }
         for name, label, lat, lines in measures_of(phase, arrivals):
@@ -265,6 +268,14 @@ def report(args) -> int:
             )
         else:
             print(f"{label:34} {0:6d} {'-':>8} {'-':>8} {'-':>8} {s['missing']:7d}  {rate}")
+    for name, entry in result["systems"].items():
+        cpu = entry.get("cpu_over_the_feed")
+        if cpu and "from_earlier_run" not in entry:
+            print(
+                f"{name} phase CPU: machine {cpu['machine_busy_pct']}% busy, {name} "
+                f"{cpu['consumer_cores']} cores, ingest {cpu['ingest_cores']} cores "
+                f"(of {result['machine']['nproc']})"
+            )
     spark = result["systems"].get("pyspark", {}).get("micro_batches")
     if spark:
         t = spark["trigger_execution_ms"]

@@ -103,20 +103,34 @@ wait_for() {
   return 1
 }
 topic_exists() { kcat -L -b "$broker" -t "$1" 2>/dev/null | grep -q '^ *partition 0,'; }
-# live_ingest NAME TOPIC: the steady live feed, in the background so Ctrl-C is handled
-# here; sets ing_start/ing_end (unix seconds) and writes $lw/NAME-ingest.json.
+# CPU accounting over the feed, to tell a slow consumer from a saturated machine:
+# all CPUs' busy and total jiffies (/proc/stat), one process's user+sys ticks.
+machine_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# live_ingest NAME TOPIC CONSUMER_PID: the steady live feed, in the background so
+# Ctrl-C is handled here; sets ing_start/ing_end (unix seconds) and cpu_json, and
+# writes $lw/NAME-ingest.json (ingest's summary line).
 live_ingest() {
-  local name="$1" topic="$2" rc=0
+  local name="$1" topic="$2" consumer="$3" rc=0 busy0 total0 busy1 total1 c0 c1 iu is
   say "$name: ingest --live --rate $lat_rate: $records records (${lat_warmup} s warm-up + ${lat_seconds} s measured + 2 s)"
+  read -r busy0 total0 < <(machine_ticks)
+  c0="$(proc_ticks "$consumer")"
   ing_start="$(now)"
-  start_bg "$lw/$name-ingest.log" target/release/ingest -b "$broker" --topic "$topic" \
-    --generate "$records" --seed 1 --live --rate "$lat_rate"
+  start_bg "$lw/$name-ingest.log" "$TIME" -f '%U %S' -o "$lw/$name-ingest.time" \
+    target/release/ingest -b "$broker" --topic "$topic" --generate "$records" --seed 1 --live --rate "$lat_rate"
   ing_pid=$bg_pid
   wait "$ing_pid" || rc=$?
   ing_end="$(now)"
+  c1="$(proc_ticks "$consumer")"
+  read -r busy1 total1 < <(machine_ticks)
   ((rc == 0)) || { tail -n 5 "$lw/$name-ingest.log" >&2; die "ingest failed with status $rc (log: $lw/$name-ingest.log)"; }
   grep '^{' "$lw/$name-ingest.log" | tail -n 1 >"$lw/$name-ingest.json"
+  read -r iu is < <(tail -n 1 "$lw/$name-ingest.time")
+  cpu_json="$(awk -v b="$((busy1 - busy0))" -v t="$((total1 - total0))" -v c="$((c1 - c0))" \
+    -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" -v s="$ing_start" -v e="$ing_end" -v iu="$iu" -v is="$is" \
+    'BEGIN { w = e - s; printf "{\"machine_busy_pct\":%.1f,\"consumer_cores\":%.2f,\"ingest_cores\":%.2f}", 100 * b / t, c / hz / w, (iu + is) / w }')"
   say "$name: ingest: $(cat "$lw/$name-ingest.json")"
+  say "$name: CPU over the feed: $cpu_json (cores used, of $(nproc))"
 }
 # drain NAME PID ARRIVALS SRC: after the feed, wait (at most BENCH_LATENCY_DRAIN s)
 # until the last measured epoch has arrived, so an epoch the consumer is slow to
@@ -129,8 +143,8 @@ drain() {
   sleep 1
 }
 phase_json() { # phase_json SYSTEM ARRIVALS [PROGRESS]
-  printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"rate":%d%s}\n' \
-    "$1" "$2" "$lw/$1-ingest.json" "$ing_start" "$ing_end" "$lat_warmup" "$lat_rate" \
+  printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"rate":%d,"cpu":%s%s}\n' \
+    "$1" "$2" "$lw/$1-ingest.json" "$ing_start" "$ing_end" "$lat_warmup" "$lat_rate" "$cpu_json" \
     "${3:+,\"progress\":\"$3\"}" >"$lw/$1-phase.json"
 }
 
@@ -155,12 +169,12 @@ if ((run_df)); then
     --topic "$prefix-aggregates" --jsonl "$lw/dataflow-out/epochs.jsonl" --out "$lw/dataflow-arrivals.jsonl"
   watch_pid=$bg_pid
   sleep 2
-  live_ingest dataflow "$prefix-df"
+  live_ingest dataflow "$prefix-df" "$df_pid"
   drain dataflow "$df_pid" "$lw/dataflow-arrivals.jsonl" kafka
   alive "$df_pid" || { tail -n 20 "$lw/dataflow.log" >&2; die "the dataflow job died (log: $lw/dataflow.log)"; }
   stop_bg "$watch_pid" TERM 10
   stop_bg "$df_pid" INT 30
-  grep -E 'WARN|ERROR' "$lw/dataflow.log" | head -n 5 >&2 || true
+  grep -E "WARN|ERROR" "$lw/dataflow.log" | grep -v PartitionEOF | head -n 5 >&2 || true
   phase_json dataflow "$lw/dataflow-arrivals.jsonl"
   phases+=("$lw/dataflow-phase.json")
 fi
@@ -179,7 +193,7 @@ if ((run_spark)); then
   wait_for "the PySpark query to start" 180 "$spark_pid" test -e "$lw/spark.ready" ||
     { tail -n 30 "$lw/spark.log" >&2; die "the PySpark job did not start (log: $lw/spark.log)"; }
   sleep 2
-  live_ingest pyspark "$prefix-spark"
+  live_ingest pyspark "$prefix-spark" "$spark_pid"
   drain pyspark "$spark_pid" "$lw/pyspark-arrivals.jsonl" spark
   alive "$spark_pid" || { tail -n 30 "$lw/spark.log" >&2; die "the PySpark job died (log: $lw/spark.log)"; }
   touch "$lw/spark.stop"
