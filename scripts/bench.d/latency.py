@@ -20,12 +20,12 @@
 
   latency.py report --out RESULTS.json --meta META.json PHASE.json...
       PHASE.json: {"system", "arrivals", "ingest_summary", "ingest_started",
-      "ingest_ended", "warmup", "rate", "cpu" (machine busy %, cores used by
+      "ingest_ended", "warmup", "seconds", "rate", "cpu" (machine busy %, cores used by
       the consumer and by ingest over the feed), "progress" (optional, Spark's
       micro-batches)}.
-      Latency of epoch E = first arrival of E - (E + 1 s), over the epochs that
-      start at least `warmup` seconds after ingest started and end at least
-      0.5 s before it ended. Prints a table (p50, p99, max per measure, the
+      Latency of epoch E = first arrival of E - (E + 1 s), over the `seconds`
+      epochs that start at least `warmup` seconds after ingest started (and
+      end at least 0.5 s before it ended). Prints a table (p50, p99, max per measure, the
       achieved ingest rate) and writes RESULTS.json; a system RESULTS.json
       already holds and these phases do not measure is kept, marked
       "from_earlier_run". Exit 1 when a measured epoch never arrived.
@@ -199,6 +199,8 @@ def report(args) -> int:
             summary = json.loads(text[-1]) if text else {}
         first_epoch = math.ceil(phase["ingest_started"]) + phase["warmup"]
         last_epoch = math.floor(phase["ingest_ended"] - 0.5) - 1  # its end is >= 0.5 s before ingest ended
+        if phase.get("seconds"):
+            last_epoch = min(last_epoch, first_epoch + phase["seconds"] - 1)
         wanted = list(range(first_epoch, last_epoch + 1))
         entry = {
             "ingest": {

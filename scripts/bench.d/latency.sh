@@ -143,8 +143,8 @@ drain() {
   sleep 1
 }
 phase_json() { # phase_json SYSTEM ARRIVALS [PROGRESS]
-  printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"rate":%d,"cpu":%s%s}\n' \
-    "$1" "$2" "$lw/$1-ingest.json" "$ing_start" "$ing_end" "$lat_warmup" "$lat_rate" "$cpu_json" \
+  printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"seconds":%d,"rate":%d,"cpu":%s%s}\n' \
+    "$1" "$2" "$lw/$1-ingest.json" "$ing_start" "$ing_end" "$lat_warmup" "$lat_seconds" "$lat_rate" "$cpu_json" \
     "${3:+,\"progress\":\"$3\"}" >"$lw/$1-phase.json"
 }
 
@@ -239,8 +239,8 @@ json.dump({
     "definitions": {
         "latency": "emit time of an epoch minus its end (epoch start label + 1 s), per 1 s epoch; "
                    "InvoiceDate is the UTC second ingest --live stamped the invoice with",
-        "measured_epochs": "epochs starting >= warmup s after ingest started and ending >= 0.5 s "
-                           "before it ended; one sample per epoch",
+        "measured_epochs": "the `seconds` epochs from the first one starting >= warmup s after "
+                           "ingest started (each ending >= 0.5 s before it ended); one sample per epoch",
         "dataflow_kafka": "wall clock when a read_committed consumer (kcat, fetch.wait.max.ms=5) "
                           "receives the epoch's 'epochs' record from the aggregates topic: after the "
                           "job's transaction commits",
