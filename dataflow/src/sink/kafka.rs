@@ -9,9 +9,8 @@
 //! the job's lag.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -361,47 +360,97 @@ impl Commit {
     }
 }
 
-/// Commits waiting for the output thread before the writer waits too.
-const QUEUE: usize = 2;
+impl Commit {
+    /// Adds a later commit to this one (while the previous transaction is still running).
+    fn absorb(&mut self, later: Commit) {
+        self.batches.extend(later.batches);
+        self.saved.extend(later.saved);
+        self.alerts.extend(later.alerts);
+        self.stale.extend(later.stale);
+        self.checkpoint = later.checkpoint;
+    }
+}
+
+/// What the writer and the commit thread share.
+#[derive(Default)]
+struct Shared {
+    /// Everything handed over since the thread last took it.
+    pending: Option<Commit>,
+    closed: bool,
+    failed: Option<KafkaOutError>,
+}
 
 /// Runs Kafka commits in order on a thread of their own, so that the worker rendering epochs
-/// does not wait for the broker's acknowledgements.
+/// never waits for the broker. While a transaction runs, the commits handed over meanwhile
+/// coalesce into the next one: one commit per closed epoch when the job keeps up, fewer and
+/// larger ones (each state entry written once) when it catches up.
 pub struct Committer {
-    queue: Option<SyncSender<Commit>>,
-    thread: Option<JoinHandle<Result<(), KafkaOutError>>>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Committer {
     pub fn spawn(out: KafkaOut) -> Committer {
-        let (queue, commits) = sync_channel::<Commit>(QUEUE);
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("kafka-commit".into())
             .spawn(move || {
-                for commit in commits {
-                    out.commit(&commit.batches, &commit.entries(), &commit.checkpoint)?;
+                let (lock, wake) = &*theirs;
+                let result = loop {
+                    let mut guard = lock.lock().expect("commit state");
+                    while guard.pending.is_none() && !guard.closed {
+                        guard = wake.wait(guard).expect("commit state");
+                    }
+                    let Some(commit) = guard.pending.take() else {
+                        break out.finish();
+                    };
+                    drop(guard);
+                    if let Err(e) =
+                        out.commit(&commit.batches, &commit.entries(), &commit.checkpoint)
+                    {
+                        break Err(e);
+                    }
+                };
+                if let Err(e) = result {
+                    lock.lock().expect("commit state").failed = Some(e);
                 }
-                out.finish()
             })
             .expect("the commit thread starts");
         Committer {
-            queue: Some(queue),
+            shared,
             thread: Some(thread),
         }
     }
 
-    /// Queues a commit; fails with the thread's error once a commit has failed.
+    /// Hands a commit over; fails with the thread's error once a commit has failed.
     pub fn send(&mut self, commit: Commit) -> Result<(), KafkaOutError> {
-        let sent = self.queue.as_ref().is_some_and(|q| q.send(commit).is_ok());
-        if sent { Ok(()) } else { self.finish() }
+        let (lock, wake) = &*self.shared;
+        let mut guard = lock.lock().expect("commit state");
+        if let Some(e) = guard.failed.take() {
+            return Err(e);
+        }
+        match &mut guard.pending {
+            Some(pending) => pending.absorb(commit),
+            None => guard.pending = Some(commit),
+        }
+        wake.notify_one();
+        Ok(())
     }
 
-    /// Waits for every queued commit; returns the first failure.
+    /// Waits for every commit handed over; returns the first failure.
     pub fn finish(&mut self) -> Result<(), KafkaOutError> {
-        self.queue = None;
-        match self.thread.take().map(JoinHandle::join) {
+        let (lock, wake) = &*self.shared;
+        lock.lock().expect("commit state").closed = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            return Err(KafkaOutError::Fatal("the commit thread panicked".into()));
+        }
+        match lock.lock().expect("commit state").failed.take() {
+            Some(e) => Err(e),
             None => Ok(()),
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(KafkaOutError::Fatal("the commit thread panicked".into())),
         }
     }
 }
