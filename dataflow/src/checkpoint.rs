@@ -23,10 +23,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
@@ -36,6 +36,7 @@ use retail_common::kafka::{ClientSettings, KafkaSetupError};
 use crate::aggregate::Saved;
 use crate::epoch::PartitionClock;
 use crate::sink::State;
+use crate::source::is_end_of_partition;
 
 /// The record committed with each transaction.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -205,6 +206,19 @@ pub fn read(
     Ok(stored)
 }
 
+/// Reaching the end of a partition is how a scan ends, not an error to log.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_end_of_partition(&error) {
+            warn!(%error, reason, "Kafka client error while reading checkpoints");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Reads every committed keyed record of `topic` (if it exists) in order.
 fn scan(
     settings: &ClientSettings,
@@ -212,14 +226,14 @@ fn scan(
     timeout: Duration,
     mut each: impl FnMut(&[u8], Option<&[u8]>),
 ) -> Result<(), KafkaSetupError> {
-    let consumer: BaseConsumer = settings
+    let consumer: BaseConsumer<ReaderContext> = settings
         .config(&[
             ("group.id", "retail-stream-checkpoint-reader"),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "true"),
             ("isolation.level", "read_committed"),
         ])
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|source| KafkaSetupError::Client {
             bootstrap: settings.bootstrap.clone(),
             source,

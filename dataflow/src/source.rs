@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -121,6 +121,14 @@ pub struct Metrics {
     pub lag: AtomicI64,
 }
 
+/// End of partition, as a message error or as librdkafka's global error event.
+pub fn is_end_of_partition(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
 /// librdkafka context that records each partition's last stable offset from the client
 /// statistics, so lag can be shown without a blocking request on the worker thread.
 struct LagContext {
@@ -130,7 +138,7 @@ struct LagContext {
 impl ClientContext for LagContext {
     /// End of partition is a normal event here (it ends bounded runs), not an error to log.
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !is_end_of_partition(&error) {
             warn!(%error, reason, "Kafka client error");
         }
     }
