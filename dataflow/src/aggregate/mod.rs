@@ -12,6 +12,7 @@
 //! record can reach a closed epoch again, so they never change.
 
 pub mod alerts;
+pub mod epochs;
 pub mod sums;
 
 use differential_dataflow::consolidation::consolidate_updates;
@@ -75,21 +76,13 @@ impl Line {
 pub enum StatKey {
     Total,
     Country(Text),
-    Epoch(u64),
 }
 
-/// Keys whose distinct count is wanted: invoices overall and per epoch, customers overall.
+/// Keys whose distinct count is wanted overall (per epoch, see [`epochs`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DistinctKey {
-    Invoice(Option<u64>, Text),
+    Invoice(Text),
     Customer(Text),
-}
-
-/// Scope of a product ranking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum RankKey {
-    Total,
-    Epoch(u64),
 }
 
 /// A product and its net revenue in thousandths, as ranked.
@@ -192,17 +185,13 @@ pub fn build<'scope>(
     rules: AlertRules,
     save: bool,
 ) -> Built<'scope> {
-    // Measures per total / country / epoch, plus distinct invoice and customer counts, all
+    // Measures of the total and per country, plus distinct invoice and customer counts, all
     // accumulated by one count_total over the same key space.
     let measures = lines
         .clone()
         .explode(|l: Line| {
             let s = l.sums();
-            [
-                (StatKey::Total, s),
-                (StatKey::Epoch(l.epoch), s),
-                (StatKey::Country(l.country), s),
-            ]
+            [(StatKey::Total, s), (StatKey::Country(l.country), s)]
         })
         .concat(restore(&restored, |s| match s {
             Saved::Measure(k, m) => Some((k, m)),
@@ -212,49 +201,31 @@ pub fn build<'scope>(
         .clone()
         .flat_map(|l: Line| {
             let customer = l.customer.map(DistinctKey::Customer);
-            [
-                DistinctKey::Invoice(None, l.invoice.clone()),
-                DistinctKey::Invoice(Some(l.epoch), l.invoice),
-            ]
-            .into_iter()
-            .chain(customer)
+            std::iter::once(DistinctKey::Invoice(l.invoice)).chain(customer)
         })
         .concat(restore(&restored, |s| match s {
             Saved::Seen(k) => Some((k, 1isize)),
             // Every invoice with saved sums was seen.
-            Saved::Invoice(i, _) => Some((DistinctKey::Invoice(None, i), 1)),
+            Saved::Invoice(i, _) => Some((DistinctKey::Invoice(i), 1)),
             _ => None,
         }));
     let seen = pre_aggregate(seen).distinct();
     let distinct = seen.clone().explode(|k| {
-        let (key, s) = match k {
-            DistinctKey::Invoice(None, _) => (
-                StatKey::Total,
-                Sums {
-                    invoices: 1,
-                    ..Sums::default()
-                },
-            ),
-            DistinctKey::Invoice(Some(e), _) => (
-                StatKey::Epoch(e),
-                Sums {
-                    invoices: 1,
-                    ..Sums::default()
-                },
-            ),
-            DistinctKey::Customer(_) => (
-                StatKey::Total,
-                Sums {
-                    customers: 1,
-                    ..Sums::default()
-                },
-            ),
+        let s = match k {
+            DistinctKey::Invoice(_) => Sums {
+                invoices: 1,
+                ..Sums::default()
+            },
+            DistinctKey::Customer(_) => Sums {
+                customers: 1,
+                ..Sums::default()
+            },
         };
-        Some((key, s))
+        Some((StatKey::Total, s))
     });
     let stats = pre_aggregate(measures.concat(distinct)).count_total();
 
-    // Net revenue per product, overall and per epoch, then the top N of each.
+    // Net revenue per product, then the top N.
     let per_product = lines
         .clone()
         .explode(|l: Line| {
@@ -263,75 +234,52 @@ pub fn build<'scope>(
                 revenue_milli: l.value_milli(),
                 ..Sums::default()
             };
-            [
-                ((RankKey::Total, l.stock_code.clone()), s),
-                ((RankKey::Epoch(l.epoch), l.stock_code), s),
-            ]
+            Some((l.stock_code, s))
         })
         .concat(restore(&restored, |s| match s {
-            Saved::Product(p, m) => Some(((RankKey::Total, p), m)),
+            Saved::Product(p, m) => Some((p, m)),
             _ => None,
         }));
     let products = pre_aggregate(per_product).count_total();
-    let rankings = products
+    let top_products = products
         .clone()
-        .map(|((scope, product), s)| (scope, (-s.revenue_milli, product)))
-        .reduce_named("TopProducts", |scope, products, out| {
-            let n = match scope {
-                RankKey::Total => TOP_PRODUCTS,
-                RankKey::Epoch(_) => TOP_PRODUCTS_PER_EPOCH,
-            };
+        .map(|(product, s)| ((), (-s.revenue_milli, product)))
+        .reduce_named("TopProducts", |_, products, out| {
             // Values arrive sorted by (-revenue, stock code): the best first, ties by code.
             let top: Ranked = products
                 .iter()
                 .filter(|(_, count)| *count > 0)
-                .take(n)
+                .take(TOP_PRODUCTS)
                 .map(|((neg_revenue, product), _)| (product.clone(), -neg_revenue))
                 .collect();
             out.push((top, 1isize));
-        });
+        })
+        .map(|((), top)| Output::TopProducts(top));
 
-    let totals = stats.clone().flat_map(|(key, s)| match key {
-        StatKey::Total => Some(Output::Totals(s)),
-        StatKey::Country(c) => Some(Output::Country(c, s)),
-        StatKey::Epoch(_) => None,
+    let totals = stats.clone().map(|(key, s)| match key {
+        StatKey::Total => Output::Totals(s),
+        StatKey::Country(c) => Output::Country(c, s),
     });
-    let epoch_stats = stats.clone().flat_map(|(key, s)| match key {
-        StatKey::Epoch(e) => Some((e, s)),
-        _ => None,
-    });
-    let epoch_top = rankings.clone().flat_map(|(scope, top)| match scope {
-        RankKey::Epoch(e) => Some((e, top)),
-        RankKey::Total => None,
-    });
-    let epochs = epoch_stats.join_map(epoch_top, |e, s, top| Output::Epoch(*e, *s, top.clone()));
-    let top_products = rankings.flat_map(|(scope, top)| match scope {
-        RankKey::Total => Some(Output::TopProducts(top)),
-        RankKey::Epoch(_) => None,
-    });
+    let epochs = epochs::epoch_rows(lines.inner.clone()).as_collection();
 
     let (alerts, saved_alerts) = build_alerts(lines, &restored, rules, save);
     let saved = saved_alerts.map(|saved_alerts| {
-        let measures = stats.flat_map(|(key, s)| match key {
-            StatKey::Epoch(_) => None,
-            key => Some(Saved::Measure(
+        let measures = stats.map(|(key, s)| {
+            Saved::Measure(
                 key,
                 Sums {
                     invoices: 0,
                     customers: 0,
                     ..s
                 },
-            )),
+            )
         });
         // Invoices come back from their `Invoice` entries.
         let seen = seen.flat_map(|k| match k {
             DistinctKey::Customer(_) => Some(Saved::Seen(k)),
-            DistinctKey::Invoice(..) => None,
+            DistinctKey::Invoice(_) => None,
         });
-        let products = products.flat_map(|((scope, p), s)| match scope {
-            RankKey::Total => Some(Saved::Product(p, s)),
-            RankKey::Epoch(_) => None,
-        });
+        let products = products.map(|(p, s)| Saved::Product(p, s));
         measures.concat(seen).concat(products).concat(saved_alerts)
     });
     Built {

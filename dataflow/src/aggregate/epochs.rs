@@ -1,0 +1,129 @@
+//! Per-epoch statistics (measures, distinct invoices, top products of the epoch's own lines).
+//!
+//! An epoch's lines all carry its own time, and its row is final once the epoch closes, so it
+//! needs no arrangement that lives for ever: each worker folds its lines into small per-epoch
+//! parts, the parts are exchanged by epoch, and the owner keeps an epoch's accumulator only
+//! until the frontier passes it. Memory is thus bounded by the open epochs, not by history.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use super::{Line, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text};
+
+/// Updates of a collection as a timely stream carries them.
+type Updates<D> = Vec<(D, u64, isize)>;
+
+/// What one batch of one worker contributes to one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochPart {
+    pub epoch: u64,
+    pub sums: Sums,
+    /// Net revenue per product.
+    pub products: Vec<(Text, i64)>,
+    pub invoices: Vec<Text>,
+}
+
+/// An open epoch's statistics so far.
+#[derive(Default)]
+struct Accumulator {
+    sums: Sums,
+    products: HashMap<Text, i64>,
+    invoices: HashSet<Text>,
+}
+
+impl Accumulator {
+    fn add(&mut self, part: EpochPart) {
+        use differential_dataflow::difference::Semigroup;
+        self.sums.plus_equals(&part.sums);
+        for (product, revenue) in part.products {
+            *self.products.entry(product).or_default() += revenue;
+        }
+        self.invoices.extend(part.invoices);
+    }
+
+    /// The epoch's row: measures with its distinct invoices, and its best products by net
+    /// revenue (ties by stock code).
+    fn finish(self, epoch: u64) -> Output {
+        let mut sums = self.sums;
+        sums.invoices = self.invoices.len() as i64;
+        let mut products: Vec<(Text, i64)> = self.products.into_iter().collect();
+        products.sort_by(|a, b| (-a.1, &a.0).cmp(&(-b.1, &b.0)));
+        products.truncate(TOP_PRODUCTS_PER_EPOCH);
+        Output::Epoch(epoch, sums, products as Ranked)
+    }
+}
+
+/// Folds a batch of lines into one part per epoch (lines enter with a positive count).
+pub fn parts(batch: &mut Updates<Line>) -> Vec<EpochPart> {
+    let mut by_epoch: BTreeMap<u64, (Sums, HashMap<Text, i64>, HashSet<Text>)> = BTreeMap::new();
+    for (line, _, diff) in batch.drain(..) {
+        use differential_dataflow::difference::{Multiply, Semigroup};
+        let (sums, products, invoices) = by_epoch.entry(line.epoch).or_default();
+        sums.plus_equals(&line.sums().multiply(&diff));
+        *products.entry(line.stock_code.clone()).or_default() += line.value_milli() * diff as i64;
+        invoices.insert(line.invoice);
+    }
+    by_epoch
+        .into_iter()
+        .map(|(epoch, (sums, products, invoices))| EpochPart {
+            epoch,
+            sums,
+            products: products.into_iter().collect(),
+            invoices: invoices.into_iter().collect(),
+        })
+        .collect()
+}
+
+/// One `Output::Epoch` row per epoch with lines, at the epoch's time, once it is closed.
+pub fn epoch_rows<'scope>(
+    lines: Stream<'scope, u64, Updates<Line>>,
+) -> Stream<'scope, u64, Updates<Output>> {
+    let parts = lines.unary(Pipeline, "EpochParts", |_, _| {
+        move |input, output| {
+            input.for_each(|cap, batch| {
+                let parts: Updates<EpochPart> = parts(batch)
+                    .into_iter()
+                    .map(|p| {
+                        let t = p.epoch;
+                        (p, t, 1)
+                    })
+                    .collect();
+                let mut parts = parts;
+                output.session(&cap).give_container(&mut parts);
+            });
+        }
+    });
+    parts.unary_frontier(
+        Exchange::new(|(part, _, _): &(EpochPart, u64, isize)| part.epoch),
+        "EpochRows",
+        |_, _| {
+            let mut open: BTreeMap<u64, (Capability<u64>, Accumulator)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (part, time, _) in data.drain(..) {
+                        let slot = open.entry(part.epoch).or_insert_with(|| {
+                            (
+                                cap.delayed(&time, output.output_index()),
+                                Accumulator::default(),
+                            )
+                        });
+                        slot.1.add(part);
+                    }
+                });
+                while let Some(entry) = open.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let epoch = *entry.key();
+                    let (cap, acc) = entry.remove();
+                    output.session(&cap).give((acc.finish(epoch), epoch, 1));
+                }
+            }
+        },
+    )
+}
