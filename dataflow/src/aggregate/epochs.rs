@@ -60,21 +60,22 @@ impl Accumulator {
 
 /// Folds a batch of lines into one part per epoch (lines enter with a positive count).
 pub fn parts(batch: &mut Updates<Line>) -> Vec<EpochPart> {
-    let mut by_epoch: BTreeMap<u64, (Sums, HashMap<Text, i64>, HashSet<Text>)> = BTreeMap::new();
+    let mut by_epoch: BTreeMap<u64, Accumulator> = BTreeMap::new();
     for (line, _, diff) in batch.drain(..) {
         use differential_dataflow::difference::{Multiply, Semigroup};
-        let (sums, products, invoices) = by_epoch.entry(line.epoch).or_default();
-        sums.plus_equals(&line.sums().multiply(&diff));
-        *products.entry(line.stock_code.clone()).or_default() += line.value_milli() * diff as i64;
-        invoices.insert(line.invoice);
+        let acc = by_epoch.entry(line.epoch).or_default();
+        acc.sums.plus_equals(&line.sums().multiply(&diff));
+        *acc.products.entry(line.stock_code.clone()).or_default() +=
+            line.value_milli() * diff as i64;
+        acc.invoices.insert(line.invoice);
     }
     by_epoch
         .into_iter()
-        .map(|(epoch, (sums, products, invoices))| EpochPart {
+        .map(|(epoch, acc)| EpochPart {
             epoch,
-            sums,
-            products: products.into_iter().collect(),
-            invoices: invoices.into_iter().collect(),
+            sums: acc.sums,
+            products: acc.products.into_iter().collect(),
+            invoices: acc.invoices.into_iter().collect(),
         })
         .collect()
 }
@@ -86,14 +87,13 @@ pub fn epoch_rows<'scope>(
     let parts = lines.unary(Pipeline, "EpochParts", |_, _| {
         move |input, output| {
             input.for_each(|cap, batch| {
-                let parts: Updates<EpochPart> = parts(batch)
+                let mut parts: Updates<EpochPart> = parts(batch)
                     .into_iter()
                     .map(|p| {
                         let t = p.epoch;
                         (p, t, 1)
                     })
                     .collect();
-                let mut parts = parts;
                 output.session(&cap).give_container(&mut parts);
             });
         }
