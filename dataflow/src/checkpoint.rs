@@ -101,7 +101,8 @@ pub struct Restored {
 /// What the checkpoint topic holds for a job.
 #[derive(Debug, Default)]
 pub struct Stored {
-    pub checkpoint: Option<Checkpoint>,
+    /// The latest checkpoint record, as stored.
+    pub checkpoint: Option<Vec<u8>>,
     /// The job's entries (of every run): key and payload.
     pub entries: BTreeMap<String, Vec<u8>>,
 }
@@ -111,11 +112,9 @@ pub struct Stored {
 pub enum CheckpointError {
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
-    #[error(
-        "checkpoint entry {key} is unreadable ({source}); start over with --reset or use another --job-id"
-    )]
+    #[error("{what} is unreadable ({source}); start over with --reset or use another --job-id")]
     Corrupt {
-        key: String,
+        what: String,
         source: serde_json::Error,
     },
 }
@@ -124,7 +123,16 @@ impl Stored {
     /// Splits the entries into the state of the checkpoint's run and the keys of other runs
     /// (to delete). With `reset`, or without a checkpoint, every entry is stale.
     pub fn restore(self, reset: bool) -> Result<(Option<Restored>, Vec<String>), CheckpointError> {
-        let checkpoint = if reset { None } else { self.checkpoint };
+        // Read only when resuming: a reset job starts over even from an unreadable checkpoint.
+        let checkpoint = match self.checkpoint {
+            Some(bytes) if !reset => Some(serde_json::from_slice::<Checkpoint>(&bytes).map_err(
+                |source| CheckpointError::Corrupt {
+                    what: "the job's checkpoint record".into(),
+                    source,
+                },
+            )?),
+            _ => None,
+        };
         let prefix = checkpoint.as_ref().map(|c| entry_key(c.run, ""));
         let mut stale = Vec::new();
         let mut saved = Vec::new();
@@ -135,7 +143,7 @@ impl Stored {
                 continue;
             };
             let corrupt = |source| CheckpointError::Corrupt {
-                key: key.clone(),
+                what: format!("checkpoint entry {key}"),
                 source,
             };
             if let Some(alert) = identity.strip_prefix("alert:") {
@@ -170,25 +178,12 @@ pub fn read(
     timeout: Duration,
 ) -> Result<Stored, CheckpointError> {
     let mut stored = Stored::default();
-    let mut corrupt = None;
     // A null payload (tombstone) forgets the job or the entry.
     scan(settings, topic, timeout, |key, payload| {
         if key == job_id.as_bytes() {
-            stored.checkpoint = payload.and_then(|p| {
-                serde_json::from_slice::<Checkpoint>(p)
-                    .map_err(|source| {
-                        corrupt = Some(CheckpointError::Corrupt {
-                            key: job_id.to_owned(),
-                            source,
-                        })
-                    })
-                    .ok()
-            });
+            stored.checkpoint = payload.map(<[u8]>::to_vec);
         }
     })?;
-    if let Some(e) = corrupt {
-        return Err(e);
-    }
     if entries {
         scan(
             settings,
@@ -339,7 +334,7 @@ mod restore_tests {
             (entry_key(6, "seen:x"), b"{}".to_vec()),
         ];
         let stored = || Stored {
-            checkpoint: Some(checkpoint.clone()),
+            checkpoint: Some(serde_json::to_vec(&checkpoint).unwrap()),
             entries: entries.iter().cloned().collect(),
         };
         let (restored, stale) = stored().restore(false).unwrap();
@@ -353,6 +348,20 @@ mod restore_tests {
         let (restored, stale) = stored().restore(true).unwrap();
         assert!(restored.is_none());
         assert_eq!(stale.len(), 3);
+        // An unreadable checkpoint is an error, unless the job starts over.
+        let old = Stored {
+            checkpoint: Some(br#"{"job_id":"j","offsets":{}}"#.to_vec()),
+            entries: BTreeMap::new(),
+        };
+        assert!(matches!(
+            old.restore(false),
+            Err(CheckpointError::Corrupt { .. })
+        ));
+        let old = Stored {
+            checkpoint: Some(b"{}".to_vec()),
+            entries: BTreeMap::new(),
+        };
+        assert!(old.restore(true).unwrap().0.is_none());
         let mut bad = stored();
         bad.entries
             .insert(entry_key(7, "seen:y"), b"not json".to_vec());

@@ -55,6 +55,15 @@ impl Line {
         self.invoice.starts_with('C')
     }
 
+    /// One line and its net value: what products and invoices accumulate.
+    pub fn revenue(&self) -> Sums {
+        Sums {
+            lines: 1,
+            revenue_milli: self.value_milli(),
+            ..Sums::default()
+        }
+    }
+
     /// The additive measures of this line alone.
     pub fn sums(&self) -> Sums {
         let value = self.value_milli();
@@ -229,11 +238,7 @@ pub fn build<'scope>(
     let per_product = lines
         .clone()
         .explode(|l: Line| {
-            let s = Sums {
-                lines: 1,
-                revenue_milli: l.value_milli(),
-                ..Sums::default()
-            };
+            let s = l.revenue();
             Some((l.stock_code, s))
         })
         .concat(restore(&restored, |s| match s {
@@ -308,11 +313,7 @@ fn build_alerts<'scope>(
     let per_invoice = lines
         .clone()
         .explode(|l: Line| {
-            let s = Sums {
-                lines: 1,
-                revenue_milli: l.value_milli(),
-                ..Sums::default()
-            };
+            let s = l.revenue();
             Some((l.invoice, s))
         })
         .concat(restore(restored, |s| match s {
