@@ -87,10 +87,10 @@ pub enum StatKey {
     Country(Text),
 }
 
-/// Keys whose distinct count is wanted overall (per epoch, see [`epochs`]).
+/// Keys whose distinct count is wanted overall (invoices are counted from their sums; per
+/// epoch, see [`epochs`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DistinctKey {
-    Invoice(Text),
     Customer(Text),
 }
 
@@ -120,7 +120,7 @@ pub enum Saved {
     Seen(DistinctKey),
     /// Net revenue and lines of a product over all epochs.
     Product(Text, Sums),
-    /// Net value and lines of an invoice (which was therefore seen).
+    /// Net value and lines of an invoice (its presence counts the invoice as seen).
     Invoice(Text, Sums),
     /// An alert raised by a single line.
     LineAlert(Alert),
@@ -206,33 +206,43 @@ pub fn build<'scope>(
             Saved::Measure(k, m) => Some((k, m)),
             _ => None,
         }));
-    let seen = lines
+    // Net value and lines per invoice (for the large-invoice rule). Its keys are the distinct
+    // invoices: each appears once in the output with +1 (a later change retracts the old value
+    // and adds the new one), which counts distinct invoices without an arrangement of its own.
+    let per_invoice = lines
         .clone()
-        .flat_map(|l: Line| {
-            let customer = l.customer.map(DistinctKey::Customer);
-            std::iter::once(DistinctKey::Invoice(l.invoice)).chain(customer)
+        .explode(|l: Line| {
+            let s = l.revenue();
+            Some((l.invoice, s))
         })
         .concat(restore(&restored, |s| match s {
+            Saved::Invoice(i, m) => Some((i, m)),
+            _ => None,
+        }));
+    let invoices = pre_aggregate(per_invoice).count_total();
+    let seen = lines
+        .clone()
+        .flat_map(|l: Line| l.customer.map(DistinctKey::Customer))
+        .concat(restore(&restored, |s| match s {
             Saved::Seen(k) => Some((k, 1isize)),
-            // Every invoice with saved sums was seen.
-            Saved::Invoice(i, _) => Some((DistinctKey::Invoice(i), 1)),
             _ => None,
         }));
     let seen = pre_aggregate(seen).distinct();
-    let distinct = seen.clone().explode(|k| {
-        let s = match k {
-            DistinctKey::Invoice(_) => Sums {
-                invoices: 1,
-                ..Sums::default()
-            },
-            DistinctKey::Customer(_) => Sums {
-                customers: 1,
-                ..Sums::default()
-            },
+    let customers = seen.clone().explode(|_| {
+        let s = Sums {
+            customers: 1,
+            ..Sums::default()
         };
         Some((StatKey::Total, s))
     });
-    let stats = pre_aggregate(measures.concat(distinct)).count_total();
+    let distinct_invoices = invoices.clone().explode(|_| {
+        let s = Sums {
+            invoices: 1,
+            ..Sums::default()
+        };
+        Some((StatKey::Total, s))
+    });
+    let stats = pre_aggregate(measures.concat(customers).concat(distinct_invoices)).count_total();
 
     // Net revenue per product, then the top N.
     let per_product = lines
@@ -267,7 +277,7 @@ pub fn build<'scope>(
     });
     let epochs = epochs::epoch_rows(lines.inner.clone()).as_collection();
 
-    let (alerts, saved_alerts) = build_alerts(lines, &restored, rules, save);
+    let (alerts, saved_alerts) = build_alerts(lines, invoices.clone(), &restored, rules, save);
     let saved = saved_alerts.map(|saved_alerts| {
         let measures = stats.map(|(key, s)| {
             Saved::Measure(
@@ -279,13 +289,14 @@ pub fn build<'scope>(
                 },
             )
         });
-        // Invoices come back from their `Invoice` entries.
-        let seen = seen.flat_map(|k| match k {
-            DistinctKey::Customer(_) => Some(Saved::Seen(k)),
-            DistinctKey::Invoice(_) => None,
-        });
+        let seen = seen.map(Saved::Seen);
+        let invoices = invoices.clone().map(|(i, s)| Saved::Invoice(i, s));
         let products = products.map(|(p, s)| Saved::Product(p, s));
-        measures.concat(seen).concat(products).concat(saved_alerts)
+        measures
+            .concat(seen)
+            .concat(products)
+            .concat(invoices)
+            .concat(saved_alerts)
     });
     Built {
         outputs: totals.concat(epochs).concat(top_products).concat(alerts),
@@ -295,6 +306,7 @@ pub fn build<'scope>(
 
 fn build_alerts<'scope>(
     lines: VecCollection<'scope, u64, Line>,
+    invoices: VecCollection<'scope, u64, (Text, Sums)>,
     restored: &VecCollection<'scope, u64, Saved>,
     rules: AlertRules,
     save: bool,
@@ -310,20 +322,8 @@ fn build_alerts<'scope>(
             _ => None,
         }))
         .distinct();
-    let per_invoice = lines
-        .clone()
-        .explode(|l: Line| {
-            let s = l.revenue();
-            Some((l.invoice, s))
-        })
-        .concat(restore(restored, |s| match s {
-            Saved::Invoice(i, m) => Some((i, m)),
-            _ => None,
-        }));
-    let invoices = pre_aggregate(per_invoice).count_total();
-    let invoice_alerts = invoices
-        .clone()
-        .flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
+    let invoice_alerts =
+        invoices.flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
     let bursts = lines
         .filter(|l: &Line| l.is_cancellation() && l.customer.is_some())
         .explode(|l: Line| {
@@ -337,12 +337,7 @@ fn build_alerts<'scope>(
         .flat_map(move |((epoch, customer), s)| {
             rules.cancellation_alert(epoch, &customer, s.lines)
         });
-    let saved = save.then(|| {
-        per_line
-            .clone()
-            .map(Saved::LineAlert)
-            .concat(invoices.map(|(i, s)| Saved::Invoice(i, s)))
-    });
+    let saved = save.then(|| per_line.clone().map(Saved::LineAlert));
     let outputs = per_line
         .concat(invoice_alerts)
         .concat(bursts)
