@@ -5,11 +5,13 @@
 //! parts, the parts are exchanged by epoch, and the owner keeps an epoch's accumulator only
 //! until the frontier passes it. Memory is thus bounded by the open epochs, not by history.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
@@ -58,46 +60,46 @@ impl Accumulator {
     }
 }
 
-/// Folds a batch of lines into one part per epoch (lines enter with a positive count).
-pub fn parts(batch: &mut Updates<Line>) -> Vec<EpochPart> {
-    let mut by_epoch: BTreeMap<u64, Accumulator> = BTreeMap::new();
-    for (line, _, diff) in batch.drain(..) {
+/// Folds the lines of a batch into one part per epoch.
+#[derive(Default)]
+pub struct PartsBuilder {
+    by_epoch: BTreeMap<u64, Accumulator>,
+}
+
+impl PartsBuilder {
+    /// Adds a line entering with count `diff` (positive for lines read).
+    pub fn add(&mut self, line: &Line, diff: isize) {
         use differential_dataflow::difference::{Multiply, Semigroup};
-        let acc = by_epoch.entry(line.epoch).or_default();
+        let acc = self.by_epoch.entry(line.epoch).or_default();
         acc.sums.plus_equals(&line.sums().multiply(&diff));
         *acc.products.entry(line.stock_code.clone()).or_default() +=
             line.value_milli() * diff as i64;
-        acc.invoices.insert(line.invoice);
+        if !acc.invoices.contains(&line.invoice) {
+            acc.invoices.insert(line.invoice.clone());
+        }
     }
-    by_epoch
-        .into_iter()
-        .map(|(epoch, acc)| EpochPart {
-            epoch,
-            sums: acc.sums,
-            products: acc.products.into_iter().collect(),
-            invoices: acc.invoices.into_iter().collect(),
-        })
-        .collect()
+
+    /// The parts so far, each at its epoch's time; starts over empty.
+    pub fn finish(&mut self) -> Updates<EpochPart> {
+        std::mem::take(&mut self.by_epoch)
+            .into_iter()
+            .map(|(epoch, acc)| {
+                let part = EpochPart {
+                    epoch,
+                    sums: acc.sums,
+                    products: acc.products.into_iter().collect(),
+                    invoices: acc.invoices.into_iter().collect(),
+                };
+                (part, epoch, 1)
+            })
+            .collect()
+    }
 }
 
 /// One `Output::Epoch` row per epoch with lines, at the epoch's time, once it is closed.
 pub fn epoch_rows<'scope>(
-    lines: Stream<'scope, u64, Updates<Line>>,
+    parts: Stream<'scope, u64, Updates<EpochPart>>,
 ) -> Stream<'scope, u64, Updates<Output>> {
-    let parts = lines.unary(Pipeline, "EpochParts", |_, _| {
-        move |input, output| {
-            input.for_each(|cap, batch| {
-                let mut parts: Updates<EpochPart> = parts(batch)
-                    .into_iter()
-                    .map(|p| {
-                        let t = p.epoch;
-                        (p, t, 1)
-                    })
-                    .collect();
-                output.session(&cap).give_container(&mut parts);
-            });
-        }
-    });
     parts.unary_frontier(
         Exchange::new(|(part, _, _): &(EpochPart, u64, isize)| part.epoch),
         "EpochRows",

@@ -1,9 +1,11 @@
 //! The differential-dataflow part of the job: incremental aggregates over sale lines.
 //!
-//! Every aggregate is an `explode` of lines into `(key, Sums)` followed by `count_total`, so an
-//! epoch's work is proportional to the keys it touches, never to the history. Rankings reduce
-//! over the per-product sums; alerts filter aggregates or single lines. All of them end as one
-//! collection of [`Output`] rows whose changes per epoch the sinks write.
+//! One operator ([`derive`]) reads each batch of lines once and folds it into the input of
+//! every aggregate, summed per key. Each aggregate is then a `count_total` (or `distinct`)
+//! over those sums, so an epoch's work is proportional to the keys it touches, never to the
+//! history. The overall ranking follows the per-product sums ([`top`]); per-epoch statistics
+//! are folded apart ([`epochs`]); alerts filter aggregates or single lines. All of them end as
+//! one collection of [`Output`] rows whose changes per epoch the sinks write.
 //!
 //! With checkpoints, the job also streams the [`Saved`] state: the current value of every
 //! arrangement input that outlives its epoch (totals, countries, invoices, customers, products,
@@ -12,23 +14,22 @@
 //! record can reach a closed epoch again, so they never change.
 
 pub mod alerts;
+pub mod derive;
 pub mod epochs;
 pub mod sums;
+pub mod top;
 
-use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::Operator;
 
 pub use alerts::{Alert, AlertRules};
 
 /// Short text (invoice numbers, stock codes, countries, customers) kept inline: cloning a
 /// line for each aggregate then allocates nothing.
 pub type Text = compact_str::CompactString;
-pub use sums::Sums;
+pub use sums::{Revenue, Sums};
 
 /// A validated sale line as the dataflow carries it: only the fields aggregates use.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -56,11 +57,10 @@ impl Line {
     }
 
     /// One line and its net value: what products and invoices accumulate.
-    pub fn revenue(&self) -> Sums {
-        Sums {
+    pub fn revenue(&self) -> Revenue {
+        Revenue {
             lines: 1,
             revenue_milli: self.value_milli(),
-            ..Sums::default()
         }
     }
 
@@ -119,9 +119,9 @@ pub enum Saved {
     /// A customer seen at least once.
     Seen(DistinctKey),
     /// Net revenue and lines of a product over all epochs.
-    Product(Text, Sums),
+    Product(Text, Revenue),
     /// Net value and lines of an invoice (its presence counts the invoice as seen).
-    Invoice(Text, Sums),
+    Invoice(Text, Revenue),
     /// An alert raised by a single line.
     LineAlert(Alert),
 }
@@ -145,28 +145,6 @@ impl Saved {
 /// Sizes of the rankings.
 pub const TOP_PRODUCTS: usize = 10;
 pub const TOP_PRODUCTS_PER_EPOCH: usize = 5;
-
-/// Consolidates each batch of updates on the worker that made it, before any exchange: the
-/// thousands of lines of a batch that touch the same total, country, epoch or invoice cross
-/// the exchange as one update. Results are unchanged; only the work shrinks.
-fn pre_aggregate<'scope, K, R>(
-    c: VecCollection<'scope, u64, K, R>,
-) -> VecCollection<'scope, u64, K, R>
-where
-    K: Ord + Clone + 'static,
-    R: Semigroup + 'static,
-{
-    c.inner
-        .unary(Pipeline, "PreAggregate", |_, _| {
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    consolidate_updates(data);
-                    output.session(&cap).give_container(data);
-                });
-            }
-        })
-        .as_collection()
-}
 
 /// The job's outputs, and the state to checkpoint when asked for.
 pub struct Built<'scope> {
@@ -194,40 +172,24 @@ pub fn build<'scope>(
     rules: AlertRules,
     save: bool,
 ) -> Built<'scope> {
-    // Measures of the total and per country, plus distinct invoice and customer counts, all
-    // accumulated by one count_total over the same key space.
-    let measures = lines
-        .clone()
-        .explode(|l: Line| {
-            let s = l.sums();
-            [(StatKey::Total, s), (StatKey::Country(l.country), s)]
-        })
-        .concat(restore(&restored, |s| match s {
-            Saved::Measure(k, m) => Some((k, m)),
-            _ => None,
-        }));
+    let derived = derive::derive(lines, rules);
     // Net value and lines per invoice (for the large-invoice rule). Its keys are the distinct
     // invoices: each appears once in the output with +1 (a later change retracts the old value
     // and adds the new one), which counts distinct invoices without an arrangement of its own.
-    let per_invoice = lines
-        .clone()
-        .explode(|l: Line| {
-            let s = l.revenue();
-            Some((l.invoice, s))
-        })
+    let invoices = derived
+        .invoices
         .concat(restore(&restored, |s| match s {
             Saved::Invoice(i, m) => Some((i, m)),
             _ => None,
-        }));
-    let invoices = pre_aggregate(per_invoice).count_total();
-    let seen = lines
-        .clone()
-        .flat_map(|l: Line| l.customer.map(DistinctKey::Customer))
+        }))
+        .count_total();
+    let seen = derived
+        .customers
         .concat(restore(&restored, |s| match s {
             Saved::Seen(k) => Some((k, 1isize)),
             _ => None,
-        }));
-    let seen = pre_aggregate(seen).distinct();
+        }))
+        .distinct();
     let customers = seen.clone().explode(|_| {
         let s = Sums {
             customers: 1,
@@ -242,43 +204,58 @@ pub fn build<'scope>(
         };
         Some((StatKey::Total, s))
     });
-    let stats = pre_aggregate(measures.concat(customers).concat(distinct_invoices)).count_total();
+    // Measures of the total and per country, plus distinct invoice and customer counts, all
+    // accumulated by one count_total over the same key space.
+    let stats = derived
+        .measures
+        .concat(restore(&restored, |s| match s {
+            Saved::Measure(k, m) => Some((k, m)),
+            _ => None,
+        }))
+        .concat(customers)
+        .concat(distinct_invoices)
+        .count_total();
 
     // Net revenue per product, then the top N.
-    let per_product = lines
-        .clone()
-        .explode(|l: Line| {
-            let s = l.revenue();
-            Some((l.stock_code, s))
-        })
+    let products = derived
+        .products
         .concat(restore(&restored, |s| match s {
             Saved::Product(p, m) => Some((p, m)),
             _ => None,
-        }));
-    let products = pre_aggregate(per_product).count_total();
-    let top_products = products
-        .clone()
-        .map(|(product, s)| ((), (-s.revenue_milli, product)))
-        .reduce_named("TopProducts", |_, products, out| {
-            // Values arrive sorted by (-revenue, stock code): the best first, ties by code.
-            let top: Ranked = products
-                .iter()
-                .filter(|(_, count)| *count > 0)
-                .take(TOP_PRODUCTS)
-                .map(|((neg_revenue, product), _)| (product.clone(), -neg_revenue))
-                .collect();
-            out.push((top, 1isize));
-        })
-        .map(|((), top)| Output::TopProducts(top));
+        }))
+        .count_total();
+    let top_products = top::top_products(products.clone(), TOP_PRODUCTS);
 
     let totals = stats.clone().map(|(key, s)| match key {
         StatKey::Total => Output::Totals(s),
         StatKey::Country(c) => Output::Country(c, s),
     });
-    let epochs = epochs::epoch_rows(lines.inner.clone()).as_collection();
+    let epochs = epochs::epoch_rows(derived.epoch_parts).as_collection();
 
-    let (alerts, saved_alerts) = build_alerts(lines, invoices.clone(), &restored, rules, save);
-    let saved = saved_alerts.map(|saved_alerts| {
+    // Alerts: single lines (kept as a set), invoices over the threshold, cancellation bursts.
+    let line_alerts = derived
+        .line_alerts
+        .concat(restore(&restored, |s| match s {
+            Saved::LineAlert(a) => Some((a, 1isize)),
+            _ => None,
+        }))
+        .distinct();
+    let invoice_alerts = invoices
+        .clone()
+        .flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
+    let bursts = derived
+        .cancellations
+        .count_total()
+        .flat_map(move |((epoch, customer), lines)| {
+            rules.cancellation_alert(epoch, &customer, lines as i64)
+        });
+    let alerts = line_alerts
+        .clone()
+        .concat(invoice_alerts)
+        .concat(bursts)
+        .map(Output::Alert);
+
+    let saved = save.then(|| {
         let measures = stats.map(|(key, s)| {
             Saved::Measure(
                 key,
@@ -289,60 +266,16 @@ pub fn build<'scope>(
                 },
             )
         });
-        let seen = seen.map(Saved::Seen);
-        let invoices = invoices.clone().map(|(i, s)| Saved::Invoice(i, s));
-        let products = products.map(|(p, s)| Saved::Product(p, s));
         measures
-            .concat(seen)
-            .concat(products)
-            .concat(invoices)
-            .concat(saved_alerts)
+            .concat(seen.map(Saved::Seen))
+            .concat(products.map(|(p, s)| Saved::Product(p, s)))
+            .concat(invoices.map(|(i, s)| Saved::Invoice(i, s)))
+            .concat(line_alerts.map(Saved::LineAlert))
     });
     Built {
         outputs: totals.concat(epochs).concat(top_products).concat(alerts),
         saved,
     }
-}
-
-fn build_alerts<'scope>(
-    lines: VecCollection<'scope, u64, Line>,
-    invoices: VecCollection<'scope, u64, (Text, Sums)>,
-    restored: &VecCollection<'scope, u64, Saved>,
-    rules: AlertRules,
-    save: bool,
-) -> (
-    VecCollection<'scope, u64, Output>,
-    Option<VecCollection<'scope, u64, Saved>>,
-) {
-    let per_line = lines
-        .clone()
-        .flat_map(move |l: Line| rules.line_alerts(&l))
-        .concat(restore(restored, |s| match s {
-            Saved::LineAlert(a) => Some((a, 1isize)),
-            _ => None,
-        }))
-        .distinct();
-    let invoice_alerts =
-        invoices.flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
-    let bursts = lines
-        .filter(|l: &Line| l.is_cancellation() && l.customer.is_some())
-        .explode(|l: Line| {
-            let s = Sums {
-                lines: 1,
-                ..Sums::default()
-            };
-            l.customer.map(|c| ((l.epoch, c), s))
-        })
-        .count_total()
-        .flat_map(move |((epoch, customer), s)| {
-            rules.cancellation_alert(epoch, &customer, s.lines)
-        });
-    let saved = save.then(|| per_line.clone().map(Saved::LineAlert));
-    let outputs = per_line
-        .concat(invoice_alerts)
-        .concat(bursts)
-        .map(Output::Alert);
-    (outputs, saved)
 }
 
 #[cfg(test)]

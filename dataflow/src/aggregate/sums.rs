@@ -1,8 +1,9 @@
-//! `Sums`: the additive measures of sales, used as a differential *difference* type.
+//! `Sums` and `Revenue`: additive measures of sales, used as differential *difference* types.
 //!
 //! Each record is exploded into `(key, Sums)` and `count_total` accumulates the Sums per key,
 //! so every aggregate is maintained incrementally with one arrangement entry per key rather
-//! than per record.
+//! than per record. `Revenue` is the two-field measure of invoices and products: the
+//! arrangements with the most keys keep 16 bytes per update instead of 64.
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
@@ -22,72 +23,68 @@ pub struct Sums {
     pub customers: i64,
 }
 
-impl Sums {
-    fn fields_mut(&mut self) -> [&mut i64; 8] {
-        [
-            &mut self.lines,
-            &mut self.units,
-            &mut self.revenue_milli,
-            &mut self.cancellation_lines,
-            &mut self.cancellation_value_milli,
-            &mut self.late_lines,
-            &mut self.invoices,
-            &mut self.customers,
-        ]
-    }
-
-    fn fields(&self) -> [i64; 8] {
-        [
-            self.lines,
-            self.units,
-            self.revenue_milli,
-            self.cancellation_lines,
-            self.cancellation_value_milli,
-            self.late_lines,
-            self.invoices,
-            self.customers,
-        ]
-    }
+/// Lines and net value of an invoice or a product, in thousandths. Reads the JSON of a
+/// [`Sums`] too (its other fields are ignored).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Revenue {
+    pub lines: i64,
+    pub revenue_milli: i64,
 }
 
-impl IsZero for Sums {
-    fn is_zero(&self) -> bool {
-        self.fields() == [0; 8]
-    }
-}
-
-impl Semigroup for Sums {
-    fn plus_equals(&mut self, rhs: &Self) {
-        for (a, b) in self.fields_mut().into_iter().zip(rhs.fields()) {
-            *a += b;
+/// Implements the difference traits field by field.
+macro_rules! additive {
+    ($t:ident { $($f:ident),+ }) => {
+        impl IsZero for $t {
+            fn is_zero(&self) -> bool {
+                true $(&& self.$f == 0)+
+            }
         }
-    }
-}
 
-impl Monoid for Sums {
-    fn zero() -> Self {
-        Sums::default()
-    }
-}
-
-impl Abelian for Sums {
-    fn negate(&mut self) {
-        for a in self.fields_mut() {
-            *a = -*a;
+        impl Semigroup for $t {
+            fn plus_equals(&mut self, rhs: &Self) {
+                $(self.$f += rhs.$f;)+
+            }
         }
-    }
+
+        impl Monoid for $t {
+            fn zero() -> Self {
+                $t::default()
+            }
+        }
+
+        impl Abelian for $t {
+            fn negate(&mut self) {
+                $(self.$f = -self.$f;)+
+            }
+        }
+
+        impl Multiply<isize> for $t {
+            type Output = $t;
+            fn multiply(mut self, rhs: &isize) -> $t {
+                let k = *rhs as i64;
+                $(self.$f *= k;)+
+                self
+            }
+        }
+    };
 }
 
-impl Multiply<isize> for Sums {
-    type Output = Sums;
-    fn multiply(mut self, rhs: &isize) -> Sums {
-        let k = *rhs as i64;
-        for a in self.fields_mut() {
-            *a *= k;
-        }
-        self
-    }
-}
+additive!(Sums {
+    lines,
+    units,
+    revenue_milli,
+    cancellation_lines,
+    cancellation_value_milli,
+    late_lines,
+    invoices,
+    customers
+});
+additive!(Revenue {
+    lines,
+    revenue_milli
+});
 
 #[cfg(test)]
 mod tests {
@@ -109,5 +106,27 @@ mod tests {
         n.plus_equals(&a);
         assert!(n.is_zero());
         assert!(Sums::zero().is_zero());
+    }
+
+    #[test]
+    fn revenue_group_laws_and_reads_the_json_of_sums() {
+        let a = Revenue {
+            lines: 2,
+            revenue_milli: -1_250,
+        };
+        let mut n = a.multiply(&-3);
+        n.plus_equals(&a.multiply(&3));
+        assert!(n.is_zero());
+        let mut b = a;
+        b.negate();
+        assert_eq!(b.revenue_milli, 1_250);
+        let sums = Sums {
+            lines: 2,
+            units: 9,
+            revenue_milli: -1_250,
+            ..Sums::default()
+        };
+        let read: Revenue = serde_json::from_str(&serde_json::to_string(&sums).unwrap()).unwrap();
+        assert_eq!(read, a);
     }
 }

@@ -1,0 +1,181 @@
+//! One pass over each batch of lines that makes the input of every aggregate.
+//!
+//! A line feeds seven aggregates (measures, invoices, products, customers, per-line alerts,
+//! cancellation bursts, per-epoch statistics). Instead of cloning every line into seven
+//! operators, one operator reads each batch once and folds it by key and time in hash maps,
+//! on the worker that read it, so the thousands of lines of a batch that touch the same total,
+//! country, invoice or product leave as one update. The updates are the same collections the
+//! lines would make one by one, summed: results are unchanged, only the work shrinks.
+
+use std::hash::Hash;
+
+use differential_dataflow::difference::{Multiply, Semigroup};
+use differential_dataflow::{AsCollection, VecCollection};
+use foldhash::HashMap;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::progress::operate::FrontierInterest;
+
+use super::epochs::{EpochPart, PartsBuilder};
+use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text};
+
+/// Updates of a collection as a timely stream carries them.
+type Updates<D, R = isize> = Vec<(D, u64, R)>;
+
+/// The inputs of the aggregates, each already summed per key and time within a batch.
+pub struct Derived<'scope> {
+    /// Measures of the total and of each country.
+    pub measures: VecCollection<'scope, u64, StatKey, Sums>,
+    /// Lines and net value per invoice.
+    pub invoices: VecCollection<'scope, u64, Text, Revenue>,
+    /// Lines and net revenue per product (stock code).
+    pub products: VecCollection<'scope, u64, Text, Revenue>,
+    /// Customers seen (the count is the number of lines).
+    pub customers: VecCollection<'scope, u64, DistinctKey>,
+    /// Alerts raised by single lines (the count is the number of lines raising each).
+    pub line_alerts: VecCollection<'scope, u64, Alert>,
+    /// Cancellation lines per (epoch, customer).
+    pub cancellations: VecCollection<'scope, u64, (u64, Text)>,
+    /// Per-epoch statistics of the batch, at the epoch's time.
+    pub epoch_parts: Stream<'scope, u64, Updates<EpochPart>>,
+}
+
+/// Sums of one batch, per key and time; emptied into updates after each batch.
+struct Folded<K, R>(HashMap<(K, u64), R>);
+
+impl<K: Hash + Eq, R: Semigroup> Folded<K, R> {
+    fn new() -> Self {
+        Folded(HashMap::default())
+    }
+
+    fn add(&mut self, key: K, time: u64, diff: R) {
+        self.0
+            .entry((key, time))
+            .and_modify(|sum| sum.plus_equals(&diff))
+            .or_insert(diff);
+    }
+
+    /// The non-zero sums as updates; the map keeps its capacity for the next batch.
+    fn drain(&mut self) -> Updates<K, R> {
+        self.0
+            .drain()
+            .filter(|(_, r)| !r.is_zero())
+            .map(|((k, t), r)| (k, t, r))
+            .collect()
+    }
+}
+
+/// The per-batch folds of every aggregate input.
+struct Fold {
+    measures: Folded<StatKey, Sums>,
+    invoices: Folded<Text, Revenue>,
+    products: Folded<Text, Revenue>,
+    customers: Folded<DistinctKey, isize>,
+    line_alerts: Folded<Alert, isize>,
+    cancellations: Folded<(u64, Text), isize>,
+    parts: PartsBuilder,
+}
+
+impl Fold {
+    fn new() -> Self {
+        Fold {
+            measures: Folded::new(),
+            invoices: Folded::new(),
+            products: Folded::new(),
+            customers: Folded::new(),
+            line_alerts: Folded::new(),
+            cancellations: Folded::new(),
+            parts: PartsBuilder::default(),
+        }
+    }
+
+    fn add(&mut self, line: Line, t: u64, r: isize, rules: &AlertRules) {
+        self.parts.add(&line, r);
+        for alert in rules.line_alerts(&line) {
+            self.line_alerts.add(alert, t, r);
+        }
+        let sums = line.sums().multiply(&r);
+        let revenue = line.revenue().multiply(&r);
+        self.measures.add(StatKey::Total, t, sums);
+        self.measures.add(StatKey::Country(line.country), t, sums);
+        self.products.add(line.stock_code, t, revenue);
+        if let Some(customer) = line.customer {
+            if line.invoice.starts_with('C') {
+                self.cancellations.add((line.epoch, customer.clone()), t, r);
+            }
+            self.customers.add(DistinctKey::Customer(customer), t, r);
+        }
+        self.invoices.add(line.invoice, t, revenue);
+    }
+}
+
+/// Reads `lines` once and makes every aggregate's input from them.
+pub fn derive<'scope>(
+    lines: VecCollection<'scope, u64, Line>,
+    rules: AlertRules,
+) -> Derived<'scope> {
+    let mut builder = OperatorBuilder::new("Derive".to_owned(), lines.inner.scope());
+    let mut input = builder.new_input(lines.inner, Pipeline);
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (measures, measures_stream) = builder.new_output();
+    let (invoices, invoices_stream) = builder.new_output();
+    let (products, products_stream) = builder.new_output();
+    let (customers, customers_stream) = builder.new_output();
+    let (line_alerts, line_alerts_stream) = builder.new_output();
+    let (cancellations, cancellations_stream) = builder.new_output();
+    let (parts, parts_stream) = builder.new_output();
+    let mut measures = OutputBuilder::from(measures);
+    let mut invoices = OutputBuilder::from(invoices);
+    let mut products = OutputBuilder::from(products);
+    let mut customers = OutputBuilder::from(customers);
+    let mut line_alerts = OutputBuilder::from(line_alerts);
+    let mut cancellations = OutputBuilder::from(cancellations);
+    let mut parts = OutputBuilder::from(parts);
+    builder.build(move |_| {
+        let mut fold = Fold::new();
+        move |_frontiers| {
+            let mut measures = measures.activate();
+            let mut invoices = invoices.activate();
+            let mut products = products.activate();
+            let mut customers = customers.activate();
+            let mut line_alerts = line_alerts.activate();
+            let mut cancellations = cancellations.activate();
+            let mut parts = parts.activate();
+            input.for_each(|cap, data| {
+                for (line, t, r) in data.drain(..) {
+                    fold.add(line, t, r, &rules);
+                }
+                measures
+                    .session(&cap)
+                    .give_container(&mut fold.measures.drain());
+                invoices
+                    .session(&cap)
+                    .give_container(&mut fold.invoices.drain());
+                products
+                    .session(&cap)
+                    .give_container(&mut fold.products.drain());
+                customers
+                    .session(&cap)
+                    .give_container(&mut fold.customers.drain());
+                line_alerts
+                    .session(&cap)
+                    .give_container(&mut fold.line_alerts.drain());
+                cancellations
+                    .session(&cap)
+                    .give_container(&mut fold.cancellations.drain());
+                parts.session(&cap).give_container(&mut fold.parts.finish());
+            });
+        }
+    });
+    Derived {
+        measures: measures_stream.as_collection(),
+        invoices: invoices_stream.as_collection(),
+        products: products_stream.as_collection(),
+        customers: customers_stream.as_collection(),
+        line_alerts: line_alerts_stream.as_collection(),
+        cancellations: cancellations_stream.as_collection(),
+        epoch_parts: parts_stream,
+    }
+}
