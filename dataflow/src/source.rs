@@ -290,9 +290,16 @@ impl Reader {
                 ("isolation.level", "read_committed"),
                 ("auto.offset.reset", "earliest"),
                 ("statistics.interval.ms", "1000"),
+                // Read-ahead per worker: fetches of up to 1 MB per partition, refilled while
+                // fewer than 16 MB wait in the queue. librdkafka's default is to postpone a
+                // fetch by a whole second once the queue is full, which left a busy worker
+                // idle for about 40% of a replay; 5 ms keeps the queue topped up instead.
+                // Measured on 2M records, 2 workers: 4.7 s and 170 MB peak RSS, against
+                // 7.9 s and 265 MB with 4 MB fetches, a 64 MB queue and the 1 s backoff.
                 ("fetch.max.bytes", "52428800"),
-                ("max.partition.fetch.bytes", "4194304"),
-                ("queued.max.messages.kbytes", "65536"),
+                ("max.partition.fetch.bytes", "1048576"),
+                ("queued.max.messages.kbytes", "16384"),
+                ("fetch.queue.backoff.ms", "5"),
             ])
             .create_with_context(context)?;
         let mut assignment = TopicPartitionList::new();
