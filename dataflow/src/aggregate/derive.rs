@@ -1,8 +1,7 @@
 //! One pass over each batch of lines that makes the input of every aggregate.
 //!
-//! A line feeds seven aggregates (measures, invoices, products, customers, per-line alerts,
-//! cancellation bursts, per-epoch statistics). Instead of cloning every line into seven
-//! operators, one operator reads each batch once and folds it by key and time in hash maps,
+//! A line feeds six aggregates (measures, invoices, products, customers, per-line alerts,
+//! per-epoch statistics). Instead of cloning every line into six operators, one operator reads each batch once and folds it by key and time in hash maps,
 //! on the worker that read it, so the thousands of lines of a batch that touch the same total,
 //! country, invoice or product leave as one update. The updates are the same collections the
 //! lines would make one by one, summed: results are unchanged, only the work shrinks.
@@ -36,9 +35,7 @@ pub struct Derived<'scope> {
     pub customers: VecCollection<'scope, u64, DistinctKey>,
     /// Alerts raised by single lines (the count is the number of lines raising each).
     pub line_alerts: VecCollection<'scope, u64, Alert>,
-    /// Cancellation lines per (epoch, customer).
-    pub cancellations: VecCollection<'scope, u64, (u64, Text)>,
-    /// Per-epoch statistics of the batch, at the epoch's time.
+    /// Per-epoch statistics and cancellations of the batch, at the epoch's time.
     pub epoch_parts: Stream<'scope, u64, Updates<EpochPart>>,
 }
 
@@ -74,7 +71,6 @@ struct Fold {
     products: Folded<Text, Revenue>,
     customers: Folded<DistinctKey, isize>,
     line_alerts: Folded<Alert, isize>,
-    cancellations: Folded<(u64, Text), isize>,
     parts: PartsBuilder,
 }
 
@@ -86,7 +82,6 @@ impl Fold {
             products: Folded::new(),
             customers: Folded::new(),
             line_alerts: Folded::new(),
-            cancellations: Folded::new(),
             parts: PartsBuilder::default(),
         }
     }
@@ -102,9 +97,6 @@ impl Fold {
         self.measures.add(StatKey::Country(line.country), t, sums);
         self.products.add(line.stock_code, t, revenue);
         if let Some(customer) = line.customer {
-            if line.invoice.starts_with('C') {
-                self.cancellations.add((line.epoch, customer.clone()), t, r);
-            }
             self.customers.add(DistinctKey::Customer(customer), t, r);
         }
         self.invoices.add(line.invoice, t, revenue);
@@ -124,14 +116,12 @@ pub fn derive<'scope>(
     let (products, products_stream) = builder.new_output();
     let (customers, customers_stream) = builder.new_output();
     let (line_alerts, line_alerts_stream) = builder.new_output();
-    let (cancellations, cancellations_stream) = builder.new_output();
     let (parts, parts_stream) = builder.new_output();
     let mut measures = OutputBuilder::from(measures);
     let mut invoices = OutputBuilder::from(invoices);
     let mut products = OutputBuilder::from(products);
     let mut customers = OutputBuilder::from(customers);
     let mut line_alerts = OutputBuilder::from(line_alerts);
-    let mut cancellations = OutputBuilder::from(cancellations);
     let mut parts = OutputBuilder::from(parts);
     builder.build(move |_| {
         let mut fold = Fold::new();
@@ -141,7 +131,6 @@ pub fn derive<'scope>(
             let mut products = products.activate();
             let mut customers = customers.activate();
             let mut line_alerts = line_alerts.activate();
-            let mut cancellations = cancellations.activate();
             let mut parts = parts.activate();
             input.for_each(|cap, data| {
                 for (line, t, r) in data.drain(..) {
@@ -162,9 +151,6 @@ pub fn derive<'scope>(
                 line_alerts
                     .session(&cap)
                     .give_container(&mut fold.line_alerts.drain());
-                cancellations
-                    .session(&cap)
-                    .give_container(&mut fold.cancellations.drain());
                 parts.session(&cap).give_container(&mut fold.parts.finish());
             });
         }
@@ -175,7 +161,6 @@ pub fn derive<'scope>(
         products: products_stream.as_collection(),
         customers: customers_stream.as_collection(),
         line_alerts: line_alerts_stream.as_collection(),
-        cancellations: cancellations_stream.as_collection(),
         epoch_parts: parts_stream,
     }
 }

@@ -1,4 +1,5 @@
-//! Per-epoch statistics (measures, distinct invoices, top products of the epoch's own lines).
+//! Per-epoch statistics (measures, distinct invoices, top products of the epoch's own lines)
+//! and the cancellation bursts of each epoch.
 //!
 //! An epoch's lines all carry its own time, and its row is final once the epoch closes, so it
 //! needs no arrangement that lives for ever: each worker folds its lines into small per-epoch
@@ -15,7 +16,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use super::{Line, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text};
+use super::{Alert, AlertRules, Line, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text};
 
 /// Updates of a collection as a timely stream carries them.
 type Updates<D> = Vec<(D, u64, isize)>;
@@ -28,6 +29,8 @@ pub struct EpochPart {
     /// Net revenue per product.
     pub products: Vec<(Text, i64)>,
     pub invoices: Vec<Text>,
+    /// Cancellation lines per customer.
+    pub cancellations: Vec<(Text, i64)>,
 }
 
 /// An open epoch's statistics so far.
@@ -36,6 +39,7 @@ struct Accumulator {
     sums: Sums,
     products: HashMap<Text, i64>,
     invoices: HashSet<Text>,
+    cancellations: HashMap<Text, i64>,
 }
 
 impl Accumulator {
@@ -46,17 +50,28 @@ impl Accumulator {
             *self.products.entry(product).or_default() += revenue;
         }
         self.invoices.extend(part.invoices);
+        for (customer, lines) in part.cancellations {
+            *self.cancellations.entry(customer).or_default() += lines;
+        }
     }
 
-    /// The epoch's row: measures with its distinct invoices, and its best products by net
-    /// revenue (ties by stock code).
-    fn finish(self, epoch: u64) -> Output {
+    /// The epoch's row (measures with its distinct invoices, and its best products by net
+    /// revenue, ties by stock code), then its cancellation bursts by customer.
+    fn finish(self, epoch: u64, rules: &AlertRules) -> Vec<Output> {
         let mut sums = self.sums;
         sums.invoices = self.invoices.len() as i64;
         let mut products: Vec<(Text, i64)> = self.products.into_iter().collect();
         products.sort_by(|a, b| (-a.1, &a.0).cmp(&(-b.1, &b.0)));
         products.truncate(TOP_PRODUCTS_PER_EPOCH);
-        Output::Epoch(epoch, sums, products as Ranked)
+        let mut bursts: Vec<Alert> = self
+            .cancellations
+            .into_iter()
+            .filter_map(|(customer, lines)| rules.cancellation_alert(epoch, &customer, lines))
+            .collect();
+        bursts.sort();
+        std::iter::once(Output::Epoch(epoch, sums, products as Ranked))
+            .chain(bursts.into_iter().map(Output::Alert))
+            .collect()
     }
 }
 
@@ -77,6 +92,9 @@ impl PartsBuilder {
         if !acc.invoices.contains(&line.invoice) {
             acc.invoices.insert(line.invoice.clone());
         }
+        if let Some(customer) = line.customer.as_ref().filter(|_| line.is_cancellation()) {
+            *acc.cancellations.entry(customer.clone()).or_default() += diff as i64;
+        }
     }
 
     /// The parts so far, each at its epoch's time; starts over empty.
@@ -89,6 +107,7 @@ impl PartsBuilder {
                     sums: acc.sums,
                     products: acc.products.into_iter().collect(),
                     invoices: acc.invoices.into_iter().collect(),
+                    cancellations: acc.cancellations.into_iter().collect(),
                 };
                 (part, epoch, 1)
             })
@@ -96,9 +115,12 @@ impl PartsBuilder {
     }
 }
 
-/// One `Output::Epoch` row per epoch with lines, at the epoch's time, once it is closed.
+/// One `Output::Epoch` row per epoch with lines, and its `cancellation_burst` alerts, at the
+/// epoch's time, once it is closed. (An epoch's cancellations are final when it closes, so
+/// the alerts never need retracting.)
 pub fn epoch_rows<'scope>(
     parts: Stream<'scope, u64, Updates<EpochPart>>,
+    rules: AlertRules,
 ) -> Stream<'scope, u64, Updates<Output>> {
     parts.unary_frontier(
         Exchange::new(|(part, _, _): &(EpochPart, u64, isize)| part.epoch),
@@ -123,7 +145,10 @@ pub fn epoch_rows<'scope>(
                     }
                     let epoch = *entry.key();
                     let (cap, acc) = entry.remove();
-                    output.session(&cap).give((acc.finish(epoch), epoch, 1));
+                    let mut session = output.session(&cap);
+                    for row in acc.finish(epoch, &rules) {
+                        session.give((row, epoch, 1));
+                    }
                 }
             }
         },

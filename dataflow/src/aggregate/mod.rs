@@ -20,6 +20,7 @@ pub mod sums;
 pub mod top;
 
 use differential_dataflow::difference::Semigroup;
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -189,7 +190,7 @@ pub fn build<'scope>(
             Saved::Seen(k) => Some((k, 1isize)),
             _ => None,
         }))
-        .distinct();
+        .distinct_total();
     let customers = seen.clone().explode(|_| {
         let s = Sums {
             customers: 1,
@@ -230,29 +231,23 @@ pub fn build<'scope>(
         StatKey::Total => Output::Totals(s),
         StatKey::Country(c) => Output::Country(c, s),
     });
-    let epochs = epochs::epoch_rows(derived.epoch_parts).as_collection();
+    // Per-epoch rows and cancellation bursts.
+    let epochs = epochs::epoch_rows(derived.epoch_parts, rules).as_collection();
 
-    // Alerts: single lines (kept as a set), invoices over the threshold, cancellation bursts.
+    // Alerts of single lines (kept as a set) and of invoices over the threshold.
     let line_alerts = derived
         .line_alerts
         .concat(restore(&restored, |s| match s {
             Saved::LineAlert(a) => Some((a, 1isize)),
             _ => None,
         }))
-        .distinct();
+        .distinct_total();
     let invoice_alerts = invoices
         .clone()
         .flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
-    let bursts = derived
-        .cancellations
-        .count_total()
-        .flat_map(move |((epoch, customer), lines)| {
-            rules.cancellation_alert(epoch, &customer, lines as i64)
-        });
     let alerts = line_alerts
         .clone()
         .concat(invoice_alerts)
-        .concat(bursts)
         .map(Output::Alert);
 
     let saved = save.then(|| {
