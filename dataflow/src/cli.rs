@@ -103,6 +103,12 @@ pub struct Args {
     #[arg(long, default_value_t = 65_536)]
     pub max_message_bytes: usize,
 
+    /// Flow control: a partition that has reached more than this many epochs past the oldest
+    /// epoch still open (beyond --lateness) waits until the job catches up. Keeps memory
+    /// bounded when partitions are read unevenly, e.g. a replay of a backlog.
+    #[arg(long, default_value_t = 16, value_name = "EPOCHS")]
+    pub read_ahead: u64,
+
     /// Directory for the JSON-lines files and summary.json.
     #[arg(short = 'o', long, env = "DATAFLOW_OUTPUT_DIR", default_value = "out")]
     pub output_dir: PathBuf,
@@ -225,6 +231,8 @@ pub struct Config {
     pub clock: EpochClock,
     pub idle_timeout: Option<Duration>,
     pub max_message_bytes: usize,
+    /// See `--read-ahead`.
+    pub read_ahead: u64,
     pub group_id: String,
     pub job_id: String,
     pub reset: bool,
@@ -317,6 +325,7 @@ impl Args {
             clock,
             idle_timeout: self.idle_timeout.0,
             max_message_bytes: self.max_message_bytes,
+            read_ahead: self.read_ahead,
             group_id: self.group_id,
             job_id: self.job_id,
             reset: self.reset,

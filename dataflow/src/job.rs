@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::core::{Concat, OkErr};
+use timely::dataflow::operators::core::{Concat, OkErr, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use tracing::{error, info};
@@ -175,6 +176,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         clock: config.clock,
         idle_timeout: config.idle_timeout,
         max_message_bytes: config.max_message_bytes,
+        read_ahead: config.read_ahead,
         group_id: config.group_id.clone(),
         resume: resume.as_ref().and_then(|r| {
             let c = &r.checkpoint;
@@ -238,7 +240,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             let (rules, save) = (job.rules, job.checkpoint);
             let mut state = worker.dataflow::<u64, _, _>(move |scope| {
                 let (state, restored) = scope.new_collection::<Saved, isize>();
-                let parsed = kafka_source(scope, source_config, metrics, shutdown);
+                // How far the whole dataflow has got: the source's flow control reads it.
+                let probe = ProbeHandle::new();
+                let parsed = kafka_source(scope, source_config, metrics, shutdown, probe.clone());
                 // Lines go to the aggregates; dead letters and positions straight to the writer.
                 #[allow(clippy::result_large_err)]
                 let (lines, other) = parsed.ok_err(|(item, time, diff)| match item {
@@ -258,7 +262,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 let mut writer = writer;
                 let mut stash: BTreeMap<u64, Vec<Emit>> = BTreeMap::new();
                 let mut finished = false;
-                outputs.concat(dead).sink(
+                outputs.concat(dead).probe_with(&probe).sink(
                     Exchange::new(|_: &Emit| 0),
                     "Writer",
                     move |(input, frontier)| {

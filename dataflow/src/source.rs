@@ -17,22 +17,29 @@
 //! The source never blocks its worker: it drains what librdkafka has fetched (up to a budget
 //! per activation), is woken by librdkafka when a queue becomes non-empty, and otherwise by a
 //! backstop timer, so an idle job parks instead of spinning a core.
+//!
+//! Flow control: a partition whose latest epoch runs more than `--read-ahead` epochs (beyond
+//! the lateness) past the dataflow's frontier is paused until the frontier catches up. Records
+//! of epochs that cannot close yet are what the aggregates would have to hold, so this bounds
+//! memory by the read-ahead rather than by how unevenly the partitions are read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::scheduling::SyncActivator;
 use tracing::{debug, info, warn};
 
 use retail_common::kafka::ClientSettings;
@@ -47,6 +54,8 @@ use crate::epoch::{EpochClock, PartitionClock};
 const BUDGET: usize = 8192;
 /// How soon an idle source looks again even if librdkafka did not wake it.
 const BACKSTOP: Duration = Duration::from_millis(100);
+/// How soon a source with partitions held back by flow control looks at the frontier again.
+const HELD_RECHECK: Duration = Duration::from_millis(2);
 
 /// Where to start reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +78,9 @@ pub struct SourceConfig {
     /// A caught-up partition silent this long stops holding epochs open.
     pub idle_timeout: Option<Duration>,
     pub max_message_bytes: usize,
+    /// Flow control: how many epochs past the frontier (beyond the lateness) a partition may
+    /// run before it is paused.
+    pub read_ahead: u64,
     pub group_id: String,
     /// Set when resuming from a checkpoint.
     pub resume: Option<SourceResume>,
@@ -173,6 +185,8 @@ struct PartitionState {
     /// At the end of what the broker has (an EOF was seen and nothing came since).
     caught_up: bool,
     last_message: Instant,
+    /// Not read, by flow control.
+    held: bool,
 }
 
 /// Partitions owned by worker `index` of `peers`.
@@ -193,6 +207,7 @@ pub fn kafka_source<'scope>(
     config: Arc<SourceConfig>,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
+    progress: ProbeHandle<u64>,
 ) -> Stream<'scope, u64, Batches> {
     let index = scope.index();
     let peers = scope.peers();
@@ -211,11 +226,8 @@ pub fn kafka_source<'scope>(
         }
         let activator = scope.activator_for(info.address.clone());
         let wake = worker.sync_activator_for(info.address.to_vec());
-        let mut reader = Reader::open(&config, &owned, index)
+        let mut reader = Reader::open(&config, &owned, index, wake)
             .unwrap_or_else(|e| panic!("worker {index}: cannot start the Kafka source: {e:#}"));
-        reader.consumer.set_nonempty_callback(move || {
-            let _ = wake.activate();
-        });
         let mut cap = Some(cap);
         let mut batches: BTreeMap<u64, Batches> = BTreeMap::new();
         Box::new(move |output: &mut SourceOutput<'_>| {
@@ -225,7 +237,14 @@ pub fn kafka_source<'scope>(
                 cap = None;
                 return;
             }
-            let handled = reader.poll_into(&config, *c.time(), &mut batches, &metrics);
+            // Epochs before the dataflow's frontier are complete everywhere; a partition may
+            // run `read_ahead` epochs (beyond the lateness) past it.
+            let limit = progress.with_frontier(|f| f.first().copied()).map(|f| {
+                f.saturating_add(config.clock.lateness_epochs)
+                    .saturating_add(config.read_ahead)
+            });
+            let held = reader.hold_back(limit);
+            let handled = reader.poll_into(&config, *c.time(), limit, &mut batches, &metrics);
             let now_at = *c.time();
             for (p, next, clock) in reader.moved_positions() {
                 // Valid as a checkpoint only once the latest epoch it has assigned is committed.
@@ -252,6 +271,8 @@ pub fn kafka_source<'scope>(
             }
             if handled == BUDGET {
                 activator.activate();
+            } else if held {
+                activator.activate_after(HELD_RECHECK);
             } else {
                 activator.activate_after(BACKSTOP);
             }
@@ -261,7 +282,9 @@ pub fn kafka_source<'scope>(
 
 /// One worker's consumer and the state of its partitions.
 struct Reader {
-    consumer: BaseConsumer<LagContext>,
+    consumer: Arc<BaseConsumer<LagContext>>,
+    /// Each owned partition's own queue (same order as `parts`).
+    queues: Vec<Option<PartitionQueue<LagContext>>>,
     topic: String,
     parts: Vec<PartitionState>,
     /// Position in `parts` of each partition number.
@@ -274,13 +297,20 @@ struct Reader {
 }
 
 impl Reader {
-    fn open(config: &SourceConfig, owned: &[i32], worker: usize) -> anyhow::Result<Reader> {
+    /// Assigns the `owned` partitions; `wake` is activated whenever one of their queues
+    /// becomes non-empty.
+    fn open(
+        config: &SourceConfig,
+        owned: &[i32],
+        worker: usize,
+        wake: SyncActivator,
+    ) -> anyhow::Result<Reader> {
         let last_stable: Arc<Vec<AtomicI64>> =
             Arc::new((0..config.partitions).map(|_| AtomicI64::new(-1)).collect());
         let context = LagContext {
             last_stable: Arc::clone(&last_stable),
         };
-        let consumer: BaseConsumer<LagContext> = config
+        let mut consumer: BaseConsumer<LagContext> = config
             .settings
             .config(&[
                 ("group.id", &config.group_id),
@@ -290,15 +320,13 @@ impl Reader {
                 ("isolation.level", "read_committed"),
                 ("auto.offset.reset", "earliest"),
                 ("statistics.interval.ms", "1000"),
-                // Read-ahead per worker: fetches of up to 1 MB per partition, refilled while
-                // fewer than 16 MB wait in the queue. librdkafka's default is to postpone a
-                // fetch by a whole second once the queue is full, which left a busy worker
-                // idle for about 40% of a replay; 5 ms keeps the queue topped up instead.
-                // Measured on 2M records, 2 workers: 4.7 s and 170 MB peak RSS, against
-                // 7.9 s and 265 MB with 4 MB fetches, a 64 MB queue and the 1 s backoff.
+                // Read-ahead: fetches of up to 1 MB per partition, refilled while fewer than
+                // 4 MB wait in the partition's queue. librdkafka's default is to postpone a
+                // fetch by a whole second once a queue is full, which left a busy worker idle
+                // for about 40% of a replay; 5 ms keeps the queues topped up instead.
                 ("fetch.max.bytes", "52428800"),
                 ("max.partition.fetch.bytes", "1048576"),
-                ("queued.max.messages.kbytes", "16384"),
+                ("queued.max.messages.kbytes", "4096"),
                 ("fetch.queue.backoff.ms", "5"),
             ])
             .create_with_context(context)?;
@@ -340,12 +368,32 @@ impl Reader {
                     .unwrap_or(-1),
                 caught_up: false,
                 last_message: Instant::now(),
+                held: false,
             });
             debug!(worker, partition = p, start, ?end, "assigned");
         }
         consumer.assign(&assignment)?;
+        // One queue per partition, so that flow control can leave a partition unread (and
+        // librdkafka stops fetching it once its queue is full) without pausing it.
+        let main = wake.clone();
+        consumer.set_nonempty_callback(move || {
+            let _ = main.activate();
+        });
+        let consumer = Arc::new(consumer);
+        let queues = parts
+            .iter()
+            .map(|s| {
+                let mut queue = consumer.split_partition_queue(&config.topic, s.partition)?;
+                let wake = wake.clone();
+                queue.set_nonempty_callback(move || {
+                    let _ = wake.activate();
+                });
+                Some(queue)
+            })
+            .collect();
         let reader = Reader {
             consumer,
+            queues,
             topic: config.topic.clone(),
             parts,
             slot,
@@ -366,118 +414,86 @@ impl Reader {
         let _ = self.consumer.pause(&tpl);
     }
 
-    /// Drains available messages into per-epoch batches; returns how many it handled.
+    /// Flow control: marks the open partitions whose latest epoch is past `limit` as held
+    /// (they are not read until they are within it again). Returns whether any is held.
+    fn hold_back(&mut self, limit: Option<u64>) -> bool {
+        let mut held = false;
+        for state in self.parts.iter_mut().filter(|s| !s.done) {
+            let ahead = is_past(state, limit);
+            if state.held && !ahead {
+                // Time spent held is not silence: it must not make the partition look idle
+                // (see --idle-timeout).
+                state.last_message = Instant::now();
+            }
+            state.held = ahead;
+            held |= ahead;
+        }
+        held
+    }
+
+    /// Drains available messages into per-epoch batches, the partitions furthest behind
+    /// first and none past `limit`; returns how many it handled.
     fn poll_into(
         &mut self,
         config: &SourceConfig,
         frontier: u64,
+        limit: Option<u64>,
         batches: &mut BTreeMap<u64, Batches>,
         metrics: &Metrics,
     ) -> usize {
-        let now = Instant::now();
-        let (mut handled, mut lines, mut late, mut dead, mut bytes) = (0, 0, 0, 0, 0);
-        let mut replayed = 0;
-        let committed = config.resume.as_ref().map(|r| r.committed);
+        let place = Placing {
+            config,
+            frontier,
+            now: Instant::now(),
+            committed: config.resume.as_ref().map(|r| r.committed),
+        };
+        let mut tally = Tally::default();
         let mut finished = Vec::new();
-        while handled < BUDGET {
-            let message = match self.consumer.poll(Duration::ZERO) {
+        // The main queue serves client events, and messages fetched before the partition
+        // queues were split.
+        while tally.handled < BUDGET {
+            let (p, polled) = match self.consumer.poll(Duration::ZERO) {
                 None => break,
-                Some(Ok(m)) => m,
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(state) = self.state_mut(p) {
-                        state.caught_up = true;
-                        if state.end.is_some() && !state.done {
-                            state.done = true;
-                            finished.push(p);
-                        }
-                    }
-                    continue;
-                }
+                Some(Ok(m)) => (m.partition(), Ok(m)),
+                Some(Err(KafkaError::PartitionEOF(p))) => (p, Err(KafkaError::PartitionEOF(p))),
                 Some(Err(e)) => {
                     // Broker outages and the like: librdkafka retries on its own.
                     warn!(worker = self.worker, error = %e, "Kafka consumer error; retrying");
                     break;
                 }
             };
-            let (p, offset) = (message.partition(), message.offset());
-            let Some(i) = self.slot.get(p as usize).copied().flatten() else {
+            if let Some(i) = self.slot.get(p as usize).copied().flatten() {
+                handle(
+                    &mut self.parts[i],
+                    polled,
+                    &place,
+                    &mut tally,
+                    batches,
+                    &mut finished,
+                );
+            }
+        }
+        // Each partition's own queue, the one furthest behind first, so that partitions read
+        // at different speeds stay aligned.
+        let mut order: Vec<usize> = (0..self.parts.len()).collect();
+        order.sort_by_key(|&i| (self.parts[i].clock.has_data(), self.parts[i].clock.latest()));
+        for i in order {
+            let Some(queue) = &self.queues[i] else {
                 continue;
             };
             let state = &mut self.parts[i];
-            if state.done || state.end.is_some_and(|e| offset >= e) {
-                continue;
-            }
-            handled += 1;
-            if state.caught_up
-                && config
-                    .idle_timeout
-                    .is_some_and(|t| now.duration_since(state.last_message) >= t)
-            {
-                // The partition was skipped as idle; it may not add to closed epochs.
-                state.clock.raise_floor(frontier);
-            }
-            state.caught_up = false;
-            state.last_message = now;
-            state.next_offset = offset + 1;
-            let payload = message.payload().unwrap_or_default();
-            bytes += payload.len();
-            let parsed = if payload.len() > config.max_message_bytes {
-                Err(Reject::new(
-                    RejectKind::Oversized,
-                    format!(
-                        "{} bytes, more than --max-message-bytes {}",
-                        payload.len(),
-                        config.max_message_bytes
-                    ),
-                ))
-            } else {
-                SaleRef::from_json(payload)
-            };
-            let item = match parsed {
-                Ok(sale) => {
-                    let event = config.clock.epoch_of(epoch_seconds(sale.invoice_date));
-                    let at = state.clock.assign(&config.clock, event);
-                    if committed.is_some_and(|c| at.epoch <= c) {
-                        None
-                    } else {
-                        lines += 1;
-                        late += u64::from(at.late);
-                        let line = Line {
-                            epoch: at.epoch,
-                            quantity: sale.quantity,
-                            unit_price_milli: sale.unit_price.0,
-                            late: at.late,
-                            invoice: sale.invoice_no.into(),
-                            stock_code: sale.stock_code.into(),
-                            customer: sale.customer_id.map(Into::into),
-                            country: sale.country.into(),
-                        };
-                        Some((Parsed::Line(line), at.epoch))
+            while tally.handled < BUDGET && !state.done && !is_past(state, limit) {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(e)) if !is_end_of_partition(&e) => {
+                        warn!(worker = self.worker, partition = state.partition, error = %e,
+                            "Kafka consumer error; retrying");
+                        break;
+                    }
+                    Some(polled) => {
+                        handle(state, polled, &place, &mut tally, batches, &mut finished);
                     }
                 }
-                Err(_) if offset <= state.dead_through => None,
-                Err(reject) => {
-                    dead += 1;
-                    let epoch = state.clock.open_from(&config.clock).max(frontier);
-                    let letter = DeadLetter {
-                        partition: p,
-                        offset,
-                        reason: reject.kind.code().to_owned(),
-                        detail: reject.detail,
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: payload.to_vec(),
-                    };
-                    Some((Parsed::Dead(letter), epoch))
-                }
-            };
-            match item {
-                Some((item, epoch)) => batches.entry(epoch).or_default().push((item, epoch, 1)),
-                // Re-read after a restart: its effect is in the restored state already.
-                None => replayed += 1,
-            }
-            if state.end.is_some_and(|e| offset + 1 >= e) {
-                state.done = true;
-                finished.push(p);
             }
         }
         for p in finished {
@@ -485,14 +501,16 @@ impl Reader {
         }
         metrics
             .messages
-            .fetch_add(handled as u64, Ordering::Relaxed);
-        metrics.lines.fetch_add(lines, Ordering::Relaxed);
-        metrics.late.fetch_add(late, Ordering::Relaxed);
-        metrics.dead.fetch_add(dead, Ordering::Relaxed);
-        metrics.replayed.fetch_add(replayed, Ordering::Relaxed);
-        metrics.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            .fetch_add(tally.handled as u64, Ordering::Relaxed);
+        metrics.lines.fetch_add(tally.lines, Ordering::Relaxed);
+        metrics.late.fetch_add(tally.late, Ordering::Relaxed);
+        metrics.dead.fetch_add(tally.dead, Ordering::Relaxed);
+        metrics
+            .replayed
+            .fetch_add(tally.replayed, Ordering::Relaxed);
+        metrics.bytes.fetch_add(tally.bytes, Ordering::Relaxed);
         self.report_lag(metrics);
-        handled
+        tally.handled
     }
 
     /// Partitions whose position moved since the last call, with their next offset and clock.
@@ -510,11 +528,6 @@ impl Reader {
         moved
     }
 
-    fn state_mut(&mut self, partition: i32) -> Option<&mut PartitionState> {
-        let i = self.slot.get(partition as usize).copied().flatten()?;
-        Some(&mut self.parts[i])
-    }
-
     /// The earliest epoch any owned partition may still add to, or `None` once every
     /// partition of a bounded run is done. Partitions idle past `--idle-timeout` (caught up and
     /// silent) do not hold epochs open; a partition that has shown nothing yet holds `current`.
@@ -526,6 +539,7 @@ impl Reader {
         }
         let idle = |s: &PartitionState| {
             s.caught_up
+                && !s.held
                 && config
                     .idle_timeout
                     .is_some_and(|t| now.duration_since(s.last_message) >= t)
@@ -560,6 +574,134 @@ impl Reader {
             .lag
             .fetch_add(lag - self.reported_lag, Ordering::Relaxed);
         self.reported_lag = lag;
+    }
+}
+
+/// Whether a partition has run past the flow-control `limit`.
+fn is_past(state: &PartitionState, limit: Option<u64>) -> bool {
+    state.clock.has_data() && limit.is_some_and(|l| state.clock.latest() > l)
+}
+
+/// What placing a record in an epoch needs to know in one activation.
+struct Placing<'a> {
+    config: &'a SourceConfig,
+    /// The worker's current epoch.
+    frontier: u64,
+    now: Instant,
+    /// The last committed epoch of a resumed job.
+    committed: Option<u64>,
+}
+
+/// Counts of one activation, added to the [`Metrics`] at its end.
+#[derive(Default)]
+struct Tally {
+    handled: usize,
+    lines: u64,
+    late: u64,
+    dead: u64,
+    replayed: u64,
+    bytes: u64,
+}
+
+/// Handles one message (or end of partition) of `state`'s partition: parses and validates it
+/// and files the line or dead letter under its epoch. Partitions of a bounded run that reach
+/// their end are added to `finished`.
+fn handle(
+    state: &mut PartitionState,
+    polled: Result<BorrowedMessage<'_>, KafkaError>,
+    place: &Placing<'_>,
+    tally: &mut Tally,
+    batches: &mut BTreeMap<u64, Batches>,
+    finished: &mut Vec<i32>,
+) {
+    let config = place.config;
+    let message = match polled {
+        Ok(m) => m,
+        Err(_) => {
+            // End of partition: the only error the callers pass on.
+            state.caught_up = true;
+            if state.end.is_some() && !state.done {
+                state.done = true;
+                finished.push(state.partition);
+            }
+            return;
+        }
+    };
+    let (p, offset) = (message.partition(), message.offset());
+    if state.done || state.end.is_some_and(|e| offset >= e) {
+        return;
+    }
+    tally.handled += 1;
+    if state.caught_up
+        && config
+            .idle_timeout
+            .is_some_and(|t| place.now.duration_since(state.last_message) >= t)
+    {
+        // The partition was skipped as idle; it may not add to closed epochs.
+        state.clock.raise_floor(place.frontier);
+    }
+    state.caught_up = false;
+    state.last_message = place.now;
+    state.next_offset = offset + 1;
+    let payload = message.payload().unwrap_or_default();
+    tally.bytes += payload.len() as u64;
+    let parsed = if payload.len() > config.max_message_bytes {
+        Err(Reject::new(
+            RejectKind::Oversized,
+            format!(
+                "{} bytes, more than --max-message-bytes {}",
+                payload.len(),
+                config.max_message_bytes
+            ),
+        ))
+    } else {
+        SaleRef::from_json(payload)
+    };
+    let item = match parsed {
+        Ok(sale) => {
+            let event = config.clock.epoch_of(epoch_seconds(sale.invoice_date));
+            let at = state.clock.assign(&config.clock, event);
+            if place.committed.is_some_and(|c| at.epoch <= c) {
+                None
+            } else {
+                tally.lines += 1;
+                tally.late += u64::from(at.late);
+                let line = Line {
+                    epoch: at.epoch,
+                    quantity: sale.quantity,
+                    unit_price_milli: sale.unit_price.0,
+                    late: at.late,
+                    invoice: sale.invoice_no.into(),
+                    stock_code: sale.stock_code.into(),
+                    customer: sale.customer_id.map(Into::into),
+                    country: sale.country.into(),
+                };
+                Some((Parsed::Line(line), at.epoch))
+            }
+        }
+        Err(_) if offset <= state.dead_through => None,
+        Err(reject) => {
+            tally.dead += 1;
+            let epoch = state.clock.open_from(&config.clock).max(place.frontier);
+            let letter = DeadLetter {
+                partition: p,
+                offset,
+                reason: reject.kind.code().to_owned(),
+                detail: reject.detail,
+                key: message.key().map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+            };
+            Some((Parsed::Dead(letter), epoch))
+        }
+    };
+    match item {
+        Some((item, epoch)) => batches.entry(epoch).or_default().push((item, epoch, 1)),
+        // Re-read after a restart: its effect is in the restored state already.
+        None => tally.replayed += 1,
+    }
+    if state.end.is_some_and(|e| offset + 1 >= e) {
+        state.done = true;
+        finished.push(p);
     }
 }
 
