@@ -113,12 +113,18 @@ impl AlertRules {
         price.into_iter().chain(quantity)
     }
 
+    /// Whether an invoice of net value `value_milli` breaks the `large_invoice` rule.
+    pub fn is_large_invoice(&self, value_milli: i64) -> bool {
+        value_milli > self.invoice_value_milli
+    }
+
     /// `large_invoice` for an invoice whose net value is `value_milli`.
     pub fn invoice_alert(&self, invoice: &str, value_milli: i64) -> Option<Alert> {
-        (value_milli > self.invoice_value_milli).then(|| Alert::LargeInvoice {
-            invoice: invoice.into(),
-            value_milli,
-        })
+        self.is_large_invoice(value_milli)
+            .then(|| Alert::LargeInvoice {
+                invoice: invoice.into(),
+                value_milli,
+            })
     }
 
     /// `cancellation_burst` for a customer with `lines` cancellation lines in `epoch`.

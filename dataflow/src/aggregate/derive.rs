@@ -18,7 +18,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 
 use super::epochs::{EpochPart, PartsBuilder};
-use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text};
+use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text, invoice};
 
 /// Updates of a collection as a timely stream carries them.
 type Updates<D, R = isize> = Vec<(D, u64, R)>;
@@ -27,7 +27,9 @@ type Updates<D, R = isize> = Vec<(D, u64, R)>;
 pub struct Derived<'scope> {
     /// Measures of the total and of each country.
     pub measures: VecCollection<'scope, u64, StatKey, Sums>,
-    /// Lines and net value per invoice.
+    /// Lines and net value per invoice whose number packs into a `u64` ([`invoice::pack`]).
+    pub invoice_numbers: VecCollection<'scope, u64, u64, Revenue>,
+    /// Lines and net value per other invoice.
     pub invoices: VecCollection<'scope, u64, Text, Revenue>,
     /// Lines and net revenue per product (stock code).
     pub products: VecCollection<'scope, u64, Text, Revenue>,
@@ -67,6 +69,7 @@ impl<K: Hash + Eq, R: Semigroup> Folded<K, R> {
 /// The per-batch folds of every aggregate input.
 struct Fold {
     measures: Folded<StatKey, Sums>,
+    invoice_numbers: Folded<u64, Revenue>,
     invoices: Folded<Text, Revenue>,
     products: Folded<Text, Revenue>,
     customers: Folded<DistinctKey, isize>,
@@ -78,6 +81,7 @@ impl Fold {
     fn new() -> Self {
         Fold {
             measures: Folded::new(),
+            invoice_numbers: Folded::new(),
             invoices: Folded::new(),
             products: Folded::new(),
             customers: Folded::new(),
@@ -99,7 +103,10 @@ impl Fold {
         if let Some(customer) = line.customer {
             self.customers.add(DistinctKey::Customer(customer), t, r);
         }
-        self.invoices.add(line.invoice, t, revenue);
+        match invoice::pack(&line.invoice) {
+            Some(number) => self.invoice_numbers.add(number, t, revenue),
+            None => self.invoices.add(line.invoice, t, revenue),
+        }
     }
 }
 
@@ -112,12 +119,14 @@ pub fn derive<'scope>(
     let mut input = builder.new_input(lines.inner, Pipeline);
     builder.set_notify_for(0, FrontierInterest::Never);
     let (measures, measures_stream) = builder.new_output();
+    let (invoice_numbers, invoice_numbers_stream) = builder.new_output();
     let (invoices, invoices_stream) = builder.new_output();
     let (products, products_stream) = builder.new_output();
     let (customers, customers_stream) = builder.new_output();
     let (line_alerts, line_alerts_stream) = builder.new_output();
     let (parts, parts_stream) = builder.new_output();
     let mut measures = OutputBuilder::from(measures);
+    let mut invoice_numbers = OutputBuilder::from(invoice_numbers);
     let mut invoices = OutputBuilder::from(invoices);
     let mut products = OutputBuilder::from(products);
     let mut customers = OutputBuilder::from(customers);
@@ -127,6 +136,7 @@ pub fn derive<'scope>(
         let mut fold = Fold::new();
         move |_frontiers| {
             let mut measures = measures.activate();
+            let mut invoice_numbers = invoice_numbers.activate();
             let mut invoices = invoices.activate();
             let mut products = products.activate();
             let mut customers = customers.activate();
@@ -139,6 +149,9 @@ pub fn derive<'scope>(
                 measures
                     .session(&cap)
                     .give_container(&mut fold.measures.drain());
+                invoice_numbers
+                    .session(&cap)
+                    .give_container(&mut fold.invoice_numbers.drain());
                 invoices
                     .session(&cap)
                     .give_container(&mut fold.invoices.drain());
@@ -157,6 +170,7 @@ pub fn derive<'scope>(
     });
     Derived {
         measures: measures_stream.as_collection(),
+        invoice_numbers: invoice_numbers_stream.as_collection(),
         invoices: invoices_stream.as_collection(),
         products: products_stream.as_collection(),
         customers: customers_stream.as_collection(),

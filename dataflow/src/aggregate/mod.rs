@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod derive;
 pub mod epochs;
+pub mod invoice;
 pub mod sums;
 pub mod top;
 
@@ -165,6 +166,19 @@ where
     restored.clone().explode(pick)
 }
 
+/// One distinct invoice per key of a per-invoice sum, as a contribution to the totals.
+fn one_each<'scope, K: Clone + 'static>(
+    sums: VecCollection<'scope, u64, (K, Revenue)>,
+) -> VecCollection<'scope, u64, StatKey, Sums> {
+    sums.explode(|_| {
+        let s = Sums {
+            invoices: 1,
+            ..Sums::default()
+        };
+        Some((StatKey::Total, s))
+    })
+}
+
 /// Builds every aggregate over `lines` (timestamps are epochs), starting from the `restored`
 /// state of a checkpoint; with `save`, also returns the state's changes.
 pub fn build<'scope>(
@@ -174,13 +188,21 @@ pub fn build<'scope>(
     save: bool,
 ) -> Built<'scope> {
     let derived = derive::derive(lines, rules);
-    // Net value and lines per invoice (for the large-invoice rule). Its keys are the distinct
-    // invoices: each appears once in the output with +1 (a later change retracts the old value
-    // and adds the new one), which counts distinct invoices without an arrangement of its own.
-    let invoices = derived
+    // Net value and lines per invoice (for the large-invoice rule), kept apart for packed
+    // numbers and other texts. Their keys are the distinct invoices: each appears once in the
+    // output with +1 (a later change retracts the old value and adds the new one), which
+    // counts distinct invoices without an arrangement of their own.
+    let numbered = derived
+        .invoice_numbers
+        .concat(restore(&restored, |s| match s {
+            Saved::Invoice(i, m) => invoice::pack(&i).map(|n| (n, m)),
+            _ => None,
+        }))
+        .count_total();
+    let named = derived
         .invoices
         .concat(restore(&restored, |s| match s {
-            Saved::Invoice(i, m) => Some((i, m)),
+            Saved::Invoice(i, m) if invoice::pack(&i).is_none() => Some((i, m)),
             _ => None,
         }))
         .count_total();
@@ -198,13 +220,7 @@ pub fn build<'scope>(
         };
         Some((StatKey::Total, s))
     });
-    let distinct_invoices = invoices.clone().explode(|_| {
-        let s = Sums {
-            invoices: 1,
-            ..Sums::default()
-        };
-        Some((StatKey::Total, s))
-    });
+    let distinct_invoices = one_each(numbered.clone()).concat(one_each(named.clone()));
     // Measures of the total and per country, plus distinct invoice and customer counts, all
     // accumulated by one count_total over the same key space.
     let stats = derived
@@ -242,9 +258,15 @@ pub fn build<'scope>(
             _ => None,
         }))
         .distinct_total();
-    let invoice_alerts = invoices
+    let invoice_alerts = numbered
         .clone()
-        .flat_map(move |(invoice, s)| rules.invoice_alert(&invoice, s.revenue_milli));
+        .filter(move |(_, s)| rules.is_large_invoice(s.revenue_milli))
+        .flat_map(move |(n, s)| rules.invoice_alert(&invoice::unpack(n), s.revenue_milli))
+        .concat(
+            named
+                .clone()
+                .flat_map(move |(i, s)| rules.invoice_alert(&i, s.revenue_milli)),
+        );
     let alerts = line_alerts
         .clone()
         .concat(invoice_alerts)
@@ -264,7 +286,8 @@ pub fn build<'scope>(
         measures
             .concat(seen.map(Saved::Seen))
             .concat(products.map(|(p, s)| Saved::Product(p, s)))
-            .concat(invoices.map(|(i, s)| Saved::Invoice(i, s)))
+            .concat(numbered.map(|(n, s)| Saved::Invoice(invoice::unpack(n), s)))
+            .concat(named.map(|(i, s)| Saved::Invoice(i, s)))
             .concat(line_alerts.map(Saved::LineAlert))
     });
     Built {

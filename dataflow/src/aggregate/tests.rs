@@ -38,8 +38,18 @@ fn sample_lines(n: usize) -> Vec<Line> {
             };
             Line {
                 epoch: invoice_no / 25,
-                invoice: format!("{}{}", if cancel { "C" } else { "" }, 500_000 + invoice_no)
-                    .into(),
+                // Some invoice numbers do not pack into a u64 (see `invoice`).
+                invoice: format!(
+                    "{}{}",
+                    match (cancel, invoice_no % 7) {
+                        (true, _) => "C",
+                        (false, 3) => "A",
+                        (false, 5) => "0",
+                        _ => "",
+                    },
+                    500_000 + invoice_no
+                )
+                .into(),
                 stock_code: format!("P{:03}", next(40)).into(),
                 customer: customer.map(Into::into),
                 country: countries[next(5) as usize].into(),
