@@ -71,8 +71,12 @@ fn same_results_for_any_parallelism(
     run_ok(dataflow(topic, &three, &flags).args(["-w", "3"]));
     let procs = root.join("n2w2");
     dataflow_cluster(topic, &procs, 2, 2, &flags);
+    // The tightest flow control only delays reading: the outputs are the same.
+    let held = root.join("w2-read-ahead-0");
+    run_ok(dataflow(topic, &held, &flags).args(["-w", "2", "--read-ahead", "0"]));
     assert_same_outputs(&one, &three);
     assert_same_outputs(&one, &procs);
+    assert_same_outputs(&one, &held);
     one
 }
 
