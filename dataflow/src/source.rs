@@ -18,10 +18,12 @@
 //! per activation), is woken by librdkafka when a queue becomes non-empty, and otherwise by a
 //! backstop timer, so an idle job parks instead of spinning a core.
 //!
-//! Flow control: a partition whose latest epoch runs more than `--read-ahead` epochs (beyond
-//! the lateness) past the dataflow's frontier is paused until the frontier catches up. Records
-//! of epochs that cannot close yet are what the aggregates would have to hold, so this bounds
-//! memory by the read-ahead rather than by how unevenly the partitions are read.
+//! Flow control: each partition has its own librdkafka queue, read the furthest behind first.
+//! A partition whose latest epoch runs more than `--read-ahead` epochs (beyond the lateness)
+//! past the dataflow's frontier is left unread until the frontier catches up, and librdkafka
+//! stops fetching it once its queue is full. Records of epochs that cannot close yet are what
+//! the aggregates would have to hold, so this bounds memory by the read-ahead rather than by
+//! how unevenly the partitions are read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,7 +81,7 @@ pub struct SourceConfig {
     pub idle_timeout: Option<Duration>,
     pub max_message_bytes: usize,
     /// Flow control: how many epochs past the frontier (beyond the lateness) a partition may
-    /// run before it is paused.
+    /// run before it is left unread.
     pub read_ahead: u64,
     pub group_id: String,
     /// Set when resuming from a checkpoint.
