@@ -85,9 +85,12 @@ pub fn entry_key(run: u64, identity: &str) -> String {
     format!("{run}/{identity}")
 }
 
+/// What the identity of an alert entry starts with; the rest is the alert's key.
+const ALERT: &str = "alert:";
+
 /// Identity of the writer's alert `key` among the entries.
 pub fn alert_identity(key: &str) -> String {
-    format!("alert:{key}")
+    format!("{ALERT}{key}")
 }
 
 /// What a resumed job starts from.
@@ -146,7 +149,7 @@ impl Stored {
                 what: format!("checkpoint entry {key}"),
                 source,
             };
-            if let Some(alert) = identity.strip_prefix("alert:") {
+            if let Some(alert) = identity.strip_prefix(ALERT) {
                 let value: Value = serde_json::from_slice(&payload).map_err(corrupt)?;
                 alerts.insert(alert.to_owned(), value);
             } else {

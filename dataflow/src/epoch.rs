@@ -6,10 +6,12 @@
 //! depends only on the order of records within their own partition, never on which worker reads
 //! the partition or when, which is what makes results identical for any worker count.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use timely::progress::frontier::MutableAntichain;
 
 /// Maps event time to epoch numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +126,22 @@ impl PartitionClock {
     pub fn raise_floor(&mut self, epoch: u64) {
         self.floor = self.floor.max(epoch);
     }
+}
+
+/// Removes from `open` the entries of the epochs the `frontier` has passed (closed: nothing
+/// can reach them any more) and returns them in epoch order.
+pub fn take_closed<S>(
+    open: &mut BTreeMap<u64, S>,
+    frontier: &MutableAntichain<u64>,
+) -> Vec<(u64, S)> {
+    let mut closed = Vec::new();
+    while let Some(entry) = open.first_entry() {
+        if frontier.less_equal(entry.key()) {
+            break;
+        }
+        closed.push((*entry.key(), entry.remove()));
+    }
+    closed
 }
 
 #[cfg(test)]
@@ -272,5 +290,19 @@ mod tests {
                 late: false
             }
         );
+    }
+
+    #[test]
+    fn closed_epochs_are_those_before_the_frontier() {
+        let mut open: BTreeMap<u64, &str> = [(3, "a"), (4, "b"), (5, "c"), (7, "d")].into();
+        let frontier = MutableAntichain::from_elem(5);
+        assert_eq!(take_closed(&mut open, &frontier), [(3, "a"), (4, "b")]);
+        assert_eq!(open.keys().copied().collect::<Vec<_>>(), [5, 7]);
+        // An empty frontier (the input is done) closes everything.
+        assert_eq!(
+            take_closed(&mut open, &MutableAntichain::new()),
+            [(5, "c"), (7, "d")]
+        );
+        assert!(open.is_empty());
     }
 }

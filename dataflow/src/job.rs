@@ -22,7 +22,7 @@ use differential_dataflow::input::Input;
 use crate::aggregate::{self, Output, Saved};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Restored, Resume};
 use crate::cli::Config;
-use crate::epoch::PartitionClock;
+use crate::epoch::{PartitionClock, take_closed};
 use crate::sink::console::{ConsoleSink, group};
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::kafka::{
@@ -272,14 +272,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                             }
                         });
                         let Some(w) = writer.as_mut() else { return };
-                        let mut closed = Vec::new();
-                        while let Some(entry) = stash.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let epoch = *entry.key();
-                            closed.push((epoch, entry.remove()));
-                        }
+                        let closed = take_closed(&mut stash, frontier);
                         if !closed.is_empty()
                             && let Err(e) = w.commit(closed)
                         {

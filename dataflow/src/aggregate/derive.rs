@@ -1,10 +1,11 @@
 //! One pass over each batch of lines that makes the input of every aggregate.
 //!
 //! A line feeds six aggregates (measures, invoices, products, customers, per-line alerts,
-//! per-epoch statistics). Instead of cloning every line into six operators, one operator reads each batch once and folds it by key and time in hash maps,
-//! on the worker that read it, so the thousands of lines of a batch that touch the same total,
-//! country, invoice or product leave as one update. The updates are the same collections the
-//! lines would make one by one, summed: results are unchanged, only the work shrinks.
+//! per-epoch statistics). Instead of cloning every line into six operators, one operator
+//! reads each batch once and folds it by key and time in hash maps, on the worker that read
+//! it, so the thousands of lines of a batch that touch the same total, country, invoice or
+//! product leave as one update. The updates are the same collections the lines would make one
+//! by one, summed: results are unchanged, only the work shrinks.
 
 use std::hash::Hash;
 
@@ -18,10 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 
 use super::epochs::{EpochPart, PartsBuilder};
-use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text, invoice};
-
-/// Updates of a collection as a timely stream carries them.
-type Updates<D, R = isize> = Vec<(D, u64, R)>;
+use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text, Updates, invoice};
 
 /// The inputs of the aggregates, each already summed per key and time within a batch.
 pub struct Derived<'scope> {

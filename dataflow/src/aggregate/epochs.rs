@@ -16,10 +16,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use super::{Alert, AlertRules, Line, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text};
-
-/// Updates of a collection as a timely stream carries them.
-type Updates<D> = Vec<(D, u64, isize)>;
+use super::{Alert, AlertRules, Line, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text, Updates};
+use crate::epoch::take_closed;
 
 /// What one batch of one worker contributes to one epoch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,12 +137,7 @@ pub fn epoch_rows<'scope>(
                         slot.1.add(part);
                     }
                 });
-                while let Some(entry) = open.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let epoch = *entry.key();
-                    let (cap, acc) = entry.remove();
+                for (epoch, (cap, acc)) in take_closed(&mut open, frontier) {
                     let mut session = output.session(&cap);
                     for row in acc.finish(epoch, &rules) {
                         session.give((row, epoch, 1));

@@ -144,6 +144,9 @@ impl Saved {
     }
 }
 
+/// Updates of a collection as a timely stream carries them: data, time, difference.
+pub type Updates<D, R = isize> = Vec<(D, u64, R)>;
+
 /// Sizes of the rankings.
 pub const TOP_PRODUCTS: usize = 10;
 pub const TOP_PRODUCTS_PER_EPOCH: usize = 5;

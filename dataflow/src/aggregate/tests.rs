@@ -61,13 +61,19 @@ fn sample_lines(n: usize) -> Vec<Line> {
         .collect()
 }
 
+/// Thresholds low enough for every rule to fire on [`sample_lines`].
+fn sample_rules() -> AlertRules {
+    AlertRules {
+        invoice_value_milli: 300_000,
+        quantity: 10_000,
+        cancellations_per_epoch: 2,
+    }
+}
+
 /// Runs the aggregates on `workers` workers and returns every output update.
 fn run(lines: &[Line], workers: usize, rules: AlertRules) -> Vec<(Output, u64, isize)> {
     run_from(&[], 0, lines, workers, rules, false).0
 }
-
-/// Every update of a collection: data, time, diff.
-type Updates<D> = Vec<(D, u64, isize)>;
 
 /// Runs the aggregates from a `restored` state fed at time `at`, over `lines`; returns every
 /// output update and, with `save`, every change of the saved state.
@@ -244,11 +250,7 @@ fn fold(lines: &[Line], rules: AlertRules) -> BTreeSet<Output> {
 #[test]
 fn aggregates_equal_a_fold_for_any_worker_count() {
     let lines = sample_lines(4_000);
-    let rules = AlertRules {
-        invoice_value_milli: 300_000,
-        quantity: 10_000,
-        cancellations_per_epoch: 2,
-    };
+    let rules = sample_rules();
     let expected = fold(&lines, rules);
     // The sample must exercise every alert rule, or the comparison proves little.
     for rule in [
@@ -288,11 +290,7 @@ fn epochs_only_change_at_their_own_time() {
 #[test]
 fn a_restored_state_continues_exactly_like_an_uninterrupted_run() {
     let lines = sample_lines(3_000);
-    let rules = AlertRules {
-        invoice_value_milli: 300_000,
-        quantity: 10_000,
-        cancellations_per_epoch: 2,
-    };
+    let rules = sample_rules();
     let (all, changes) = run_from(&[], 0, &lines, 2, rules, true);
     let last = lines.iter().map(|l| l.epoch).max().unwrap();
     for committed in [0, last / 3, last / 2, last - 1] {

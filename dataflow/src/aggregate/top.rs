@@ -15,6 +15,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use super::{Output, Ranked, Revenue, Text};
+use crate::epoch::take_closed;
 
 /// Products ranked by net revenue (best first, ties by stock code), as one `TopProducts` row
 /// of at most `n` that changes only when the ranking does.
@@ -46,12 +47,7 @@ pub fn top_products<'scope>(
                                 .push(((-sums.revenue_milli, product), diff));
                         }
                     });
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let time = *entry.key();
-                        let (cap, changes) = entry.remove();
+                    for (time, (cap, changes)) in take_closed(&mut pending, frontier) {
                         for (key, diff) in changes {
                             match ranked.entry(key) {
                                 Entry::Occupied(mut e) => {

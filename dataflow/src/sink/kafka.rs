@@ -358,9 +358,7 @@ impl Commit {
             .chain(keyed)
             .collect()
     }
-}
 
-impl Commit {
     /// Adds a later commit to this one (while the previous transaction is still running).
     fn absorb(&mut self, later: Commit) {
         self.batches.extend(later.batches);
