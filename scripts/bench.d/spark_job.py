@@ -24,22 +24,8 @@ import time
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-# The wire format (README, "The record on the wire"). unit_price is a decimal
-# string on the wire; it is read as a string and cast to decimal(18,3).
-SCHEMA = StructType(
-    [
-        StructField("invoice_no", StringType()),
-        StructField("stock_code", StringType()),
-        StructField("description", StringType()),
-        StructField("quantity", LongType()),
-        StructField("invoice_date", StringType()),
-        StructField("unit_price", StringType()),
-        StructField("customer_id", StringType()),
-        StructField("country", StringType()),
-    ]
-)
+from spark_wire import sales_stream
 
 
 def main() -> int:
@@ -60,23 +46,8 @@ def main() -> int:
     )
     spark.sparkContext.setLogLevel("WARN")
 
-    raw = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", args.bootstrap)
-        .option("subscribe", args.topic)
-        .option("startingOffsets", "earliest")
-        .option("failOnDataLoss", "true")
-        .load()
-    )
-    sales = (
-        raw.select(F.from_json(F.col("value").cast("string"), SCHEMA).alias("r"))
-        .select("r.*")
-        .withColumn("price", F.col("unit_price").cast("decimal(18,3)"))
-        .withColumn(
-            "revenue_milli",
-            (F.col("quantity").cast("decimal(20,0)") * F.col("price") * F.lit(1000)).cast("long"),
-        )
-        .withColumn("is_cancel", F.col("invoice_no").startswith("C"))
+    sales = sales_stream(spark, args.bootstrap, args.topic).withColumn(
+        "is_cancel", F.col("invoice_no").startswith("C")
     )
 
     totals = {"lines": 0, "units": 0, "revenue_milli": 0, "cancellation_lines": 0}

@@ -40,20 +40,8 @@ import time
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-SCHEMA = StructType(
-    [
-        StructField("invoice_no", StringType()),
-        StructField("stock_code", StringType()),
-        StructField("description", StringType()),
-        StructField("quantity", LongType()),
-        StructField("invoice_date", StringType()),
-        StructField("unit_price", StringType()),
-        StructField("customer_id", StringType()),
-        StructField("country", StringType()),
-    ]
-)
+from spark_wire import sales_stream
 
 
 def main() -> int:
@@ -83,26 +71,8 @@ def main() -> int:
     )
     spark.sparkContext.setLogLevel("WARN")
 
-    raw = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", args.bootstrap)
-        .option("subscribe", args.topic)
-        .option("startingOffsets", "earliest")
-        .option("failOnDataLoss", "true")
-        .load()
-    )
-    sales = (
-        raw.select(F.from_json(F.col("value").cast("string"), SCHEMA).alias("r"))
-        .select("r.*")
-        .withColumn("ts", F.to_timestamp("invoice_date", "yyyy-MM-dd'T'HH:mm:ss"))
-        .withColumn(
-            "revenue_milli",
-            (
-                F.col("quantity").cast("decimal(20,0)")
-                * F.col("unit_price").cast("decimal(18,3)")
-                * F.lit(1000)
-            ).cast("long"),
-        )
+    sales = sales_stream(spark, args.bootstrap, args.topic).withColumn(
+        "ts", F.to_timestamp("invoice_date", "yyyy-MM-dd'T'HH:mm:ss")
     )
     windows = (
         sales.withWatermark("ts", "0 seconds")
