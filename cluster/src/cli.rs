@@ -11,7 +11,7 @@ use clap::Parser;
 use humantime::parse_duration;
 
 use crate::backoff::Backoff;
-use crate::command::find_timely_flag;
+use crate::command::{find_timely_flag, redact_setting};
 use crate::hostfile::{self, HostPort, HostfileError};
 
 const AFTER_HELP: &str = "\
@@ -116,6 +116,18 @@ pub struct Args {
     #[arg(long, env = "CLUSTER_PID_DIR", value_name = "DIR")]
     pub pid_dir: Option<PathBuf>,
 
+    /// Kafka client properties file for every dataflow process (kcat's -F: key=value lines,
+    /// e.g. security.protocol, sasl.*, ssl.*); repeatable. Passed on as an absolute path, so
+    /// with --print or --ssh the same path must hold the file on every host. Keeps passwords
+    /// off the command line, where --print and `ps` would show them
+    #[arg(short = 'F', long = "client-config", value_name = "FILE")]
+    pub client_config: Vec<PathBuf>,
+
+    /// A librdkafka setting for every dataflow process (repeatable; wins over -F). Values of
+    /// secret settings (*password*, *secret*, sasl.jaas.config) are redacted in --print output
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub client_settings: Vec<String>,
+
     /// Flags for every dataflow process (after `--`), e.g. --topic T --until-end -o out
     #[arg(last = true, value_name = "DATAFLOW FLAGS")]
     pub dataflow_args: Vec<OsString>,
@@ -192,6 +204,10 @@ pub enum ConfigError {
     CurrentExe(std::io::Error),
     #[error("--backoff-max ({max:?}) is shorter than --backoff ({initial:?})")]
     Backoff { initial: Duration, max: Duration },
+    #[error("-F {0}: no such client properties file")]
+    ClientConfig(PathBuf),
+    #[error("-X expects key=value, got {0:?}")]
+    ClientSetting(String),
     #[error("cannot make {path} absolute: {source}")]
     Absolute {
         path: PathBuf,
@@ -247,13 +263,29 @@ impl Args {
         if mode == Mode::Local {
             check_executable(&dataflow_bin)?;
         }
+        // Client settings go first, so that the same flags after `--` still win.
+        let mut dataflow_args = Vec::new();
+        for file in &self.client_config {
+            let file = absolute(file)?;
+            if mode == Mode::Local && !file.is_file() {
+                return Err(ConfigError::ClientConfig(file));
+            }
+            dataflow_args.extend(["-F".into(), file.into_os_string()]);
+        }
+        for setting in self.client_settings {
+            if !setting.contains('=') {
+                return Err(ConfigError::ClientSetting(redact_setting(&setting)));
+            }
+            dataflow_args.extend(["-X".into(), setting.into()]);
+        }
+        dataflow_args.extend(self.dataflow_args);
         Ok(Config {
             mode,
             processes,
             workers: self.workers as usize,
             hosts,
             dataflow_bin,
-            dataflow_args: self.dataflow_args,
+            dataflow_args,
             max_restarts: self.max_restarts,
             backoff: Backoff {
                 initial: self.backoff,

@@ -23,6 +23,28 @@ impl LaunchCommand {
             .join(" ")
     }
 
+    /// [`to_shell_line`](Self::to_shell_line) with the values of secret client settings
+    /// (`-X sasl.password=...`, `--dataflow-flag -Xkey=value`) replaced: for printing.
+    pub fn to_display_line(&self) -> String {
+        let mut after_x = false;
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|w| {
+                let word = w.to_string_lossy();
+                let shown = if after_x {
+                    redact_setting(&word)
+                } else if let Some(setting) = word.strip_prefix("-X").filter(|s| !s.is_empty()) {
+                    format!("-X{}", redact_setting(setting))
+                } else {
+                    word.into_owned()
+                };
+                after_x = w == "-X";
+                quote(&shown)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn to_command(&self) -> std::process::Command {
         let mut command = std::process::Command::new(&self.program);
         command.args(&self.args);
@@ -84,6 +106,25 @@ pub fn ssh_command(ssh_bin: &Path, host: &str, inner: &LaunchCommand) -> LaunchC
     }
 }
 
+/// A `key=value` client setting as it may be shown: the value replaced when the key names a
+/// secret (anything with `password` or `secret` in it, the JAAS line, an inline private key).
+pub fn redact_setting(setting: &str) -> String {
+    let Some((key, _)) = setting.split_once('=') else {
+        return setting.to_owned();
+    };
+    let lower = key.to_ascii_lowercase();
+    let secret = ["password", "secret", "jaas"]
+        .iter()
+        .any(|s| lower.contains(s))
+        || lower == "ssl.key.pem"
+        || lower == "sasl.oauthbearer.config";
+    if secret {
+        format!("{key}=[redacted]")
+    } else {
+        setting.to_owned()
+    }
+}
+
 /// Quotes one word for a POSIX shell: as is when it only has characters no shell treats
 /// specially, else in single quotes (a `'` inside becomes `'\''`).
 pub fn quote(word: &str) -> String {
@@ -102,7 +143,7 @@ pub fn quote(word: &str) -> String {
 /// value (so that `-bHOST` is not read as `-b -H -O -S -T`).
 const TIMELY_SHORT: &[char] = &['n', 'p', 'w', 'h'];
 const TIMELY_LONG: &[&str] = &["processes", "process", "workers", "threads", "hostfile"];
-const VALUE_SHORT: &[char] = &['b', 'X', 't', 'o'];
+const VALUE_SHORT: &[char] = &['b', 'X', 'F', 't', 'o'];
 
 /// The first pass-through argument that would set timely's `-n/-p/-w/-h`, in any spelling
 /// (`-w 2`, `-w2`, `-rw2`, `--workers=2`, `--threads`, ...).
@@ -137,6 +178,36 @@ mod tests {
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn secrets_are_redacted_for_display_only() {
+        let command = LaunchCommand {
+            program: "dataflow".into(),
+            args: os(&[
+                "-X",
+                "sasl.password=hunter2",
+                "-Xssl.key.password=k3y",
+                "-X",
+                "sasl.username=alice",
+                "--topic",
+                "t",
+            ]),
+        };
+        let shown = command.to_display_line();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(shown.contains("sasl.password=[redacted]"), "{shown}");
+        assert!(shown.contains("sasl.username=alice"), "{shown}");
+        // What runs keeps the real value.
+        assert!(command.to_shell_line().contains("hunter2"));
+        assert_eq!(
+            redact_setting("SASL.JAAS.CONFIG=x y"),
+            "SASL.JAAS.CONFIG=[redacted]"
+        );
+        assert_eq!(redact_setting("linger.ms=5"), "linger.ms=5");
     }
 
     #[test]

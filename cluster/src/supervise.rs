@@ -227,7 +227,7 @@ pub fn print_commands(config: &Config, out: &mut impl Write) -> io::Result<()> {
         unreachable!("--print needs --hostfile; Args::into_config checks it");
     };
     for (i, command) in commands(config, Some(path)).iter().enumerate() {
-        writeln!(out, "{}", command.to_shell_line())?;
+        writeln!(out, "{}", command.to_display_line())?;
         info!("p{i} runs on {}", hosts[i].host);
     }
     Ok(())

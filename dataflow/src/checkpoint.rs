@@ -31,12 +31,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
-use retail_common::kafka::{ClientSettings, KafkaSetupError};
+use retail_common::kafka::{ClientSettings, KafkaSetupError, is_end_of_partition, is_undecodable};
 
 use crate::aggregate::Saved;
 use crate::epoch::PartitionClock;
 use crate::sink::State;
-use crate::source::is_end_of_partition;
 
 /// The record committed with each transaction.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -58,6 +57,107 @@ pub struct Checkpoint {
     pub state: State,
     /// Commits so far (1 for the first).
     pub commits: u64,
+    /// What the job was built from; `None` in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub identity: Option<JobIdentity>,
+}
+
+/// Version of what a checkpoint holds; a checkpoint of another version is not resumed.
+pub const FORMAT: u32 = 1;
+
+/// What a job is built from: its checkpoint is resumed only by a run built the same way, so a
+/// reused `--job-id` can never carry one job's offsets and state into another.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIdentity {
+    pub format: u32,
+    pub topic: String,
+    /// Partition count of the topic when the job last started; a topic may grow, never shrink.
+    pub partitions: i32,
+    pub epoch_secs: u64,
+    /// Lateness as applied: rounded up to whole epochs.
+    pub lateness_secs: u64,
+    /// Absolute path of the output directory.
+    pub output_dir: String,
+    pub aggregates_topic: String,
+    pub dlq_topic: String,
+    pub alert_invoice_value_milli: i64,
+    pub alert_quantity: i64,
+    pub alert_cancellations: i64,
+}
+
+impl JobIdentity {
+    /// How a run built as `now` differs from the checkpoint's `self`, one line per difference.
+    pub fn differences(&self, now: &JobIdentity) -> Vec<String> {
+        let secs =
+            |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+        let money = |m: i64| retail_common::money::Milli(m).to_string();
+        let compared = [
+            (
+                "checkpoint format",
+                self.format.to_string(),
+                now.format.to_string(),
+            ),
+            ("--topic", self.topic.clone(), now.topic.clone()),
+            ("--epoch", secs(self.epoch_secs), secs(now.epoch_secs)),
+            (
+                "--lateness",
+                secs(self.lateness_secs),
+                secs(now.lateness_secs),
+            ),
+            (
+                "--output-dir",
+                self.output_dir.clone(),
+                now.output_dir.clone(),
+            ),
+            (
+                "--aggregates-topic",
+                self.aggregates_topic.clone(),
+                now.aggregates_topic.clone(),
+            ),
+            ("--dlq-topic", self.dlq_topic.clone(), now.dlq_topic.clone()),
+            (
+                "--alert-invoice-value",
+                money(self.alert_invoice_value_milli),
+                money(now.alert_invoice_value_milli),
+            ),
+            (
+                "--alert-quantity",
+                self.alert_quantity.to_string(),
+                now.alert_quantity.to_string(),
+            ),
+            (
+                "--alert-cancellations",
+                self.alert_cancellations.to_string(),
+                now.alert_cancellations.to_string(),
+            ),
+        ];
+        let mut out: Vec<String> = compared
+            .into_iter()
+            .filter(|(_, then, now)| then != now)
+            .map(|(what, then, now)| format!("{what}: checkpoint {then}, this run {now}"))
+            .collect();
+        if self.topic == now.topic && now.partitions < self.partitions {
+            // Kafka partitions can be added, not removed: the topic was deleted and recreated.
+            out.push(format!(
+                "partitions of {}: checkpoint {}, now {} (the topic was recreated)",
+                now.topic, self.partitions, now.partitions
+            ));
+        }
+        out
+    }
+}
+
+impl Checkpoint {
+    /// Why this checkpoint may not be resumed by a run built as `now` (empty when it may).
+    pub fn mismatch(&self, now: &JobIdentity) -> Vec<String> {
+        match &self.identity {
+            Some(identity) => identity.differences(now),
+            None => vec![format!(
+                "checkpoint format: checkpoint 0 (written before jobs were identified), this run {}",
+                now.format
+            )],
+        }
+    }
 }
 
 /// Where a partition resumes: every record before `offset` belongs to a committed epoch, and
@@ -268,6 +368,12 @@ fn scan(
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(error)) if is_undecodable(&error) => {
+                return Err(KafkaSetupError::Undecodable {
+                    topic: topic.to_owned(),
+                    source: error,
+                });
+            }
             Some(Err(error)) => {
                 // A broker restarting or a lost connection: librdkafka reconnects on its own.
                 warn!(%error, "Kafka error while reading checkpoints; retrying");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-use retail_common::kafka::{ClientSettings, DEFAULT_BOOTSTRAP, parse_key_value};
+use retail_common::kafka::{ClientSettings, KafkaFlags};
 use retail_common::money::Milli;
 
 use crate::aggregate::AlertRules;
@@ -64,13 +64,8 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "dataflow", version, disable_help_flag = true, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(short = 'b', long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = DEFAULT_BOOTSTRAP)]
-    pub bootstrap_servers: String,
-
-    /// A librdkafka setting for every client, e.g. -X security.protocol=SASL_SSL (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub client_settings: Vec<(String, String)>,
+    #[command(flatten)]
+    pub kafka: KafkaFlags,
 
     /// Topic of sales records to read.
     #[arg(short = 't', long, env = "DATAFLOW_TOPIC", default_value = retail_common::DEFAULT_TOPIC)]
@@ -131,9 +126,11 @@ pub struct Args {
     pub dlq_topic: Option<String>,
 
     /// Name of the job (letters, digits, ., _, -): its checkpoints, its state topic and its
-    /// transactional producer are keyed by it.
-    #[arg(long, env = "DATAFLOW_JOB_ID", default_value = "retail-stream")]
-    pub job_id: String,
+    /// transactional producer are keyed by it. A job id names one job: a run whose topic,
+    /// epoch, lateness, output or alert flags differ from its checkpoint refuses to start
+    /// [default: the --topic name, so jobs over different topics never share a checkpoint]
+    #[arg(long, env = "DATAFLOW_JOB_ID")]
+    pub job_id: Option<String>,
 
     /// Ignore the job's checkpoint and start over (the JSON-lines files are emptied).
     #[arg(long)]
@@ -273,21 +270,23 @@ impl Args {
         {
             return Err(format!("hostfile {} does not exist", h.display()));
         }
-        if self.job_id.trim().is_empty() {
+        let job_id = self.job_id.unwrap_or_else(|| self.topic.clone());
+        if job_id.trim().is_empty() {
             return Err("--job-id must not be empty".into());
         }
-        if !self
-            .job_id
+        // It names the job's state topic, `<checkpoint-topic>.<job-id>`, which Kafka limits
+        // to 249 such characters.
+        if !job_id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            || self.job_id.len() > 200
+            || job_id.len() + self.checkpoint_topic.len() + 1 > 249
         {
-            // It names the job's state topic, `<checkpoint-topic>.<job-id>`.
             return Err(format!(
-                "--job-id may only use letters, digits, '.', '_' and '-' (at most 200), got {:?}",
-                self.job_id
+                "--job-id may only use letters, digits, '.', '_' and '-', and \
+                 <checkpoint-topic>.<job-id> must fit in 249 characters; got {job_id:?}"
             ));
         }
+        let settings = self.kafka.into_settings().map_err(|e| e.to_string())?;
         if self.max_message_bytes == 0 {
             return Err("--max-message-bytes must be positive".into());
         }
@@ -313,10 +312,7 @@ impl Args {
             .dlq_topic
             .unwrap_or_else(|| format!("{}.dlq", self.topic));
         Ok(Config {
-            settings: ClientSettings {
-                bootstrap: self.bootstrap_servers,
-                extra: self.client_settings,
-            },
+            settings,
             from: match self.from {
                 From::Earliest => StartFrom::Earliest,
                 From::Latest => StartFrom::Latest,
@@ -327,7 +323,7 @@ impl Args {
             max_message_bytes: self.max_message_bytes,
             read_ahead: self.read_ahead,
             group_id: self.group_id,
-            job_id: self.job_id,
+            job_id,
             reset: self.reset,
             checkpoint_topic: self.checkpoint_topic,
             checkpoint: !self.no_checkpoint,

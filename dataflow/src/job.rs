@@ -16,11 +16,13 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use tracing::{error, info};
 
+use retail_common::kafka::builtin_features;
+
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::input::Input;
 
 use crate::aggregate::{self, Output, Saved};
-use crate::checkpoint::{self, Checkpoint, CheckpointError, Restored, Resume};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, JobIdentity, Restored, Resume};
 use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
 use crate::sink::console::{ConsoleSink, group};
@@ -55,6 +57,49 @@ pub enum JobError {
     Delivery(u64),
     #[error("{0}")]
     Transaction(String),
+    #[error(
+        "the checkpoint of job {job_id:?} was written by a different job:\n  - {}\n\
+         Start this job over with --reset, or give it its own --job-id.",
+        differences.join("\n  - ")
+    )]
+    Mismatch {
+        job_id: String,
+        differences: Vec<String>,
+    },
+    #[error("{0}")]
+    Undecodable(String),
+}
+
+impl JobError {
+    /// The process exit status this error means.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            JobError::Delivery(_) => 3,
+            JobError::Mismatch { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What this run is built from, as its checkpoint records it.
+fn identity(config: &Config, partitions: i32) -> JobIdentity {
+    let output_dir = std::path::absolute(&config.output_dir)
+        .unwrap_or_else(|_| config.output_dir.clone())
+        .display()
+        .to_string();
+    JobIdentity {
+        format: checkpoint::FORMAT,
+        topic: config.topic.clone(),
+        partitions,
+        epoch_secs: config.clock.epoch_secs,
+        lateness_secs: config.clock.lateness_epochs * config.clock.epoch_secs,
+        output_dir,
+        aggregates_topic: config.aggregates_topic.clone(),
+        dlq_topic: config.dlq_topic.clone(),
+        alert_invoice_value_milli: config.rules.invoice_value_milli,
+        alert_quantity: config.rules.quantity,
+        alert_cancellations: config.rules.cancellations_per_epoch,
+    }
 }
 
 /// What a finished process reports.
@@ -146,6 +191,15 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             )?;
             (resume, stale) = stored.restore(config.reset)?;
         }
+        if let Some(r) = &resume {
+            let differences = r.checkpoint.mismatch(&identity(&config, partitions));
+            if !differences.is_empty() {
+                return Err(JobError::Mismatch {
+                    job_id: config.job_id.clone(),
+                    differences,
+                });
+            }
+        }
         match &resume {
             Some(r) => info!(
                 job = %config.job_id,
@@ -199,6 +253,14 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let metrics = Arc::new(Metrics::default());
     let failure: Arc<Mutex<Option<JobError>>> = Arc::new(Mutex::new(None));
     let done = Arc::new(AtomicBool::new(false));
+    info!(builtin = %builtin_features(), "librdkafka features");
+    {
+        // A source that stops the job on a batch it cannot decode stops this process's
+        // workers; the other processes of a multi-process job read on. When they have not
+        // stopped this one within a few seconds, it exits, and the job fails as a whole.
+        let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&done));
+        std::thread::spawn(move || fatal_watchdog(&metrics, &done));
+    }
     let progress = config.progress_interval.map(|every| {
         let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&done));
         std::thread::spawn(move || progress_loop(&metrics, &done, every, started))
@@ -218,15 +280,17 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 let stale = stale.lock().unwrap().take().unwrap_or_default();
                 let opened = open_writer(
                     &job,
+                    partitions,
                     dlq_partitions,
                     resume.clone(),
                     stale,
                     Arc::clone(&shutdown),
+                    Arc::clone(&metrics),
                 );
                 Some(opened.unwrap_or_else(|e| {
                     *failure.lock().unwrap() = Some(e);
                     shutdown.store(true, Ordering::Relaxed);
-                    Writer::empty(&job, None, Arc::clone(&shutdown))
+                    Writer::empty(&job, None, Arc::clone(&shutdown), Arc::clone(&metrics))
                 }))
             } else {
                 None
@@ -310,6 +374,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     if let Some(handle) = progress {
         let _ = handle.join();
     }
+    if let Some(message) = metrics.fatal() {
+        return Err(JobError::Undecodable(message));
+    }
     for result in results {
         result.map_err(JobError::Worker)?;
     }
@@ -348,10 +415,17 @@ struct Writer {
     shutdown: Arc<AtomicBool>,
     /// A commit failed: write nothing more.
     failed: bool,
+    /// Where a source records that it stopped the job: then nothing more is written.
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    fn empty(config: &Config, checkpoint: Option<Checkpoint>, shutdown: Arc<AtomicBool>) -> Writer {
+    fn empty(
+        config: &Config,
+        checkpoint: Option<Checkpoint>,
+        shutdown: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
         let state = checkpoint
             .as_ref()
             .map(|c| c.state.clone())
@@ -368,6 +442,7 @@ impl Writer {
             stale: Vec::new(),
             shutdown,
             failed: false,
+            metrics,
         }
     }
 
@@ -379,7 +454,7 @@ impl Writer {
     /// one Kafka transaction with their changes, dead letters, state entries and checkpoint.
     fn commit(&mut self, closed: Vec<(u64, Vec<Emit>)>) -> Result<(), JobError> {
         let stopping = self.checkpoint.is_some() && self.shutdown.load(Ordering::Relaxed);
-        if self.failed || stopping {
+        if self.failed || stopping || self.metrics.fatal().is_some() {
             return Ok(());
         }
         let mut next = self.checkpoint.clone().unwrap_or_default();
@@ -484,7 +559,8 @@ impl Writer {
     fn finish(&mut self) -> Result<(), JobError> {
         // Commits already queued complete, whatever happens next.
         let committed = self.kafka.as_mut().map_or(Ok(()), Committer::finish);
-        if self.failed || self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints() {
+        let stopping = self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints();
+        if self.failed || stopping || self.metrics.fatal().is_some() {
             return Ok(());
         }
         committed.map_err(kafka_error)?;
@@ -516,19 +592,23 @@ fn kafka_error(e: KafkaOutError) -> JobError {
 
 fn open_writer(
     config: &Config,
+    partitions: i32,
     dlq_partitions: i32,
     resume: Option<Checkpoint>,
     stale: Vec<String>,
     shutdown: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> Result<Writer, JobError> {
     let checkpoint = config.checkpoint.then(|| {
-        resume.clone().unwrap_or_else(|| Checkpoint {
+        let mut checkpoint = resume.clone().unwrap_or_else(|| Checkpoint {
             job_id: config.job_id.clone(),
             run: new_run(),
             ..Checkpoint::default()
-        })
+        });
+        checkpoint.identity = Some(identity(config, partitions));
+        checkpoint
     });
-    let mut writer = Writer::empty(config, checkpoint, shutdown);
+    let mut writer = Writer::empty(config, checkpoint, shutdown, metrics);
     if config.jsonl {
         let committed = resume.as_ref().map(|c| &c.files);
         let sink = JsonlSink::open(config.output_dir.clone(), committed)
@@ -578,6 +658,23 @@ fn new_run() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Exits the process 5 s after a source has stopped the job, unless it has ended by then.
+fn fatal_watchdog(metrics: &Metrics, done: &AtomicBool) {
+    let tick = Duration::from_millis(200);
+    let mut since: Option<Instant> = None;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        match (metrics.fatal(), since) {
+            (Some(_), None) => since = Some(Instant::now()),
+            (Some(message), Some(t)) if t.elapsed() > Duration::from_secs(5) => {
+                eprintln!("error: {message}");
+                std::process::exit(1);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Prints a progress line to stderr every `every` until `done`.

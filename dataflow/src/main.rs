@@ -10,7 +10,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use dataflow::cli::Args;
-use dataflow::job::{self, JobError};
+use dataflow::job;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -54,11 +54,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            let code = if matches!(e, JobError::Delivery(_)) {
-                3
-            } else {
-                1
-            };
+            let code = e.exit_code();
             eprintln!("error: {:#}", anyhow::Error::new(e));
             ExitCode::from(code)
         }

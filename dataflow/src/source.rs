@@ -27,12 +27,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -44,7 +45,7 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 use tracing::{debug, info, warn};
 
-use retail_common::kafka::ClientSettings;
+use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
 use retail_common::record::{Reject, RejectKind, SaleRef};
 use retail_common::time::epoch_seconds;
 
@@ -133,14 +134,21 @@ pub struct Metrics {
     pub bytes: AtomicU64,
     /// Messages between each worker's position and the end of its partitions.
     pub lag: AtomicI64,
+    /// Why the source stopped the job: a batch it cannot decode (the first such error).
+    pub fatal: Mutex<Option<String>>,
 }
 
-/// End of partition, as a message error or as librdkafka's global error event.
-pub fn is_end_of_partition(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-    )
+impl Metrics {
+    /// The error that stopped the job, if one did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the first fatal error.
+    fn set_fatal(&self, message: String) {
+        let mut slot = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(message);
+    }
 }
 
 /// librdkafka context that records each partition's last stable offset from the client
@@ -247,6 +255,14 @@ pub fn kafka_source<'scope>(
             });
             let held = reader.hold_back(limit);
             let handled = reader.poll_into(&config, *c.time(), limit, &mut batches, &metrics);
+            if let Some(message) = reader.undecodable.take() {
+                // librdkafka would fetch the same batch for ever: stop the whole job instead.
+                tracing::error!("{message}");
+                metrics.set_fatal(message);
+                shutdown.store(true, Ordering::Relaxed);
+                cap = None;
+                return;
+            }
             let now_at = *c.time();
             for (p, next, clock) in reader.moved_positions() {
                 // Valid as a checkpoint only once the latest epoch it has assigned is committed.
@@ -296,6 +312,8 @@ struct Reader {
     reported_lag: i64,
     /// Next offset last reported downstream, per owned partition (same order as `parts`).
     reported: Vec<i64>,
+    /// Set when a fetched batch cannot be decoded: what to tell the user.
+    undecodable: Option<String>,
 }
 
 impl Reader {
@@ -404,6 +422,7 @@ impl Reader {
             worker,
             reported_lag: 0,
             reported: Vec::new(),
+            undecodable: None,
         };
         for state in reader.parts.iter().filter(|s| s.done) {
             reader.pause(state.partition);
@@ -459,6 +478,21 @@ impl Reader {
                 None => break,
                 Some(Ok(m)) => (m.partition(), Ok(m)),
                 Some(Err(KafkaError::PartitionEOF(p))) => (p, Err(KafkaError::PartitionEOF(p))),
+                Some(Err(e)) if is_undecodable(&e) => {
+                    // Not tied to one partition here: name where each owned one stands.
+                    let at: Vec<String> = self
+                        .parts
+                        .iter()
+                        .filter(|s| !s.done)
+                        .map(|s| format!("{} at offset {}", s.partition, s.next_offset))
+                        .collect();
+                    self.undecodable = Some(undecodable_message(
+                        &e,
+                        &self.topic,
+                        &format!("one of partitions {}", at.join(", ")),
+                    ));
+                    return tally.handled;
+                }
                 Some(Err(e)) => {
                     // Broker outages and the like: librdkafka retries on its own.
                     warn!(worker = self.worker, error = %e, "Kafka consumer error; retrying");
@@ -488,6 +522,16 @@ impl Reader {
             while tally.handled < BUDGET && !state.done && !is_past(state, limit) {
                 match queue.poll(Duration::ZERO) {
                     None => break,
+                    Some(Err(e)) if is_undecodable(&e) => {
+                        // The batch starts at the partition's next offset: everything before
+                        // it was delivered through this queue.
+                        let at = format!(
+                            "partition {} at offset {}",
+                            state.partition, state.next_offset
+                        );
+                        self.undecodable = Some(undecodable_message(&e, &self.topic, &at));
+                        return tally.handled;
+                    }
                     Some(Err(e)) if !is_end_of_partition(&e) => {
                         warn!(worker = self.worker, partition = state.partition, error = %e,
                             "Kafka consumer error; retrying");
@@ -578,6 +622,17 @@ impl Reader {
             .fetch_add(lag - self.reported_lag, Ordering::Relaxed);
         self.reported_lag = lag;
     }
+}
+
+/// What the user is told when a batch at `at` of `topic` cannot be decoded.
+fn undecodable_message(error: &KafkaError, topic: &str, at: &str) -> String {
+    format!(
+        "cannot decode a record batch of topic {topic}, {at}: {error}. The batch is corrupt or \
+         uses a codec or message format this job cannot read (it reads gzip, snappy, lz4 and \
+         zstd); librdkafka would fetch it again for ever, so the job stops. Check the \
+         producer's compression.type and the broker's log; restarting resumes from the last \
+         checkpoint"
+    )
 }
 
 /// Whether a partition has run past the flow-control `limit`.

@@ -20,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
-use crate::cli::SinkConfig;
+use crate::cli::{Compression, SinkConfig};
 use crate::error::IngestError;
 
 /// How long to wait for the cluster's metadata when checking or creating the topic.
@@ -126,6 +126,7 @@ impl KafkaSink {
     /// Checks the broker, creates the topic if it is missing, and makes the producer.
     pub fn open(
         client: &retail_common::kafka::ClientSettings,
+        compression: Compression,
         topic: &str,
         partitions: i32,
     ) -> Result<KafkaSink, IngestError> {
@@ -136,8 +137,10 @@ impl KafkaSink {
             partitions = count,
             "connected to Kafka"
         );
+        let mut settings = PRODUCER_DEFAULTS.to_vec();
+        settings.push(("compression.type", compression.name()));
         let producer = client
-            .config(PRODUCER_DEFAULTS)
+            .config(&settings)
             .create_with_context(DeliveryCounter::default())
             .map_err(|source| IngestError::Producer {
                 bootstrap: client.bootstrap.clone(),
@@ -243,9 +246,10 @@ impl Sink {
         Ok(match config {
             SinkConfig::Kafka {
                 client,
+                compression,
                 topic,
                 partitions,
-            } => Sink::Kafka(KafkaSink::open(client, topic, *partitions)?),
+            } => Sink::Kafka(KafkaSink::open(client, *compression, topic, *partitions)?),
             SinkConfig::Stdout => lines(Box::new(io::stdout()), "stdout".into()),
             SinkConfig::File(path) => {
                 let file = File::create(path).map_err(|source| IngestError::Output {

@@ -1,11 +1,14 @@
-//! Kafka client settings shared by the binaries: the bootstrap address, `-X key=value`
-//! pass-through to librdkafka (for secured clusters and tuning), and topic creation.
+//! Kafka client settings shared by the binaries: the bootstrap address, client properties
+//! files (`-F`, as kcat and the Java tools read them) and `-X key=value` pass-through to
+//! librdkafka (for secured clusters and tuning), secrets kept out of every printout, the
+//! errors that mean a batch cannot be decoded, and topic creation.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -25,21 +28,257 @@ pub enum KafkaSetupError {
         bootstrap: String,
         source: KafkaError,
     },
+    #[error(
+        "Kafka at {bootstrap} refused the connection: {detail} (check security.protocol, \
+         sasl.mechanism, sasl.username, sasl.password and ssl.ca.location)"
+    )]
+    Refused { bootstrap: String, detail: String },
     #[error("cannot create topic {topic}: {detail}")]
     CreateTopic { topic: String, detail: String },
     #[error("topic {topic} does not exist on {bootstrap}")]
     NoTopic { topic: String, bootstrap: String },
+    #[error(
+        "cannot decode a record batch of {topic} (corrupt, or a codec or format this build \
+         cannot read); librdkafka would fetch it again for ever"
+    )]
+    Undecodable { topic: String, source: KafkaError },
     #[error("timed out {what} on {bootstrap}")]
     Timeout { what: String, bootstrap: String },
 }
 
 /// Where the cluster is and any extra librdkafka settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientSettings {
     pub bootstrap: String,
-    /// `-X key=value` pairs, applied after the project's own defaults so they win.
+    /// Settings from `-F` files, then `-X key=value` pairs, applied after the project's own
+    /// defaults so they win.
     pub extra: Vec<(String, String)>,
 }
+
+/// Prints the settings with every secret value replaced by [`REDACTED`].
+impl fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let extra: Vec<(&str, &str)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), redact(k, v)))
+            .collect();
+        f.debug_struct("ClientSettings")
+            .field("bootstrap", &self.bootstrap)
+            .field("extra", &extra)
+            .finish()
+    }
+}
+
+/// What a secret value is shown as.
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether the value of the client setting `key` is a secret: passwords, secrets, private
+/// keys inline, and the Java JAAS line (which carries the password).
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("jaas")
+        || key == "ssl.key.pem"
+        || key == "sasl.oauthbearer.config"
+}
+
+/// `value`, or [`REDACTED`] when `key` names a secret.
+pub fn redact<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret(key) { REDACTED } else { value }
+}
+
+/// Why a client properties file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PropertiesError {
+    #[error("cannot read client properties file {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: expected key=value (a line of a client properties file)")]
+    Syntax { path: PathBuf, line: usize },
+}
+
+/// Reads a client properties file as kcat's `-F` and the Kafka tools do: one `key=value` per
+/// line (split at the first `=`, the value kept as written), blank lines and lines starting
+/// with `#` or `!` skipped, `\=` and `\:` unescaped. Values are never echoed in errors.
+pub fn read_properties(path: &Path) -> Result<Vec<(String, String)>, PropertiesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PropertiesError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_properties(&text).map_err(|line| PropertiesError::Syntax {
+        path: path.to_owned(),
+        line,
+    })
+}
+
+/// The pairs of a properties text, or the 1-based number of the first bad line.
+fn parse_properties(text: &str) -> Result<Vec<(String, String)>, usize> {
+    let mut pairs = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let (key, value) = split_unescaped(line).ok_or(i + 1)?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(i + 1);
+        }
+        pairs.push((unescape(key), unescape(value.trim())));
+    }
+    Ok(pairs)
+}
+
+/// Splits at the first `=` that no backslash escapes.
+fn split_unescaped(line: &str) -> Option<(&str, &str)> {
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '=' if !escaped => return Some((&line[..i], &line[i + 1..])),
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("\\=", "=").replace("\\:", ":")
+}
+
+/// The client flags every binary takes, as the Kafka tools spell them.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaFlags {
+    /// Kafka bootstrap servers (host:port[,host:port...]) [default: bootstrap.servers from a
+    /// -F file, else localhost:9092]
+    #[arg(
+        short = 'b',
+        long = "bootstrap-servers",
+        value_name = "HOSTS",
+        env = "KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    pub bootstrap: Option<String>,
+
+    /// Client properties file (key=value per line, # comments), as kcat -F and the Java tools'
+    /// --command-config read it: security.protocol, sasl.*, ssl.* and any librdkafka setting.
+    /// Repeatable; later files win, -X wins over files, -b over bootstrap.servers
+    #[arg(short = 'F', long = "client-config", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// A librdkafka setting for every client, e.g. -X security.protocol=SASL_SSL (repeatable;
+    /// wins over -F files and the project's own defaults). Prefer -F for passwords: a command
+    /// line is visible to every user of the machine
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub settings: Vec<(String, String)>,
+}
+
+impl KafkaFlags {
+    /// The client settings: files in order, then `-X`; the bootstrap address from `-b` (or its
+    /// environment variable), else the last `bootstrap.servers` given, else the default.
+    pub fn into_settings(self) -> Result<ClientSettings, PropertiesError> {
+        let mut extra = Vec::new();
+        for path in &self.files {
+            extra.extend(read_properties(path)?);
+        }
+        extra.extend(self.settings);
+        let mut given = None;
+        extra.retain(|(k, v)| {
+            let bootstrap = k == "bootstrap.servers" || k == "metadata.broker.list";
+            if bootstrap {
+                given = Some(v.clone());
+            }
+            !bootstrap
+        });
+        let bootstrap = self
+            .bootstrap
+            .or(given)
+            .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_owned());
+        Ok(ClientSettings { bootstrap, extra })
+    }
+}
+
+/// Whether a consumer error means the fetched batch itself cannot be decoded (a codec this
+/// build lacks, a corrupt or unsupported batch). librdkafka does not move past such a batch,
+/// so retrying would loop for ever.
+pub fn is_undecodable(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code) => {
+            matches!(
+                code,
+                RDKafkaErrorCode::NotImplemented
+                    | RDKafkaErrorCode::BadCompression
+                    | RDKafkaErrorCode::BadMessage
+                    | RDKafkaErrorCode::UnsupportedCompressionType
+                    | RDKafkaErrorCode::InvalidMessage
+                    | RDKafkaErrorCode::UnsupportedVersion
+            )
+        }
+        _ => false,
+    }
+}
+
+/// End of partition, as a message error or as librdkafka's global error event.
+pub fn is_end_of_partition(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
+/// What librdkafka was built with (codecs, TLS, SASL mechanisms), for the start-up log.
+pub fn builtin_features() -> String {
+    ClientConfig::new()
+        .create_native_config()
+        .ok()
+        .and_then(|c| c.get("builtin.features").ok())
+        .unwrap_or_default()
+}
+
+/// Context of the set-up clients: keeps the first error that retrying cannot cure (refused
+/// credentials, a failed TLS handshake), so that set-up fails at once with it.
+#[derive(Default)]
+pub struct SetupContext {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl SetupContext {
+    /// librdkafka's words for why the broker refused the connection, if it did.
+    fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl rdkafka::ClientContext for SetupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = match &error {
+            KafkaError::Global(code) => Some(*code),
+            _ => error.rdkafka_error_code(),
+        };
+        if matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::SSL
+            )
+        ) {
+            let mut slot = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| reason.to_owned());
+        }
+        // Anything else (a broker still starting, a lost connection) librdkafka retries; if it
+        // lasts, the set-up call times out with its own error.
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SetupContext {}
 
 /// Parses one `key=value` pair (the value may contain `=`).
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -70,29 +309,49 @@ impl ClientSettings {
         config
     }
 
-    /// A client of any kind with just the bootstrap address and the user's `-X` settings.
-    fn client<C: rdkafka::config::FromClientConfig>(&self) -> Result<C, KafkaSetupError> {
+    /// A client of any kind with just the bootstrap address and the user's settings.
+    fn client<C: rdkafka::config::FromClientConfigAndContext<SetupContext>>(
+        &self,
+    ) -> Result<C, KafkaSetupError> {
         self.config(&[])
-            .create()
+            .create_with_context(SetupContext::default())
             .map_err(|source| KafkaSetupError::Client {
                 bootstrap: self.bootstrap.clone(),
                 source,
             })
     }
 
-    /// Number of partitions of `topic`, or `None` if it does not exist.
+    /// Number of partitions of `topic`, or `None` if it does not exist. Fails at once, rather
+    /// than at `timeout`, when the broker refuses the credentials or the TLS handshake.
     pub fn partition_count(
         &self,
         topic: &str,
         timeout: Duration,
     ) -> Result<Option<i32>, KafkaSetupError> {
-        let consumer: BaseConsumer = self.client()?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|source| KafkaSetupError::Metadata {
-                bootstrap: self.bootstrap.clone(),
-                source,
-            })?;
+        let consumer: BaseConsumer<SetupContext> = self.client()?;
+        let deadline = std::time::Instant::now() + timeout;
+        let metadata = loop {
+            let step = Duration::from_millis(500);
+            match consumer.fetch_metadata(Some(topic), step) {
+                Ok(metadata) => break metadata,
+                Err(source) => {
+                    // Client errors reach the context when the client is polled.
+                    let _ = consumer.poll(Duration::ZERO);
+                    if let Some(detail) = consumer.context().refused() {
+                        return Err(KafkaSetupError::Refused {
+                            bootstrap: self.bootstrap.clone(),
+                            detail,
+                        });
+                    }
+                    if std::time::Instant::now() + step > deadline {
+                        return Err(KafkaSetupError::Metadata {
+                            bootstrap: self.bootstrap.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        };
         Ok(metadata
             .topics()
             .iter()
@@ -112,7 +371,7 @@ impl ClientSettings {
         if let Some(n) = self.partition_count(topic, timeout)? {
             return Ok(n);
         }
-        let admin: AdminClient<DefaultClientContext> = self.client()?;
+        let admin: AdminClient<SetupContext> = self.client()?;
         let new_topic = NewTopic {
             name: topic,
             num_partitions: partitions,
@@ -156,6 +415,104 @@ impl ClientSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_files_read_like_kcat() {
+        let text = "# a comment\n\n  security.protocol=SASL_SSL  \n! also a comment\n\
+                    sasl.jaas.config=a b=c;\nweird\\=key=x\\:y\n";
+        assert_eq!(
+            parse_properties(text).unwrap(),
+            [
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.jaas.config".to_owned(), "a b=c;".to_owned()),
+                ("weird=key".to_owned(), "x:y".to_owned()),
+            ]
+        );
+        assert_eq!(parse_properties("a=1\nno value here\n"), Err(2));
+        assert_eq!(parse_properties("=1"), Err(1));
+    }
+
+    #[test]
+    fn files_then_x_and_b_wins() {
+        let dir = std::env::temp_dir().join(format!("kafka-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (one, two) = (dir.join("one.properties"), dir.join("two.properties"));
+        std::fs::write(
+            &one,
+            "bootstrap.servers=a:1\nlinger.ms=5\nsasl.password=s3cret\n",
+        )
+        .unwrap();
+        std::fs::write(&two, "linger.ms=7\n").unwrap();
+        let flags = |b: Option<&str>, x: &[(&str, &str)]| KafkaFlags {
+            bootstrap: b.map(str::to_owned),
+            files: vec![one.clone(), two.clone()],
+            settings: x
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let s = flags(None, &[("linger.ms", "9")]).into_settings().unwrap();
+        assert_eq!(s.bootstrap, "a:1");
+        let linger: Vec<_> = s.extra.iter().filter(|(k, _)| k == "linger.ms").collect();
+        // Applied in order, so the last one (-X) wins in librdkafka.
+        assert_eq!(linger.last().unwrap().1, "9");
+        assert_eq!(s.config(&[("linger.ms", "1")]).get("linger.ms"), Some("9"));
+        assert_eq!(
+            flags(Some("b:2"), &[]).into_settings().unwrap().bootstrap,
+            "b:2"
+        );
+        // Secrets never show in a printout.
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("s3cret") && printed.contains(REDACTED),
+            "{printed}"
+        );
+        let missing = KafkaFlags {
+            bootstrap: None,
+            files: vec![dir.join("missing")],
+            settings: Vec::new(),
+        };
+        assert!(
+            missing
+                .into_settings()
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_named_by_their_keys() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.client.secret",
+            "SASL.JAAS.CONFIG",
+            "ssl.key.pem",
+        ] {
+            assert!(is_secret(key), "{key}");
+            assert_eq!(redact(key, "x"), REDACTED);
+        }
+        for key in ["sasl.username", "security.protocol", "ssl.ca.location"] {
+            assert!(!is_secret(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn undecodable_batches_are_told_apart() {
+        assert!(is_undecodable(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::NotImplemented
+        )));
+        assert!(is_undecodable(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BadCompression
+        )));
+        assert!(!is_undecodable(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_undecodable(&KafkaError::PartitionEOF(3)));
+    }
 
     #[test]
     fn key_value_pairs() {
