@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::{Concat, OkErr, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use retail_common::kafka::builtin_features;
+use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::input::Input;
@@ -31,7 +31,7 @@ use crate::sink::kafka::{
     CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics,
 };
 use crate::sink::{Renderer, Sink, State};
-use crate::source::{DeadLetter, Metrics, Parsed, SourceConfig, SourceResume, kafka_source};
+use crate::source::{DeadLetter, Metrics, Parsed, SourceConfig, SourceResume, Stop, kafka_source};
 
 /// How long to wait for Kafka metadata at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -68,6 +68,8 @@ pub enum JobError {
     },
     #[error("{0}")]
     Undecodable(String),
+    #[error("{0}")]
+    Restart(String),
 }
 
 impl JobError {
@@ -76,6 +78,8 @@ impl JobError {
         match self {
             JobError::Delivery(_) => 3,
             JobError::Mismatch { .. } => 2,
+            // EX_TEMPFAIL: start again, and the job resumes from its checkpoint.
+            JobError::Transaction(_) | JobError::Restart(_) => 75,
             _ => 1,
         }
     }
@@ -221,10 +225,18 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let timely_config = timely::Config::from_args(config.timely_args.clone().into_iter())
         .map_err(JobError::Timely)?;
 
+    let watch = Arc::new(AtomicI32::new(partitions));
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (settings, topic) = (config.settings.clone(), config.topic.clone());
+        let (watch, done, bounded) = (Arc::clone(&watch), Arc::clone(&done), config.until_end);
+        std::thread::spawn(move || watch_partitions(&settings, &topic, &watch, &done, bounded));
+    }
     let source_config = Arc::new(SourceConfig {
         settings: config.settings.clone(),
         topic: config.topic.clone(),
         partitions,
+        watch,
         from: config.from,
         until_end: config.until_end,
         clock: config.clock,
@@ -252,7 +264,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let stale = Arc::new(Mutex::new(Some(stale)));
     let metrics = Arc::new(Metrics::default());
     let failure: Arc<Mutex<Option<JobError>>> = Arc::new(Mutex::new(None));
-    let done = Arc::new(AtomicBool::new(false));
     info!(builtin = %builtin_features(), "librdkafka features");
     {
         // A source that stops the job on a batch it cannot decode stops this process's
@@ -374,8 +385,10 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     if let Some(handle) = progress {
         let _ = handle.join();
     }
-    if let Some(message) = metrics.fatal() {
-        return Err(JobError::Undecodable(message));
+    match metrics.fatal() {
+        Some(Stop::Undecodable(message)) => return Err(JobError::Undecodable(message)),
+        Some(Stop::Restart(message)) => return Err(JobError::Restart(message)),
+        None => {}
     }
     for result in results {
         result.map_err(JobError::Worker)?;
@@ -660,6 +673,60 @@ fn new_run() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// How often the topic's partition count is read while the job runs.
+const WATCH_PARTITIONS_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps `watch` at the topic's partition count until `done`. A bounded run reads the
+/// partitions it saw at start; partitions added during it are reported, and read by the next
+/// run of the job.
+fn watch_partitions(
+    settings: &ClientSettings,
+    topic: &str,
+    watch: &AtomicI32,
+    done: &AtomicBool,
+    bounded: bool,
+) {
+    let client = match settings.metadata_client() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the topic for new partitions");
+            return;
+        }
+    };
+    let mut waited = Duration::ZERO;
+    let tick = Duration::from_millis(100);
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        waited += tick;
+        if waited < WATCH_PARTITIONS_EVERY {
+            continue;
+        }
+        waited = Duration::ZERO;
+        // A failed look (a broker restarting) is simply tried again.
+        let Ok(Some(now)) = count_partitions(&client, topic, METADATA_TIMEOUT) else {
+            continue;
+        };
+        let before = watch.load(Ordering::Relaxed);
+        if now > before {
+            if bounded {
+                warn!(
+                    topic,
+                    before,
+                    now,
+                    "partitions were added to the topic during this bounded run; it reads the \
+                     partitions it saw at start, the next run of the job reads the new ones"
+                );
+            } else {
+                info!(
+                    topic,
+                    before, now, "the topic grew: reading its new partitions"
+                );
+            }
+            watch.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Exits the process 5 s after a source has stopped the job, unless it has ended by then.
 fn fatal_watchdog(metrics: &Metrics, done: &AtomicBool) {
     let tick = Duration::from_millis(200);
@@ -668,9 +735,13 @@ fn fatal_watchdog(metrics: &Metrics, done: &AtomicBool) {
         std::thread::sleep(tick);
         match (metrics.fatal(), since) {
             (Some(_), None) => since = Some(Instant::now()),
-            (Some(message), Some(t)) if t.elapsed() > Duration::from_secs(5) => {
+            (Some(stop), Some(t)) if t.elapsed() > Duration::from_secs(5) => {
+                let (message, code) = match stop {
+                    Stop::Undecodable(m) => (m, 1),
+                    Stop::Restart(m) => (m, 75),
+                };
                 eprintln!("error: {message}");
-                std::process::exit(1);
+                std::process::exit(code);
             }
             _ => {}
         }

@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -59,6 +59,8 @@ const BUDGET: usize = 8192;
 const BACKSTOP: Duration = Duration::from_millis(100);
 /// How soon a source with partitions held back by flow control looks at the frontier again.
 const HELD_RECHECK: Duration = Duration::from_millis(2);
+/// How often a worker that owns no partition looks whether the topic grew one for it.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Where to start reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +74,11 @@ pub enum StartFrom {
 pub struct SourceConfig {
     pub settings: ClientSettings,
     pub topic: String,
-    /// Partition count of the topic, read once at start.
+    /// Partition count of the topic when the job started.
     pub partitions: i32,
+    /// The topic's current partition count, kept up to date by a metadata watcher while a
+    /// live job runs: partitions added to the topic are read from their start.
+    pub watch: Arc<AtomicI32>,
     pub from: StartFrom,
     /// Read up to the end offsets seen at start, then close.
     pub until_end: bool,
@@ -134,27 +139,37 @@ pub struct Metrics {
     pub bytes: AtomicU64,
     /// Messages between each worker's position and the end of its partitions.
     pub lag: AtomicI64,
-    /// Why the source stopped the job: a batch it cannot decode (the first such error).
-    pub fatal: Mutex<Option<String>>,
+    /// Why a source stopped the job (the first reason).
+    pub fatal: Mutex<Option<Stop>>,
+}
+
+/// Why a source stopped the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A fetched batch cannot be decoded: librdkafka would fetch it again for ever.
+    Undecodable(String),
+    /// The topic grew and a new partition falls to a worker that has released its epochs; a
+    /// restart resumes from the checkpoint and reads it.
+    Restart(String),
 }
 
 impl Metrics {
-    /// The error that stopped the job, if one did.
-    pub fn fatal(&self) -> Option<String> {
+    /// Why a source stopped the job, if one did.
+    pub fn fatal(&self) -> Option<Stop> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Records the first fatal error.
-    fn set_fatal(&self, message: String) {
+    /// Records the first reason to stop.
+    fn set_fatal(&self, stop: Stop) {
         let mut slot = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(message);
+        slot.get_or_insert(stop);
     }
 }
 
 /// librdkafka context that records each partition's last stable offset from the client
 /// statistics, so lag can be shown without a blocking request on the worker thread.
 struct LagContext {
-    last_stable: Arc<Vec<AtomicI64>>,
+    last_stable: Arc<Mutex<Vec<i64>>>,
 }
 
 impl ClientContext for LagContext {
@@ -166,14 +181,16 @@ impl ClientContext for LagContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        let mut last_stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
         for topic in statistics.topics.values() {
             for p in topic.partitions.values() {
-                if let Some(slot) = usize::try_from(p.partition)
-                    .ok()
-                    .and_then(|i| self.last_stable.get(i))
+                if let Ok(i) = usize::try_from(p.partition)
                     && p.ls_offset >= 0
                 {
-                    slot.store(p.ls_offset, Ordering::Relaxed);
+                    if i >= last_stable.len() {
+                        last_stable.resize(i + 1, -1);
+                    }
+                    last_stable[i] = p.ls_offset;
                 }
             }
         }
@@ -228,13 +245,36 @@ pub fn kafka_source<'scope>(
             cap.downgrade(&(r.committed + 1));
         }
         let owned = owned_partitions(config.partitions, index, peers);
+        let activator = scope.activator_for(info.address.clone());
         if owned.is_empty() {
-            // Nothing to read: release the capability at once so epochs can close.
+            // Nothing to read: release the capability at once so epochs can close. A live job
+            // keeps watching: should the topic grow a partition this worker owns, it cannot
+            // take it without its capability, so it stops the job for a restart that does.
             debug!(worker = index, "owns no partition");
             drop(cap);
-            return Box::new(|_: &mut SourceOutput<'_>| {}) as SourceLogic;
+            if config.until_end {
+                return Box::new(|_: &mut SourceOutput<'_>| {}) as SourceLogic;
+            }
+            return Box::new(move |_: &mut SourceOutput<'_>| {
+                if shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                let now = config.watch.load(Ordering::Relaxed);
+                if let Some(p) = (config.partitions..now).find(|p| *p as usize % peers == index) {
+                    let message = format!(
+                        "topic {} grew to {now} partitions; partition {p} falls to worker \
+                         {index}, which owns no partition and has released its epochs: \
+                         stopping so that a restart reads it from the checkpoint",
+                        config.topic
+                    );
+                    warn!("{message}");
+                    metrics.set_fatal(Stop::Restart(message));
+                    shutdown.store(true, Ordering::Relaxed);
+                    return;
+                }
+                activator.activate_after(WATCH_EVERY);
+            }) as SourceLogic;
         }
-        let activator = scope.activator_for(info.address.clone());
         let wake = worker.sync_activator_for(info.address.to_vec());
         let mut reader = Reader::open(&config, &owned, index, wake)
             .unwrap_or_else(|e| panic!("worker {index}: cannot start the Kafka source: {e:#}"));
@@ -253,12 +293,18 @@ pub fn kafka_source<'scope>(
                 f.saturating_add(config.clock.lateness_epochs)
                     .saturating_add(config.read_ahead)
             });
+            if !config.until_end {
+                let now = config.watch.load(Ordering::Relaxed);
+                if now > reader.known {
+                    reader.grow(&config, now, index, peers, *c.time());
+                }
+            }
             let held = reader.hold_back(limit);
             let handled = reader.poll_into(&config, *c.time(), limit, &mut batches, &metrics);
             if let Some(message) = reader.undecodable.take() {
                 // librdkafka would fetch the same batch for ever: stop the whole job instead.
                 tracing::error!("{message}");
-                metrics.set_fatal(message);
+                metrics.set_fatal(Stop::Undecodable(message));
                 shutdown.store(true, Ordering::Relaxed);
                 cap = None;
                 return;
@@ -307,7 +353,13 @@ struct Reader {
     parts: Vec<PartitionState>,
     /// Position in `parts` of each partition number.
     slot: Vec<Option<usize>>,
-    last_stable: Arc<Vec<AtomicI64>>,
+    /// The topic's partition count as this reader knows it (it grows with the topic).
+    known: i32,
+    /// Called when a partition's queue becomes non-empty.
+    wake: SyncActivator,
+    /// Not before this instant is a grown topic's partition tried again.
+    grow_after: Option<Instant>,
+    last_stable: Arc<Mutex<Vec<i64>>>,
     worker: usize,
     reported_lag: i64,
     /// Next offset last reported downstream, per owned partition (same order as `parts`).
@@ -325,8 +377,7 @@ impl Reader {
         worker: usize,
         wake: SyncActivator,
     ) -> anyhow::Result<Reader> {
-        let last_stable: Arc<Vec<AtomicI64>> =
-            Arc::new((0..config.partitions).map(|_| AtomicI64::new(-1)).collect());
+        let last_stable = Arc::new(Mutex::new(vec![-1; config.partitions as usize]));
         let context = LagContext {
             last_stable: Arc::clone(&last_stable),
         };
@@ -360,6 +411,9 @@ impl Reader {
             let resumed = config.resume.as_ref().and_then(|r| r.partitions.get(&p));
             let start = match (resumed, config.from) {
                 (Some(r), _) => r.offset.max(low),
+                // Resuming, a partition the checkpoint does not know was added to the topic
+                // since: all of it is new.
+                (None, _) if config.resume.is_some() => low,
                 (None, StartFrom::Earliest) => low,
                 (None, StartFrom::Latest) => high,
             };
@@ -376,9 +430,15 @@ impl Reader {
             assignment.add_partition_offset(&config.topic, p, Offset::Offset(start))?;
             let end = config.until_end.then_some(high);
             slot[p as usize] = Some(parts.len());
+            let clock = match (resumed, &config.resume) {
+                (Some(r), _) => r.clock.clone(),
+                // New since the checkpoint: its records may not reach committed epochs.
+                (None, Some(r)) => floored(r.committed + 1),
+                (None, None) => PartitionClock::default(),
+            };
             parts.push(PartitionState {
                 partition: p,
-                clock: resumed.map(|r| r.clock.clone()).unwrap_or_default(),
+                clock,
                 next_offset: start,
                 end,
                 done: end.is_some_and(|e| start >= e),
@@ -403,14 +463,7 @@ impl Reader {
         let consumer = Arc::new(consumer);
         let queues = parts
             .iter()
-            .map(|s| {
-                let mut queue = consumer.split_partition_queue(&config.topic, s.partition)?;
-                let wake = wake.clone();
-                queue.set_nonempty_callback(move || {
-                    let _ = wake.activate();
-                });
-                Some(queue)
-            })
+            .map(|s| partition_queue(&consumer, &config.topic, s.partition, &wake))
             .collect();
         let reader = Reader {
             consumer,
@@ -418,6 +471,9 @@ impl Reader {
             topic: config.topic.clone(),
             parts,
             slot,
+            known: config.partitions,
+            wake,
+            grow_after: None,
             last_stable,
             worker,
             reported_lag: 0,
@@ -428,6 +484,71 @@ impl Reader {
             reader.pause(state.partition);
         }
         Ok(reader)
+    }
+
+    /// Takes on the partitions of a grown topic that this worker owns, read from their start.
+    /// Their records may not reach epochs before `current`, which may be closed already.
+    fn grow(&mut self, config: &SourceConfig, now: i32, index: usize, peers: usize, current: u64) {
+        if self.grow_after.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let owns = |p: i32| p as usize % peers == index;
+        if (self.known..now).any(owns) {
+            // The consumer learns of new partitions from metadata; ask for it now rather than
+            // at its next periodic refresh, minutes away.
+            let _ = self
+                .consumer
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(5));
+        }
+        for p in self.known..now {
+            if !owns(p) {
+                self.known = p + 1;
+                continue;
+            }
+            let low = match self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+            {
+                Ok((low, _)) => low,
+                Err(e) => {
+                    // Metadata may lag the new partition for a moment: try again soon.
+                    debug!(worker = self.worker, partition = p, error = %e,
+                        "new partition not ready yet");
+                    self.grow_after = Some(Instant::now() + Duration::from_millis(500));
+                    return;
+                }
+            };
+            let mut tpl = TopicPartitionList::new();
+            let assigned = tpl
+                .add_partition_offset(&self.topic, p, Offset::Offset(low))
+                .and_then(|()| self.consumer.incremental_assign(&tpl));
+            if let Err(e) = assigned {
+                warn!(worker = self.worker, partition = p, error = %e,
+                    "cannot assign the new partition yet");
+                self.grow_after = Some(Instant::now() + Duration::from_millis(500));
+                return;
+            }
+            if self.slot.len() <= p as usize {
+                self.slot.resize(p as usize + 1, None);
+            }
+            self.slot[p as usize] = Some(self.parts.len());
+            self.parts.push(PartitionState {
+                partition: p,
+                clock: floored(current),
+                next_offset: low,
+                end: None,
+                done: false,
+                dead_through: -1,
+                caught_up: false,
+                last_message: Instant::now(),
+                held: false,
+            });
+            self.queues
+                .push(partition_queue(&self.consumer, &self.topic, p, &self.wake));
+            info!(worker = self.worker, topic = %config.topic, partition = p, offset = low,
+                "reading a partition added to the topic, from its start");
+            self.known = p + 1;
+        }
     }
 
     fn pause(&self, partition: i32) {
@@ -605,11 +726,12 @@ impl Reader {
     }
 
     fn report_lag(&mut self, metrics: &Metrics) {
+        let last_stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
         let lag: i64 = self
             .parts
             .iter()
             .map(|s| {
-                let stable = self.last_stable[s.partition as usize].load(Ordering::Relaxed);
+                let stable = last_stable.get(s.partition as usize).copied().unwrap_or(-1);
                 if s.done || stable < 0 {
                     0
                 } else {
@@ -622,6 +744,28 @@ impl Reader {
             .fetch_add(lag - self.reported_lag, Ordering::Relaxed);
         self.reported_lag = lag;
     }
+}
+
+/// A clock that assigns nothing before `epoch`.
+fn floored(epoch: u64) -> PartitionClock {
+    let mut clock = PartitionClock::default();
+    clock.raise_floor(epoch);
+    clock
+}
+
+/// The partition's own queue, which wakes the source when it becomes non-empty.
+fn partition_queue(
+    consumer: &Arc<BaseConsumer<LagContext>>,
+    topic: &str,
+    partition: i32,
+    wake: &SyncActivator,
+) -> Option<PartitionQueue<LagContext>> {
+    let mut queue = consumer.split_partition_queue(topic, partition)?;
+    let wake = wake.clone();
+    queue.set_nonempty_callback(move || {
+        let _ = wake.activate();
+    });
+    Some(queue)
 }
 
 /// What the user is told when a batch at `at` of `topic` cannot be decoded.

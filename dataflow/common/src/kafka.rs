@@ -239,6 +239,49 @@ pub fn builtin_features() -> String {
         .unwrap_or_default()
 }
 
+/// A client kept for repeated metadata requests.
+pub struct MetadataClient {
+    consumer: BaseConsumer<SetupContext>,
+    bootstrap: String,
+}
+
+/// Number of partitions of `topic`, or `None` if it does not exist; see
+/// [`ClientSettings::partition_count`].
+pub fn count_partitions(
+    client: &MetadataClient,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, KafkaSetupError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let metadata = loop {
+        let step = Duration::from_millis(500);
+        match client.consumer.fetch_metadata(Some(topic), step) {
+            Ok(metadata) => break metadata,
+            Err(source) => {
+                // Client errors reach the context when the client is polled.
+                let _ = client.consumer.poll(Duration::ZERO);
+                if let Some(detail) = client.consumer.context().refused() {
+                    return Err(KafkaSetupError::Refused {
+                        bootstrap: client.bootstrap.clone(),
+                        detail,
+                    });
+                }
+                if std::time::Instant::now() + step > deadline {
+                    return Err(KafkaSetupError::Metadata {
+                        bootstrap: client.bootstrap.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
 /// Context of the set-up clients: keeps the first error that retrying cannot cure (refused
 /// credentials, a failed TLS handshake), so that set-up fails at once with it.
 #[derive(Default)]
@@ -321,6 +364,14 @@ impl ClientSettings {
             })
     }
 
+    /// A client for metadata requests, to use with [`count_partitions`].
+    pub fn metadata_client(&self) -> Result<MetadataClient, KafkaSetupError> {
+        Ok(MetadataClient {
+            consumer: self.client()?,
+            bootstrap: self.bootstrap.clone(),
+        })
+    }
+
     /// Number of partitions of `topic`, or `None` if it does not exist. Fails at once, rather
     /// than at `timeout`, when the broker refuses the credentials or the TLS handshake.
     pub fn partition_count(
@@ -328,35 +379,7 @@ impl ClientSettings {
         topic: &str,
         timeout: Duration,
     ) -> Result<Option<i32>, KafkaSetupError> {
-        let consumer: BaseConsumer<SetupContext> = self.client()?;
-        let deadline = std::time::Instant::now() + timeout;
-        let metadata = loop {
-            let step = Duration::from_millis(500);
-            match consumer.fetch_metadata(Some(topic), step) {
-                Ok(metadata) => break metadata,
-                Err(source) => {
-                    // Client errors reach the context when the client is polled.
-                    let _ = consumer.poll(Duration::ZERO);
-                    if let Some(detail) = consumer.context().refused() {
-                        return Err(KafkaSetupError::Refused {
-                            bootstrap: self.bootstrap.clone(),
-                            detail,
-                        });
-                    }
-                    if std::time::Instant::now() + step > deadline {
-                        return Err(KafkaSetupError::Metadata {
-                            bootstrap: self.bootstrap.clone(),
-                            source,
-                        });
-                    }
-                }
-            }
-        };
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len() as i32))
+        count_partitions(&self.metadata_client()?, topic, timeout)
     }
 
     /// Creates `topic` with `partitions` partitions unless it exists; returns its partition
