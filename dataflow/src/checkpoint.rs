@@ -35,7 +35,7 @@ use retail_common::kafka::{ClientSettings, KafkaSetupError, is_end_of_partition,
 
 use crate::aggregate::Saved;
 use crate::epoch::PartitionClock;
-use crate::sink::State;
+use crate::state::State;
 
 /// The record committed with each transaction.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -169,6 +169,40 @@ pub struct Resume {
 }
 
 impl Checkpoint {
+    /// A dead letter of a closed epoch: once this checkpoint is committed, a resumed job does
+    /// not send it again.
+    pub fn dead_letter(&mut self, partition: i32, offset: i64) {
+        let through = self.dead_through.entry(partition).or_insert(offset);
+        *through = (*through).max(offset);
+    }
+
+    /// A partition's position in a closed epoch: every record before `offset` is in the
+    /// committed epochs, so a resumed job starts the partition there with `clock`.
+    pub fn position(&mut self, partition: i32, offset: i64, clock: PartitionClock) {
+        let resume = self.partitions.entry(partition).or_default();
+        if offset >= resume.offset {
+            *resume = Resume { offset, clock };
+        }
+    }
+
+    /// Seals the next commit, which holds the closed epochs up to `epoch` (starting at
+    /// `label`): the JSON-lines files' lengths after them and the writer's state (its alerts
+    /// are state entries of their own).
+    pub fn seal(&mut self, epoch: u64, label: String, files: BTreeMap<String, u64>, state: &State) {
+        self.epoch = Some(epoch);
+        self.epoch_start = label;
+        self.files = files;
+        self.state = State {
+            totals: state.totals,
+            by_country: state.by_country.clone(),
+            top_products: state.top_products.clone(),
+            epochs: state.epochs,
+            alerts: BTreeMap::new(),
+            dead_letters: state.dead_letters.clone(),
+        };
+        self.commits += 1;
+    }
+
     /// The offsets to commit to the consumer group.
     pub fn offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.partitions.iter().map(|(p, r)| (*p, r.offset))

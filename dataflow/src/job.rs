@@ -1,37 +1,30 @@
 //! Runs one process of the job: checks Kafka, builds the dataflow on every worker, drives it to
 //! completion and reports.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use differential_dataflow::AsCollection;
+use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::ProbeHandle;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::core::{Concat, OkErr, Probe};
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::vec::Map;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+use retail_common::exit;
 use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 
-use differential_dataflow::consolidation::consolidate_updates;
-use differential_dataflow::input::Input;
-
-use crate::aggregate::{self, Output, Saved};
-use crate::checkpoint::{self, Checkpoint, CheckpointError, JobIdentity, Restored, Resume};
+use crate::aggregate::{self, Saved};
+use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
-use crate::epoch::{PartitionClock, take_closed};
-use crate::sink::console::{ConsoleSink, group};
-use crate::sink::jsonl::JsonlSink;
-use crate::sink::kafka::{
-    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics,
-};
-use crate::sink::{Renderer, Sink, State};
-use crate::source::{DeadLetter, Metrics, Parsed, SourceConfig, SourceResume, Stop, kafka_source};
+use crate::parse::Parsed;
+use crate::sink::console::group;
+use crate::sink::kafka::KafkaOutError;
+use crate::sink::writer::{self, Emit, WriteError};
+use crate::source::{Metrics, SourceConfig, SourceResume, Stop, kafka_source};
 
 /// How long to wait for Kafka metadata at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -49,14 +42,10 @@ pub enum JobError {
     NoTopic { topic: String, bootstrap: String },
     #[error("bad timely configuration: {0}")]
     Timely(String),
-    #[error("cannot write output: {0}")]
-    Output(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
     #[error("a worker failed: {0}")]
     Worker(String),
-    #[error("{0} Kafka output records were not delivered")]
-    Delivery(u64),
-    #[error("{0}")]
-    Transaction(String),
     #[error(
         "the checkpoint of job {job_id:?} was written by a different job:\n  - {}\n\
          Start this job over with --reset, or give it its own --job-id.",
@@ -76,33 +65,15 @@ impl JobError {
     /// The process exit status this error means.
     pub fn exit_code(&self) -> u8 {
         match self {
-            JobError::Delivery(_) => 3,
-            JobError::Mismatch { .. } => 2,
-            // EX_TEMPFAIL: start again, and the job resumes from its checkpoint.
-            JobError::Transaction(_) | JobError::Restart(_) => 75,
-            _ => 1,
+            JobError::Write(WriteError::Kafka(KafkaOutError::Undelivered(_))) => exit::UNDELIVERED,
+            JobError::Mismatch { .. } => exit::USAGE,
+            // Start again, and the job resumes from its checkpoint.
+            JobError::Write(WriteError::Kafka(
+                KafkaOutError::Aborted(_) | KafkaOutError::Fatal(_),
+            ))
+            | JobError::Restart(_) => exit::RESTART,
+            _ => exit::ERROR,
         }
-    }
-}
-
-/// What this run is built from, as its checkpoint records it.
-fn identity(config: &Config, partitions: i32) -> JobIdentity {
-    let output_dir = std::path::absolute(&config.output_dir)
-        .unwrap_or_else(|_| config.output_dir.clone())
-        .display()
-        .to_string();
-    JobIdentity {
-        format: checkpoint::FORMAT,
-        topic: config.topic.clone(),
-        partitions,
-        epoch_secs: config.clock.epoch_secs,
-        lateness_secs: config.clock.lateness_epochs * config.clock.epoch_secs,
-        output_dir,
-        aggregates_topic: config.aggregates_topic.clone(),
-        dlq_topic: config.dlq_topic.clone(),
-        alert_invoice_value_milli: config.rules.invoice_value_milli,
-        alert_quantity: config.rules.quantity,
-        alert_cancellations: config.rules.cancellations_per_epoch,
     }
 }
 
@@ -120,30 +91,6 @@ pub struct Report {
     pub seconds: f64,
     pub records_per_sec: f64,
     pub interrupted: bool,
-}
-
-/// What crosses from the aggregates and the source to the single writer.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-enum Emit {
-    Out(Output, u64, isize),
-    Dead(DeadLetter, u64),
-    /// A partition's next offset and watermark state.
-    Position(i32, i64, PartitionClock, u64),
-    /// A change of the state a checkpoint keeps.
-    Saved(Saved, u64, isize),
-}
-
-impl Emit {
-    /// The epoch the item belongs to. Differential keeps times in the data: a message's
-    /// capability is only a lower bound for the times it carries.
-    fn time(&self) -> u64 {
-        match self {
-            Emit::Out(_, t, _)
-            | Emit::Dead(_, t)
-            | Emit::Position(_, _, _, t)
-            | Emit::Saved(_, t, _) => *t,
-        }
-    }
 }
 
 /// Runs this process's part of the job until a bounded run ends or `shutdown` is set.
@@ -196,7 +143,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             (resume, stale) = stored.restore(config.reset)?;
         }
         if let Some(r) = &resume {
-            let differences = r.checkpoint.mismatch(&identity(&config, partitions));
+            let differences = r
+                .checkpoint
+                .mismatch(&writer::identity(&config, partitions));
             if !differences.is_empty() {
                 return Err(JobError::Mismatch {
                     job_id: config.job_id.clone(),
@@ -263,7 +212,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let saved = Arc::new(Mutex::new(Some(saved)));
     let stale = Arc::new(Mutex::new(Some(stale)));
     let metrics = Arc::new(Metrics::default());
-    let failure: Arc<Mutex<Option<JobError>>> = Arc::new(Mutex::new(None));
+    let failure: Arc<Mutex<Option<WriteError>>> = Arc::new(Mutex::new(None));
     info!(builtin = %builtin_features(), "librdkafka features");
     {
         // A source that stops the job on a batch it cannot decode stops this process's
@@ -289,7 +238,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             let index = worker.index();
             let writer = if index == 0 {
                 let stale = stale.lock().unwrap().take().unwrap_or_default();
-                let opened = open_writer(
+                let opened = writer::open_writer(
                     &job,
                     partitions,
                     dlq_partitions,
@@ -301,7 +250,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 Some(opened.unwrap_or_else(|e| {
                     *failure.lock().unwrap() = Some(e);
                     shutdown.store(true, Ordering::Relaxed);
-                    Writer::empty(&job, None, Arc::clone(&shutdown), Arc::clone(&metrics))
+                    writer::Writer::empty(&job, None, Arc::clone(&shutdown), Arc::clone(&metrics))
                 }))
             } else {
                 None
@@ -334,35 +283,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, t),
                     Parsed::Line(_) => unreachable!("lines were split off"),
                 });
-                let mut writer = writer;
-                let mut stash: BTreeMap<u64, Vec<Emit>> = BTreeMap::new();
-                let mut finished = false;
-                outputs.concat(dead).probe_with(&probe).sink(
-                    Exchange::new(|_: &Emit| 0),
-                    "Writer",
-                    move |(input, frontier)| {
-                        input.for_each(|_, data| {
-                            for item in data.drain(..) {
-                                stash.entry(item.time()).or_default().push(item);
-                            }
-                        });
-                        let Some(w) = writer.as_mut() else { return };
-                        let closed = take_closed(&mut stash, frontier);
-                        if !closed.is_empty()
-                            && let Err(e) = w.commit(closed)
-                        {
-                            error!(error = %e, "output failed; stopping");
-                            *failure.lock().unwrap() = Some(e);
-                        }
-                        if frontier.is_empty() && !finished {
-                            finished = true;
-                            if let Err(e) = w.finish() {
-                                error!(error = %e, "output failed at the end");
-                                *failure.lock().unwrap() = Some(e);
-                            }
-                        }
-                    },
-                );
+                writer::write(outputs.concat(dead), writer, failure, &probe);
                 state
             });
             if let (0, Some(at)) = (index, restored_at)
@@ -394,7 +315,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         result.map_err(JobError::Worker)?;
     }
     if let Some(e) = failure.lock().unwrap().take() {
-        return Err(e);
+        return Err(e.into());
     }
     let seconds = started.elapsed().as_secs_f64();
     let messages = metrics.messages.load(Ordering::Relaxed);
@@ -410,267 +331,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         records_per_sec: messages as f64 / seconds.max(1e-9),
         interrupted: shutdown.load(Ordering::Relaxed),
     })
-}
-
-/// The sinks of worker 0, the state they render from, and what is committed.
-struct Writer {
-    renderer: Renderer,
-    jsonl: Option<JsonlSink>,
-    console: Option<ConsoleSink>,
-    /// Kafka outputs and checkpoints, committed on a thread of their own.
-    kafka: Option<Committer>,
-    /// The last checkpoint written (or read at start): epochs up to its epoch are not written
-    /// again.
-    checkpoint: Option<Checkpoint>,
-    /// Entries of older runs, deleted by the next commit.
-    stale: Vec<String>,
-    /// Set by Ctrl-C: with checkpoints, nothing more is committed.
-    shutdown: Arc<AtomicBool>,
-    /// A commit failed: write nothing more.
-    failed: bool,
-    /// Where a source records that it stopped the job: then nothing more is written.
-    metrics: Arc<Metrics>,
-}
-
-impl Writer {
-    fn empty(
-        config: &Config,
-        checkpoint: Option<Checkpoint>,
-        shutdown: Arc<AtomicBool>,
-        metrics: Arc<Metrics>,
-    ) -> Writer {
-        let state = checkpoint
-            .as_ref()
-            .map(|c| c.state.clone())
-            .unwrap_or_default();
-        Writer {
-            renderer: Renderer {
-                clock: config.clock,
-                state,
-            },
-            jsonl: None,
-            console: None,
-            kafka: None,
-            checkpoint,
-            stale: Vec::new(),
-            shutdown,
-            failed: false,
-            metrics,
-        }
-    }
-
-    fn committed(&self) -> Option<u64> {
-        self.checkpoint.as_ref().and_then(|c| c.epoch)
-    }
-
-    /// Renders the closed epochs after the checkpoint and writes them: the files first, then
-    /// one Kafka transaction with their changes, dead letters, state entries and checkpoint.
-    fn commit(&mut self, closed: Vec<(u64, Vec<Emit>)>) -> Result<(), JobError> {
-        let stopping = self.checkpoint.is_some() && self.shutdown.load(Ordering::Relaxed);
-        if self.failed || stopping || self.metrics.fatal().is_some() {
-            return Ok(());
-        }
-        let mut next = self.checkpoint.clone().unwrap_or_default();
-        let mut saved_changes = Vec::new();
-        let mut batches = Vec::new();
-        for (epoch, items) in closed {
-            // Only the restored state arrives at committed epochs; the writer holds it already.
-            if self.committed().is_some_and(|c| epoch <= c) {
-                continue;
-            }
-            let mut updates = Vec::new();
-            let mut dead = Vec::new();
-            let mut saved = Vec::new();
-            for item in items {
-                match item {
-                    Emit::Out(o, _, r) => updates.push((o, r)),
-                    Emit::Dead(d, _) => {
-                        let through = next.dead_through.entry(d.partition).or_insert(d.offset);
-                        *through = (*through).max(d.offset);
-                        dead.push(d);
-                    }
-                    Emit::Position(p, offset, clock, _) => {
-                        let resume = next.partitions.entry(p).or_default();
-                        if offset >= resume.offset {
-                            *resume = Resume { offset, clock };
-                        }
-                    }
-                    Emit::Saved(entry, t, r) => saved.push((entry, t, r)),
-                }
-            }
-            consolidate_updates(&mut saved);
-            // An entry's old value (-1) goes before its new one (+1).
-            saved.sort_by_key(|(_, _, r)| *r);
-            saved_changes.extend(saved.into_iter().map(|(entry, _, r)| (entry, r)));
-            batches.push(self.renderer.render(epoch, updates, dead));
-        }
-        let Some(last) = batches.last().map(|b| (b.epoch, b.label.clone())) else {
-            return Ok(());
-        };
-        let state = &self.renderer.state;
-        if let Some(jsonl) = &mut self.jsonl {
-            for batch in &batches {
-                jsonl.write(batch, state).map_err(output_error)?;
-            }
-        }
-        if let Some(console) = &mut self.console {
-            for batch in &batches {
-                if let Err(e) = console.write(batch, state) {
-                    // `dataflow | head`: the reader left; the other sinks go on.
-                    if e.kind() != std::io::ErrorKind::BrokenPipe {
-                        return Err(output_error(e));
-                    }
-                    self.console = None;
-                    break;
-                }
-            }
-        }
-        let checkpoints = self.checkpoint.is_some();
-        let mut alerts = Vec::new();
-        if checkpoints {
-            for change in batches.iter().flat_map(|b| &b.changes) {
-                if change.stream == "alerts" {
-                    alerts.push((change.key.clone(), state.alerts.get(&change.key).cloned()));
-                }
-            }
-            next.epoch = Some(last.0);
-            next.epoch_start = last.1;
-            next.files = match &mut self.jsonl {
-                Some(j) => j.lengths().map_err(output_error)?,
-                None => BTreeMap::new(),
-            };
-            next.state = State {
-                totals: state.totals,
-                by_country: state.by_country.clone(),
-                top_products: state.top_products.clone(),
-                epochs: state.epochs,
-                alerts: BTreeMap::new(),
-                dead_letters: state.dead_letters.clone(),
-            };
-            next.commits += 1;
-        }
-        if let Some(kafka) = &mut self.kafka {
-            let commit = Commit {
-                batches,
-                saved: saved_changes,
-                alerts,
-                stale: std::mem::take(&mut self.stale),
-                checkpoint: next.clone(),
-            };
-            if let Err(e) = kafka.send(commit) {
-                self.failed = true;
-                return Err(kafka_error(e));
-            }
-        }
-        if checkpoints {
-            self.checkpoint = Some(next);
-        }
-        Ok(())
-    }
-
-    /// After the last epoch: flush, and write summary.json unless the run was interrupted.
-    fn finish(&mut self) -> Result<(), JobError> {
-        // Commits already queued complete, whatever happens next.
-        let committed = self.kafka.as_mut().map_or(Ok(()), Committer::finish);
-        let stopping = self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints();
-        if self.failed || stopping || self.metrics.fatal().is_some() {
-            return Ok(());
-        }
-        committed.map_err(kafka_error)?;
-        let state = &self.renderer.state;
-        if let Some(console) = &mut self.console {
-            let _ = console.finish(state);
-        }
-        if let Some(jsonl) = &mut self.jsonl {
-            jsonl.finish(state).map_err(output_error)?;
-        }
-        Ok(())
-    }
-
-    fn kafka_checkpoints(&self) -> bool {
-        self.checkpoint.is_some()
-    }
-}
-
-fn output_error(e: std::io::Error) -> JobError {
-    JobError::Output(e.to_string())
-}
-
-fn kafka_error(e: KafkaOutError) -> JobError {
-    match e {
-        KafkaOutError::Undelivered(n) => JobError::Delivery(n),
-        other => JobError::Transaction(other.to_string()),
-    }
-}
-
-fn open_writer(
-    config: &Config,
-    partitions: i32,
-    dlq_partitions: i32,
-    resume: Option<Checkpoint>,
-    stale: Vec<String>,
-    shutdown: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-) -> Result<Writer, JobError> {
-    let checkpoint = config.checkpoint.then(|| {
-        let mut checkpoint = resume.clone().unwrap_or_else(|| Checkpoint {
-            job_id: config.job_id.clone(),
-            run: new_run(),
-            ..Checkpoint::default()
-        });
-        checkpoint.identity = Some(identity(config, partitions));
-        checkpoint
-    });
-    let mut writer = Writer::empty(config, checkpoint, shutdown, metrics);
-    if config.jsonl {
-        let committed = resume.as_ref().map(|c| &c.files);
-        let sink = JsonlSink::open(config.output_dir.clone(), committed)
-            .map_err(|e| JobError::Output(format!("{}: {e}", config.output_dir.display())))?;
-        writer.jsonl = Some(sink);
-    }
-    let outputs = config.kafka.then(|| OutputTopics {
-        aggregates: config.aggregates_topic.clone(),
-        dlq: config.dlq_topic.clone(),
-        source: config.topic.clone(),
-        dlq_partitions,
-    });
-    let target = config.checkpoint.then(|| CheckpointTarget {
-        topic: config.checkpoint_topic.clone(),
-        state_topic: checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
-        job_id: config.job_id.clone(),
-        source: config.topic.clone(),
-        group_id: config.group_id.clone(),
-    });
-    if outputs.is_some() || target.is_some() {
-        let kafka = KafkaOut::create(&config.settings, outputs, target).map_err(kafka_error)?;
-        // A fresh or reset job commits its empty start (deleting an older run's entries), so
-        // that a crash before its first epoch cannot fall back to an older run's checkpoint.
-        match &writer.checkpoint {
-            Some(checkpoint) if resume.is_none() => {
-                let mut start = checkpoint.clone();
-                if let Some(j) = &mut writer.jsonl {
-                    start.files = j.lengths().map_err(output_error)?;
-                }
-                let tombstones: Vec<_> = stale.into_iter().map(|k| (k, None)).collect();
-                kafka
-                    .commit(&[], &tombstones, &start)
-                    .map_err(kafka_error)?;
-            }
-            _ => writer.stale = stale,
-        }
-        writer.kafka = Some(Committer::spawn(kafka));
-    }
-    if config.console {
-        writer.console = Some(ConsoleSink::new());
-    }
-    Ok(writer)
-}
-
-/// A number for a new run of a job: its start time in nanoseconds.
-fn new_run() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// How often the topic's partition count is read while the job runs.

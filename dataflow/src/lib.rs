@@ -2,10 +2,12 @@
 //!
 //! Layout:
 //! - [`cli`]: flags (ours and timely's) and the validated configuration.
-//! - [`source`]: Kafka partitions to timely, parsing and validation, dead letters.
+//! - [`source`]: Kafka partitions to timely: assignment, flow control, new partitions.
+//! - [`parse`]: what one message becomes: a line at its epoch, or a dead letter.
 //! - [`epoch`]: event time to epochs, per-partition watermarks and lateness.
 //! - [`aggregate`]: the differential-dataflow aggregates and alert rules.
 //! - [`sink`]: the single writer and its console, JSON-lines and Kafka outputs.
+//! - [`state`]: the current value of every aggregate, as the writer keeps it.
 //! - [`checkpoint`]: what is committed, for exactly-once output across restarts.
 //! - [`job`]: wires them together and runs one process of the job.
 
@@ -14,5 +16,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod epoch;
 pub mod job;
+pub mod parse;
 pub mod sink;
 pub mod source;
+pub mod state;

@@ -2,9 +2,9 @@
 //!
 //! Worker `i` of `n` (over all processes) owns the partitions `p` with `p mod n == i` and
 //! assigns them explicitly, so no consumer-group rebalance can move a partition between
-//! workers behind the dataflow's back. Every message is parsed and validated here; a valid one
-//! becomes a [`Line`] at the epoch its partition's clock assigns, an invalid one a
-//! [`DeadLetter`] at the partition's earliest open epoch. The worker's capability is held at
+//! workers behind the dataflow's back. Every message goes through [`parse::place`]: a valid
+//! one becomes a line at the epoch its partition's clock assigns, an invalid one a dead letter
+//! at the partition's earliest open epoch. The worker's capability is held at
 //! the earliest epoch any of its partitions may still add to, so an epoch closes only once
 //! every partition has passed it.
 //!
@@ -37,7 +37,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::operators::generic::operator::source;
@@ -45,13 +44,10 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 use tracing::{debug, info, warn};
 
-use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
-use retail_common::record::{Reject, RejectKind, SaleRef};
-use retail_common::time::epoch_seconds;
-
-use crate::aggregate::Line;
 use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
+use crate::parse::{self, Parsed, Placed, Rules};
+use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
 
 /// Messages handled per activation before the source yields to other operators.
 const BUDGET: usize = 8192;
@@ -103,28 +99,6 @@ pub struct SourceResume {
     pub partitions: BTreeMap<i32, Resume>,
     /// Per partition, the offset of the last committed dead letter.
     pub dead_through: BTreeMap<i32, i64>,
-}
-
-/// A message that failed validation, kept with everything needed to find and replay it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub partition: i32,
-    pub offset: i64,
-    /// [`RejectKind::code`].
-    pub reason: String,
-    pub detail: String,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-}
-
-/// One item out of the source.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Parsed {
-    Line(Line),
-    Dead(DeadLetter),
-    /// How far a partition has been read (its next offset) and its watermark state there, for
-    /// checkpoints and lag.
-    Position(i32, i64, PartitionClock),
 }
 
 /// Counters the progress line reads; shared by the workers of one process.
@@ -847,54 +821,25 @@ fn handle(
     state.next_offset = offset + 1;
     let payload = message.payload().unwrap_or_default();
     tally.bytes += payload.len() as u64;
-    let parsed = if payload.len() > config.max_message_bytes {
-        Err(Reject::new(
-            RejectKind::Oversized,
-            format!(
-                "{} bytes, more than --max-message-bytes {}",
-                payload.len(),
-                config.max_message_bytes
-            ),
-        ))
-    } else {
-        SaleRef::from_json(payload)
+    let rules = Rules {
+        clock: &config.clock,
+        max_message_bytes: config.max_message_bytes,
+        frontier: place.frontier,
+        committed: place.committed,
+        dead_through: state.dead_through,
     };
-    let item = match parsed {
-        Ok(sale) => {
-            let event = config.clock.epoch_of(epoch_seconds(sale.invoice_date));
-            let at = state.clock.assign(&config.clock, event);
-            if place.committed.is_some_and(|c| at.epoch <= c) {
-                None
-            } else {
-                tally.lines += 1;
-                tally.late += u64::from(at.late);
-                let line = Line {
-                    epoch: at.epoch,
-                    quantity: sale.quantity,
-                    unit_price_milli: sale.unit_price.0,
-                    late: at.late,
-                    invoice: sale.invoice_no.into(),
-                    stock_code: sale.stock_code.into(),
-                    customer: sale.customer_id.map(Into::into),
-                    country: sale.country.into(),
-                };
-                Some((Parsed::Line(line), at.epoch))
-            }
+    let item = match parse::place(&rules, &mut state.clock, p, offset, message.key(), payload) {
+        Placed::Line(line) => {
+            tally.lines += 1;
+            tally.late += u64::from(line.late);
+            let epoch = line.epoch;
+            Some((Parsed::Line(line), epoch))
         }
-        Err(_) if offset <= state.dead_through => None,
-        Err(reject) => {
+        Placed::Dead(letter, epoch) => {
             tally.dead += 1;
-            let epoch = state.clock.open_from(&config.clock).max(place.frontier);
-            let letter = DeadLetter {
-                partition: p,
-                offset,
-                reason: reject.kind.code().to_owned(),
-                detail: reject.detail,
-                key: message.key().map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-            };
             Some((Parsed::Dead(letter), epoch))
         }
+        Placed::Committed => None,
     };
     match item {
         Some((item, epoch)) => batches.entry(epoch).or_default().push((item, epoch, 1)),

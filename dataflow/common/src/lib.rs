@@ -11,6 +11,7 @@
 //! - [`record`]: the typed record, its JSON wire format and its validation.
 //! - [`kafka`]: client settings shared by the binaries (`-b`, `-X key=value`, topic creation).
 
+pub mod exit;
 pub mod kafka;
 pub mod money;
 pub mod record;

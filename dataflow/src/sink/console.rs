@@ -49,7 +49,7 @@ impl ConsoleSink {
         }
     }
 
-    fn render(&mut self, batch: &Batch, state: &State) -> String {
+    fn render(&mut self, batch: &Batch) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
         let rule = "-".repeat(72);
@@ -117,7 +117,9 @@ impl ConsoleSink {
             .iter()
             .filter(|(o, d)| matches!(o, Output::Alert(_)) && *d > 0)
             .count();
-        let t = &state.totals;
+        // As of this batch's own epoch, which is what the files hold after it: a commit
+        // writes several epochs, and the writer's state is already past the earlier ones.
+        let t = &batch.totals;
         let _ = writeln!(
             s,
             "totals: {} lines, revenue {}, {} invoices, {} customers, {} cancellation lines; alerts +{} (now {}); dead letters +{}",
@@ -127,7 +129,7 @@ impl ConsoleSink {
             signed(t.customers),
             signed(t.cancellation_lines),
             alerts_added,
-            state.alerts.len(),
+            batch.alerts_open,
             batch.dead.len()
         );
         s
@@ -141,8 +143,8 @@ impl Default for ConsoleSink {
 }
 
 impl Sink for ConsoleSink {
-    fn write(&mut self, batch: &Batch, state: &State) -> io::Result<()> {
-        let text = self.render(batch, state);
+    fn write(&mut self, batch: &Batch, _state: &State) -> io::Result<()> {
+        let text = self.render(batch);
         self.batches += 1;
         let mut out = self.out.lock();
         out.write_all(text.as_bytes())?;

@@ -16,18 +16,20 @@
 pub mod console;
 pub mod jsonl;
 pub mod kafka;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use differential_dataflow::consolidation::consolidate;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::aggregate::{Output, Ranked, Sums, Text};
+use crate::aggregate::{Output, Sums};
 use crate::epoch::EpochClock;
-use crate::source::DeadLetter;
+use crate::parse::DeadLetter;
+pub use crate::state::State;
+use crate::state::{ranked_json, sums_json, totals_json};
 
 /// Output streams, in the order they are written within an epoch.
 pub const STREAMS: [&str; 5] = ["totals", "by_country", "top_products", "epochs", "alerts"];
@@ -50,6 +52,10 @@ pub struct Batch {
     pub dead: Vec<(DeadLetter, String)>,
     /// Typed changes of the epoch, for the console.
     pub updates: Vec<(Output, isize)>,
+    /// The totals as of this epoch (what `totals.jsonl` holds after it), for the console.
+    pub totals: Sums,
+    /// Alerts open as of this epoch, for the console.
+    pub alerts_open: usize,
 }
 
 /// A destination for batches.
@@ -57,64 +63,6 @@ pub trait Sink {
     fn write(&mut self, batch: &Batch, state: &State) -> io::Result<()>;
     /// Called once after the last epoch.
     fn finish(&mut self, state: &State) -> io::Result<()>;
-}
-
-/// The current value of every aggregate, kept by the writer (and checkpointed: the alerts as
-/// entries of their own, the rest in the checkpoint record).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
-    pub totals: Sums,
-    pub by_country: BTreeMap<Text, Sums>,
-    pub top_products: Ranked,
-    pub epochs: u64,
-    #[serde(skip)]
-    pub alerts: BTreeMap<String, Value>,
-    pub dead_letters: BTreeMap<String, u64>,
-}
-
-pub fn sums_json(s: &Sums) -> Value {
-    json!({"lines": s.lines, "units": s.units, "revenue_milli": s.revenue_milli})
-}
-
-pub fn totals_json(s: &Sums) -> Value {
-    json!({
-        "lines": s.lines,
-        "units": s.units,
-        "revenue_milli": s.revenue_milli,
-        "invoices": s.invoices,
-        "customers": s.customers,
-        "cancellation_lines": s.cancellation_lines,
-        "cancellation_value_milli": s.cancellation_value_milli,
-        "late_lines": s.late_lines,
-    })
-}
-
-pub fn ranked_json(r: &Ranked) -> Value {
-    Value::Array(
-        r.iter()
-            .map(|(p, rev)| json!({"stock_code": p, "revenue_milli": rev}))
-            .collect(),
-    )
-}
-
-impl State {
-    /// The final state in the documented `summary.json` shape (countries sorted).
-    pub fn summary(&self) -> Value {
-        let by_country: serde_json::Map<String, Value> = self
-            .by_country
-            .iter()
-            .map(|(c, s)| (c.to_string(), sums_json(s)))
-            .collect();
-        let dead_total: u64 = self.dead_letters.values().sum();
-        json!({
-            "totals": totals_json(&self.totals),
-            "by_country": by_country,
-            "top_products": ranked_json(&self.top_products),
-            "epochs": self.epochs,
-            "alerts": self.alerts.len(),
-            "dead_letters": {"total": dead_total, "by_reason": self.dead_letters},
-        })
-    }
 }
 
 /// Stream and key of an output row, and its rendered value.
@@ -240,6 +188,8 @@ impl Renderer {
                 .collect(),
             label,
             updates,
+            totals: self.state.totals,
+            alerts_open: self.state.alerts.len(),
         }
     }
 

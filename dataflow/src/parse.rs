@@ -1,0 +1,180 @@
+//! Parse, validate and place: what one Kafka message becomes. A valid sale becomes a [`Line`]
+//! at the epoch its partition's clock assigns; anything else a [`DeadLetter`], kept with all
+//! that is needed to find and replay it, at the partition's earliest open epoch. Records a
+//! resumed job re-reads that belong to committed epochs are dropped (their effect is in the
+//! restored state).
+
+use serde::{Deserialize, Serialize};
+
+use retail_common::record::{Reject, RejectKind, SaleRef};
+use retail_common::time::epoch_seconds;
+
+use crate::aggregate::Line;
+use crate::epoch::{EpochClock, PartitionClock};
+
+/// A message that failed validation, kept with everything needed to find and replay it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    /// [`RejectKind::code`].
+    pub reason: String,
+    pub detail: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// One item out of the source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Parsed {
+    Line(Line),
+    Dead(DeadLetter),
+    /// How far a partition has been read (its next offset) and its watermark state there, for
+    /// checkpoints and lag.
+    Position(i32, i64, PartitionClock),
+}
+
+/// What placing a message needs to know besides the message.
+pub struct Rules<'a> {
+    pub clock: &'a EpochClock,
+    /// Larger messages are dead letters.
+    pub max_message_bytes: usize,
+    /// The worker's current epoch: nothing is placed before it.
+    pub frontier: u64,
+    /// The last committed epoch of a resumed job.
+    pub committed: Option<u64>,
+    /// Dead letters at or before this offset are committed already (resumed jobs).
+    pub dead_through: i64,
+}
+
+/// What a message became.
+#[derive(Debug, PartialEq)]
+pub enum Placed {
+    Line(Line),
+    /// A dead letter and its epoch.
+    Dead(DeadLetter, u64),
+    /// Re-read after a restart: already in the restored state or committed as a dead letter.
+    Committed,
+}
+
+/// Parses and validates the message at `offset` of `partition` and places it with the
+/// partition's `clock` (which it advances).
+pub fn place(
+    rules: &Rules<'_>,
+    clock: &mut PartitionClock,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> Placed {
+    let parsed = if payload.len() > rules.max_message_bytes {
+        Err(Reject::new(
+            RejectKind::Oversized,
+            format!(
+                "{} bytes, more than --max-message-bytes {}",
+                payload.len(),
+                rules.max_message_bytes
+            ),
+        ))
+    } else {
+        SaleRef::from_json(payload)
+    };
+    match parsed {
+        Ok(sale) => {
+            let event = rules.clock.epoch_of(epoch_seconds(sale.invoice_date));
+            let at = clock.assign(rules.clock, event);
+            if rules.committed.is_some_and(|c| at.epoch <= c) {
+                return Placed::Committed;
+            }
+            Placed::Line(Line {
+                epoch: at.epoch,
+                quantity: sale.quantity,
+                unit_price_milli: sale.unit_price.0,
+                late: at.late,
+                invoice: sale.invoice_no.into(),
+                stock_code: sale.stock_code.into(),
+                customer: sale.customer_id.map(Into::into),
+                country: sale.country.into(),
+            })
+        }
+        Err(_) if offset <= rules.dead_through => Placed::Committed,
+        Err(reject) => {
+            let epoch = clock.open_from(rules.clock).max(rules.frontier);
+            let letter = DeadLetter {
+                partition,
+                offset,
+                reason: reject.kind.code().to_owned(),
+                detail: reject.detail,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+            };
+            Placed::Dead(letter, epoch)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(clock: &EpochClock) -> Rules<'_> {
+        Rules {
+            clock,
+            max_message_bytes: 1000,
+            frontier: 0,
+            committed: None,
+            dead_through: -1,
+        }
+    }
+
+    const SALE: &[u8] = br#"{"invoice_no":"536365","stock_code":"85123A","description":null,"quantity":6,"invoice_date":"2010-12-01T08:26:00","unit_price":"2.55","customer_id":"17850","country":"United Kingdom"}"#;
+
+    #[test]
+    fn a_sale_is_a_line_at_its_epoch_and_garbage_a_dead_letter() {
+        let clock =
+            EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
+        let mut partition = PartitionClock::default();
+        let Placed::Line(line) = place(&rules(&clock), &mut partition, 3, 7, None, SALE) else {
+            panic!("not a line");
+        };
+        assert_eq!(line.quantity, 6);
+        assert_eq!(line.unit_price_milli, 2550);
+        let epoch = line.epoch;
+        match place(&rules(&clock), &mut partition, 3, 8, Some(b"k"), b"{") {
+            Placed::Dead(letter, at) => {
+                assert_eq!((letter.partition, letter.offset), (3, 8));
+                assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
+                assert_eq!(at, epoch);
+            }
+            other => panic!("{other:?}"),
+        }
+        let small = Rules {
+            max_message_bytes: 10,
+            ..rules(&clock)
+        };
+        assert!(matches!(
+            place(&small, &mut partition, 3, 9, None, SALE),
+            Placed::Dead(ref d, _) if d.reason == RejectKind::Oversized.code()
+        ));
+    }
+
+    #[test]
+    fn committed_records_are_dropped_on_resume() {
+        let clock =
+            EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
+        let resumed = Rules {
+            committed: Some(u64::MAX - 1),
+            dead_through: 8,
+            ..rules(&clock)
+        };
+        let mut partition = PartitionClock::default();
+        assert_eq!(
+            place(&resumed, &mut partition, 0, 7, None, SALE),
+            Placed::Committed
+        );
+        assert_eq!(
+            place(&resumed, &mut partition, 0, 8, None, b"{"),
+            Placed::Committed
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! The single writer, on worker 0 of process 0: takes each closed epoch (several at once when
+//! the frontier jumps), renders its changes in a deterministic order, hands them to the
+//! console, JSON-lines and Kafka sinks, and builds the checkpoint that commits them.
+//!
+//! Everything the writer needs crosses to it as an [`Emit`]: aggregate changes, dead letters,
+//! partition positions and the state changes a checkpoint keeps. It stashes them by epoch and
+//! writes an epoch only once the frontier has passed it, so the output depends only on the
+//! input, never on the worker count or on timing. With checkpoints, each commit is one Kafka
+//! transaction (see [`crate::checkpoint`] for what it holds).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::consolidation::consolidate_updates;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::Probe;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::{ProbeHandle, Stream};
+use tracing::error;
+
+use super::console::ConsoleSink;
+use super::jsonl::JsonlSink;
+use super::kafka::{CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics};
+use super::{Renderer, Sink};
+use crate::aggregate::{Output, Saved};
+use crate::checkpoint::{self, Checkpoint, JobIdentity};
+use crate::cli::Config;
+use crate::epoch::{PartitionClock, take_closed};
+use crate::parse::DeadLetter;
+use crate::source::Metrics;
+
+/// Why the writer could not write.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot write output in {dir}")]
+    Output {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaOutError),
+}
+
+/// What crosses from the aggregates and the source to the single writer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Emit {
+    Out(Output, u64, isize),
+    Dead(DeadLetter, u64),
+    /// A partition's next offset and watermark state.
+    Position(i32, i64, PartitionClock, u64),
+    /// A change of the state a checkpoint keeps.
+    Saved(Saved, u64, isize),
+}
+
+impl Emit {
+    /// The epoch the item belongs to. Differential keeps times in the data: a message's
+    /// capability is only a lower bound for the times it carries.
+    pub fn time(&self) -> u64 {
+        match self {
+            Emit::Out(_, t, _)
+            | Emit::Dead(_, t)
+            | Emit::Position(_, _, _, t)
+            | Emit::Saved(_, t, _) => *t,
+        }
+    }
+}
+
+/// Adds the writer to the end of the dataflow: every item is exchanged to worker 0, stashed
+/// by epoch, and written once the frontier passes its epoch. Only worker 0 has a `writer`; a
+/// failure is left in `failure` and stops further writing.
+pub fn write<'scope>(
+    items: Stream<'scope, u64, Vec<Emit>>,
+    writer: Option<Writer>,
+    failure: Arc<Mutex<Option<WriteError>>>,
+    probe: &ProbeHandle<u64>,
+) {
+    let mut writer = writer;
+    let mut stash: BTreeMap<u64, Vec<Emit>> = BTreeMap::new();
+    let mut finished = false;
+    items.probe_with(probe).sink(
+        Exchange::new(|_: &Emit| 0),
+        "Writer",
+        move |(input, frontier)| {
+            input.for_each(|_, data| {
+                for item in data.drain(..) {
+                    stash.entry(item.time()).or_default().push(item);
+                }
+            });
+            let Some(w) = writer.as_mut() else { return };
+            let closed = take_closed(&mut stash, frontier);
+            if !closed.is_empty()
+                && let Err(e) = w.commit(closed)
+            {
+                error!(error = %e, "output failed; stopping");
+                *failure.lock().unwrap() = Some(e);
+            }
+            if frontier.is_empty() && !finished {
+                finished = true;
+                if let Err(e) = w.finish() {
+                    error!(error = %e, "output failed at the end");
+                    *failure.lock().unwrap() = Some(e);
+                }
+            }
+        },
+    );
+}
+
+/// What this run is built from, as its checkpoint records it.
+pub fn identity(config: &Config, partitions: i32) -> JobIdentity {
+    let output_dir = std::path::absolute(&config.output_dir)
+        .unwrap_or_else(|_| config.output_dir.clone())
+        .display()
+        .to_string();
+    JobIdentity {
+        format: checkpoint::FORMAT,
+        topic: config.topic.clone(),
+        partitions,
+        epoch_secs: config.clock.epoch_secs,
+        lateness_secs: config.clock.lateness_epochs * config.clock.epoch_secs,
+        output_dir,
+        aggregates_topic: config.aggregates_topic.clone(),
+        dlq_topic: config.dlq_topic.clone(),
+        alert_invoice_value_milli: config.rules.invoice_value_milli,
+        alert_quantity: config.rules.quantity,
+        alert_cancellations: config.rules.cancellations_per_epoch,
+    }
+}
+
+/// The sinks of worker 0, the state they render from, and what is committed.
+pub struct Writer {
+    renderer: Renderer,
+    jsonl: Option<JsonlSink>,
+    console: Option<ConsoleSink>,
+    /// Kafka outputs and checkpoints, committed on a thread of their own.
+    kafka: Option<Committer>,
+    /// The last checkpoint written (or read at start): epochs up to its epoch are not written
+    /// again.
+    checkpoint: Option<Checkpoint>,
+    /// Entries of older runs, deleted by the next commit.
+    stale: Vec<String>,
+    /// Set by Ctrl-C: with checkpoints, nothing more is committed.
+    shutdown: Arc<AtomicBool>,
+    /// A commit failed: write nothing more.
+    failed: bool,
+    /// Where a source records that it stopped the job: then nothing more is written.
+    metrics: Arc<Metrics>,
+    /// The output directory, for errors.
+    dir: PathBuf,
+}
+
+impl Writer {
+    pub fn empty(
+        config: &Config,
+        checkpoint: Option<Checkpoint>,
+        shutdown: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        let state = checkpoint
+            .as_ref()
+            .map(|c| c.state.clone())
+            .unwrap_or_default();
+        Writer {
+            renderer: Renderer {
+                clock: config.clock,
+                state,
+            },
+            jsonl: None,
+            console: None,
+            kafka: None,
+            checkpoint,
+            stale: Vec::new(),
+            shutdown,
+            failed: false,
+            metrics,
+            dir: config.output_dir.clone(),
+        }
+    }
+
+    fn committed(&self) -> Option<u64> {
+        self.checkpoint.as_ref().and_then(|c| c.epoch)
+    }
+
+    /// Renders the closed epochs after the checkpoint and writes them: the files first, then
+    /// one Kafka transaction with their changes, dead letters, state entries and checkpoint.
+    fn commit(&mut self, closed: Vec<(u64, Vec<Emit>)>) -> Result<(), WriteError> {
+        let stopping = self.checkpoint.is_some() && self.shutdown.load(Ordering::Relaxed);
+        if self.failed || stopping || self.metrics.fatal().is_some() {
+            return Ok(());
+        }
+        let mut next = self.checkpoint.clone().unwrap_or_default();
+        let mut saved_changes = Vec::new();
+        let mut batches = Vec::new();
+        for (epoch, items) in closed {
+            // Only the restored state arrives at committed epochs; the writer holds it already.
+            if self.committed().is_some_and(|c| epoch <= c) {
+                continue;
+            }
+            let mut updates = Vec::new();
+            let mut dead = Vec::new();
+            let mut saved = Vec::new();
+            for item in items {
+                match item {
+                    Emit::Out(o, _, r) => updates.push((o, r)),
+                    Emit::Dead(d, _) => {
+                        next.dead_letter(d.partition, d.offset);
+                        dead.push(d);
+                    }
+                    Emit::Position(p, offset, clock, _) => next.position(p, offset, clock),
+                    Emit::Saved(entry, t, r) => saved.push((entry, t, r)),
+                }
+            }
+            consolidate_updates(&mut saved);
+            // An entry's old value (-1) goes before its new one (+1).
+            saved.sort_by_key(|(_, _, r)| *r);
+            saved_changes.extend(saved.into_iter().map(|(entry, _, r)| (entry, r)));
+            batches.push(self.renderer.render(epoch, updates, dead));
+        }
+        let Some(last) = batches.last().map(|b| (b.epoch, b.label.clone())) else {
+            return Ok(());
+        };
+        let state = &self.renderer.state;
+        if let Some(jsonl) = &mut self.jsonl {
+            for batch in &batches {
+                jsonl.write(batch, state).map_err(output_error(&self.dir))?;
+            }
+        }
+        if let Some(console) = &mut self.console {
+            for batch in &batches {
+                if let Err(e) = console.write(batch, state) {
+                    // `dataflow | head`: the reader left; the other sinks go on.
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        return Err(output_error(&self.dir)(e));
+                    }
+                    self.console = None;
+                    break;
+                }
+            }
+        }
+        let checkpoints = self.checkpoint.is_some();
+        let mut alerts = Vec::new();
+        if checkpoints {
+            for change in batches.iter().flat_map(|b| &b.changes) {
+                if change.stream == "alerts" {
+                    alerts.push((change.key.clone(), state.alerts.get(&change.key).cloned()));
+                }
+            }
+            let files = match &mut self.jsonl {
+                Some(j) => j.lengths().map_err(output_error(&self.dir))?,
+                None => BTreeMap::new(),
+            };
+            next.seal(last.0, last.1, files, state);
+        }
+        if let Some(kafka) = &mut self.kafka {
+            let commit = Commit {
+                batches,
+                saved: saved_changes,
+                alerts,
+                stale: std::mem::take(&mut self.stale),
+                checkpoint: next.clone(),
+            };
+            if let Err(e) = kafka.send(commit) {
+                self.failed = true;
+                return Err(e.into());
+            }
+        }
+        if checkpoints {
+            self.checkpoint = Some(next);
+        }
+        Ok(())
+    }
+
+    /// After the last epoch: flush, and write summary.json unless the run was interrupted.
+    fn finish(&mut self) -> Result<(), WriteError> {
+        // Commits already queued complete, whatever happens next.
+        let committed = self.kafka.as_mut().map_or(Ok(()), Committer::finish);
+        let stopping = self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints();
+        if self.failed || stopping || self.metrics.fatal().is_some() {
+            return Ok(());
+        }
+        committed?;
+        let state = &self.renderer.state;
+        if let Some(console) = &mut self.console {
+            let _ = console.finish(state);
+        }
+        if let Some(jsonl) = &mut self.jsonl {
+            jsonl.finish(state).map_err(output_error(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    fn kafka_checkpoints(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+}
+
+/// Turns an I/O error of the output directory `dir` into a [`WriteError`].
+fn output_error(dir: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Output {
+        dir: dir.to_owned(),
+        source,
+    }
+}
+
+pub fn open_writer(
+    config: &Config,
+    partitions: i32,
+    dlq_partitions: i32,
+    resume: Option<Checkpoint>,
+    stale: Vec<String>,
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> Result<Writer, WriteError> {
+    let checkpoint = config.checkpoint.then(|| {
+        let mut checkpoint = resume.clone().unwrap_or_else(|| Checkpoint {
+            job_id: config.job_id.clone(),
+            run: new_run(),
+            ..Checkpoint::default()
+        });
+        checkpoint.identity = Some(identity(config, partitions));
+        checkpoint
+    });
+    let mut writer = Writer::empty(config, checkpoint, shutdown, metrics);
+    if config.jsonl {
+        let committed = resume.as_ref().map(|c| &c.files);
+        let sink = JsonlSink::open(config.output_dir.clone(), committed)
+            .map_err(output_error(&config.output_dir))?;
+        writer.jsonl = Some(sink);
+    }
+    let outputs = config.kafka.then(|| OutputTopics {
+        aggregates: config.aggregates_topic.clone(),
+        dlq: config.dlq_topic.clone(),
+        source: config.topic.clone(),
+        dlq_partitions,
+    });
+    let target = config.checkpoint.then(|| CheckpointTarget {
+        topic: config.checkpoint_topic.clone(),
+        state_topic: checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
+        job_id: config.job_id.clone(),
+        source: config.topic.clone(),
+        group_id: config.group_id.clone(),
+    });
+    if outputs.is_some() || target.is_some() {
+        let kafka = KafkaOut::create(&config.settings, outputs, target)?;
+        // A fresh or reset job commits its empty start (deleting an older run's entries), so
+        // that a crash before its first epoch cannot fall back to an older run's checkpoint.
+        match &writer.checkpoint {
+            Some(checkpoint) if resume.is_none() => {
+                let mut start = checkpoint.clone();
+                if let Some(j) = &mut writer.jsonl {
+                    start.files = j.lengths().map_err(output_error(&config.output_dir))?;
+                }
+                let tombstones: Vec<_> = stale.into_iter().map(|k| (k, None)).collect();
+                kafka.commit(&[], &tombstones, &start)?;
+            }
+            _ => writer.stale = stale,
+        }
+        writer.kafka = Some(Committer::spawn(kafka));
+    }
+    if config.console {
+        writer.console = Some(ConsoleSink::new());
+    }
+    Ok(writer)
+}
+
+/// A number for a new run of a job: its start time in nanoseconds.
+fn new_run() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
