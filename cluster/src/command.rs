@@ -6,6 +6,8 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+use retail_common::kafka::redact;
+
 /// A program and its arguments, ready for `std::process::Command` or for printing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchCommand {
@@ -107,21 +109,11 @@ pub fn ssh_command(ssh_bin: &Path, host: &str, inner: &LaunchCommand) -> LaunchC
 }
 
 /// A `key=value` client setting as it may be shown: the value replaced when the key names a
-/// secret (anything with `password` or `secret` in it, the JAAS line, an inline private key).
+/// secret ([`retail_common::kafka::is_secret`]).
 pub fn redact_setting(setting: &str) -> String {
-    let Some((key, _)) = setting.split_once('=') else {
-        return setting.to_owned();
-    };
-    let lower = key.to_ascii_lowercase();
-    let secret = ["password", "secret", "jaas"]
-        .iter()
-        .any(|s| lower.contains(s))
-        || lower == "ssl.key.pem"
-        || lower == "sasl.oauthbearer.config";
-    if secret {
-        format!("{key}=[redacted]")
-    } else {
-        setting.to_owned()
+    match setting.split_once('=') {
+        Some((key, value)) => format!("{key}={}", redact(key, value)),
+        None => setting.to_owned(),
     }
 }
 

@@ -1,30 +1,22 @@
 //! `cluster`: parses the command line, sets up logging and signal handling, runs (or prints)
 //! the job and maps the outcome to an exit status.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use cluster::cli::Mode;
 use cluster::{Args, Outcome, Shutdown};
+use retail_common::exit;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    retail_common::logging::init(false);
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("cluster: error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if config.mode == Mode::Print {
@@ -35,7 +27,7 @@ fn main() -> ExitCode {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cluster: error: cannot print the commands: {e}");
-                ExitCode::from(1)
+                ExitCode::from(exit::ERROR)
             }
         };
     }
@@ -55,7 +47,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("cluster: error: {:#}", anyhow::Error::new(e));
-            ExitCode::from(1)
+            ExitCode::from(exit::ERROR)
         }
     }
 }

@@ -14,6 +14,8 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
+
+use retail_common::exit;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -92,8 +94,8 @@ impl Outcome {
     /// The exit status `cluster` should end with.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Success { .. } => 0,
-            Outcome::Interrupted => 130,
+            Outcome::Success { .. } => exit::OK,
+            Outcome::Interrupted => exit::INTERRUPTED,
             Outcome::Failed { failure, .. } => failure.exit_code(),
         }
     }

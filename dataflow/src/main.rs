@@ -1,31 +1,24 @@
 //! `dataflow`: parses the command line, sets up logging and Ctrl-C, runs the job and maps the
 //! outcome to an exit status.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use dataflow::cli::Args;
 use dataflow::job;
+use retail_common::exit;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    retail_common::logging::init(true);
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -33,7 +26,7 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::Relaxed) {
             // A second Ctrl-C means now.
-            std::process::exit(130);
+            std::process::exit(i32::from(exit::INTERRUPTED));
         }
         eprintln!(
             "interrupted: closing open epochs and flushing outputs (Ctrl-C again to quit now)"
@@ -48,7 +41,7 @@ fn main() -> ExitCode {
                 serde_json::to_string(&report).expect("report serialises")
             );
             if report.interrupted {
-                ExitCode::from(130)
+                ExitCode::from(exit::INTERRUPTED)
             } else {
                 ExitCode::SUCCESS
             }

@@ -40,16 +40,11 @@ use crate::pace::Pacer;
 use crate::progress::{Progress, Snapshot, Unit};
 use crate::publish::Sink;
 
-/// Exit code of a successful run (rejected rows alone do not fail it).
-pub const EXIT_OK: u8 = 0;
-/// Exit code of a run that stopped on an error.
-pub const EXIT_ERROR: u8 = 1;
-/// Exit code for bad usage (clap uses it too).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code when a message was not delivered.
-pub const EXIT_DELIVERY: u8 = 3;
-/// Exit code after Ctrl-C.
-pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit statuses (rejected rows alone do not fail a run), shared with dataflow and cluster.
+pub use retail_common::exit::{
+    ERROR as EXIT_ERROR, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK,
+    UNDELIVERED as EXIT_DELIVERY, USAGE as EXIT_USAGE,
+};
 
 /// What a run did; printed as one JSON line at the end.
 #[derive(Clone, Debug, Serialize, PartialEq)]

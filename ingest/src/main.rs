@@ -2,24 +2,17 @@
 //! Ctrl-C handler, calls [`ingest::run`] and maps its result to an exit code (listed in
 //! `ingest --help`). Everything else lives in the library.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{CommandFactory, Parser};
 use ingest::{Args, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, IngestError};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    retail_common::logging::init(true);
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {

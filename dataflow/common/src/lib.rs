@@ -13,6 +13,7 @@
 
 pub mod exit;
 pub mod kafka;
+pub mod logging;
 pub mod money;
 pub mod record;
 pub mod time;
