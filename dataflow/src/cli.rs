@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-use retail_common::kafka::{ClientSettings, KafkaFlags};
+use retail_common::kafka::{ClientSettings, KafkaFlags, PropertiesError};
 use retail_common::money::Milli;
 
 use crate::aggregate::AlertRules;
 use humantime::parse_duration;
 
-use crate::epoch::EpochClock;
+use crate::epoch::{EpochClock, EpochError};
 use crate::source::StartFrom;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum From {
+pub enum StartArg {
     /// The oldest retained message of every partition.
     Earliest,
     /// Only messages produced after the job starts.
@@ -73,7 +73,7 @@ pub struct Args {
 
     /// Where to start reading.
     #[arg(long, value_enum, default_value = "earliest")]
-    pub from: From,
+    pub from: StartArg,
 
     /// Bounded run: read up to the end offsets seen at start, close every epoch, write
     /// summary.json and exit.
@@ -218,6 +218,31 @@ fn parse_money(text: &str) -> Result<Milli, String> {
     Milli::parse(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// A combination of flags the job cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("-w/--workers and -n/--processes must be at least 1")]
+    NoWorkers,
+    #[error(
+        "-p/--process {process} is out of range for -n/--processes {processes} (use 0..{})",
+        processes - 1
+    )]
+    Process { process: usize, processes: usize },
+    #[error("hostfile {} does not exist", .0.display())]
+    Hostfile(PathBuf),
+    #[error(
+        "--job-id may only use letters, digits, '.', '_' and '-', must not be empty, and \
+         <checkpoint-topic>.<job-id> must fit in 249 characters; got {0:?}"
+    )]
+    JobId(String),
+    #[error("--max-message-bytes must be positive")]
+    MaxMessageBytes,
+    #[error(transparent)]
+    Epoch(#[from] EpochError),
+    #[error(transparent)]
+    ClientConfig(#[from] PropertiesError),
+}
+
 /// The validated configuration of one process of the job.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -253,26 +278,24 @@ pub struct Config {
 
 impl Args {
     /// Checks combinations and builds the [`Config`].
-    pub fn into_config(self) -> Result<Config, String> {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
         if self.workers == 0 || self.processes == 0 {
-            return Err("-w/--workers and -n/--processes must be at least 1".into());
+            return Err(ConfigError::NoWorkers);
         }
         if self.process >= self.processes {
-            return Err(format!(
-                "-p/--process {} is out of range for -n/--processes {} (use 0..{})",
-                self.process,
-                self.processes,
-                self.processes - 1
-            ));
+            return Err(ConfigError::Process {
+                process: self.process,
+                processes: self.processes,
+            });
         }
         if let Some(h) = &self.hostfile
             && !h.is_file()
         {
-            return Err(format!("hostfile {} does not exist", h.display()));
+            return Err(ConfigError::Hostfile(h.clone()));
         }
         let job_id = self.job_id.unwrap_or_else(|| self.topic.clone());
         if job_id.trim().is_empty() {
-            return Err("--job-id must not be empty".into());
+            return Err(ConfigError::JobId(job_id));
         }
         // It names the job's state topic, `<checkpoint-topic>.<job-id>`, which Kafka limits
         // to 249 such characters.
@@ -281,14 +304,11 @@ impl Args {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             || job_id.len() + self.checkpoint_topic.len() + 1 > 249
         {
-            return Err(format!(
-                "--job-id may only use letters, digits, '.', '_' and '-', and \
-                 <checkpoint-topic>.<job-id> must fit in 249 characters; got {job_id:?}"
-            ));
+            return Err(ConfigError::JobId(job_id));
         }
-        let settings = self.kafka.into_settings().map_err(|e| e.to_string())?;
+        let settings = self.kafka.into_settings()?;
         if self.max_message_bytes == 0 {
-            return Err("--max-message-bytes must be positive".into());
+            return Err(ConfigError::MaxMessageBytes);
         }
         let clock = EpochClock::new(self.epoch, self.lateness)?;
         let mut timely_args = vec![
@@ -314,8 +334,8 @@ impl Args {
         Ok(Config {
             settings,
             from: match self.from {
-                From::Earliest => StartFrom::Earliest,
-                From::Latest => StartFrom::Latest,
+                StartArg::Earliest => StartFrom::Earliest,
+                StartArg::Latest => StartFrom::Latest,
             },
             until_end: self.until_end,
             clock,
@@ -355,7 +375,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, String> {
         let args = Args::try_parse_from(std::iter::once("dataflow").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        args.into_config()
+        args.into_config().map_err(|e| e.to_string())
     }
 
     #[test]

@@ -13,6 +13,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use timely::progress::frontier::MutableAntichain;
 
+/// An epoch length the clock cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("--epoch must be a whole number of seconds, at least 1s (got {0:?})")]
+pub struct EpochError(pub Duration);
+
 /// Maps event time to epoch numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochClock {
@@ -24,12 +29,10 @@ pub struct EpochClock {
 
 impl EpochClock {
     /// `lateness` is rounded up to whole epochs.
-    pub fn new(epoch: Duration, lateness: Duration) -> Result<EpochClock, String> {
+    pub fn new(epoch: Duration, lateness: Duration) -> Result<EpochClock, EpochError> {
         let epoch_secs = epoch.as_secs();
         if epoch_secs == 0 || epoch.subsec_nanos() != 0 {
-            return Err(format!(
-                "--epoch must be a whole number of seconds, at least 1s (got {epoch:?})"
-            ));
+            return Err(EpochError(epoch));
         }
         Ok(EpochClock {
             epoch_secs,

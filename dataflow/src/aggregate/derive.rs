@@ -18,7 +18,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 
-use super::epochs::{EpochPart, PartsBuilder};
+use super::per_epoch::{EpochPart, PartsBuilder};
 use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text, Updates, invoice};
 
 /// The inputs of the aggregates, each already summed per key and time within a batch.

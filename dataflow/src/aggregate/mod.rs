@@ -4,7 +4,7 @@
 //! every aggregate, summed per key. Each aggregate is then a `count_total` (or `distinct`)
 //! over those sums, so an epoch's work is proportional to the keys it touches, never to the
 //! history. The overall ranking follows the per-product sums ([`top`]); per-epoch statistics
-//! are folded apart ([`epochs`]); alerts filter aggregates or single lines. All of them end as
+//! are folded apart ([`per_epoch`]); alerts filter aggregates or single lines. All of them end as
 //! one collection of [`Output`] rows whose changes per epoch the sinks write.
 //!
 //! With checkpoints, the job also streams the [`Saved`] state: the current value of every
@@ -15,8 +15,8 @@
 
 pub mod alerts;
 pub mod derive;
-pub mod epochs;
 pub mod invoice;
+pub mod per_epoch;
 pub mod sums;
 pub mod top;
 
@@ -90,7 +90,7 @@ pub enum StatKey {
 }
 
 /// Keys whose distinct count is wanted overall (invoices are counted from their sums; per
-/// epoch, see [`epochs`]).
+/// epoch, see [`per_epoch`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DistinctKey {
     Customer(Text),
@@ -201,6 +201,7 @@ pub fn build<'scope>(
             Saved::Invoice(i, m) => invoice::pack(&i).map(|n| (n, m)),
             _ => None,
         }))
+        .arrange_by_self_named("Arrange: invoices by number")
         .count_total();
     let named = derived
         .invoices
@@ -208,6 +209,7 @@ pub fn build<'scope>(
             Saved::Invoice(i, m) if invoice::pack(&i).is_none() => Some((i, m)),
             _ => None,
         }))
+        .arrange_by_self_named("Arrange: invoices by text")
         .count_total();
     let seen = derived
         .customers
@@ -215,6 +217,7 @@ pub fn build<'scope>(
             Saved::Seen(k) => Some((k, 1isize)),
             _ => None,
         }))
+        .arrange_by_self_named("Arrange: customers seen")
         .distinct_total();
     let customers = seen.clone().explode(|_| {
         let s = Sums {
@@ -234,6 +237,7 @@ pub fn build<'scope>(
         }))
         .concat(customers)
         .concat(distinct_invoices)
+        .arrange_by_self_named("Arrange: totals and countries")
         .count_total();
 
     // Net revenue per product, then the top N.
@@ -243,6 +247,7 @@ pub fn build<'scope>(
             Saved::Product(p, m) => Some((p, m)),
             _ => None,
         }))
+        .arrange_by_self_named("Arrange: revenue by product")
         .count_total();
     let top_products = top::top_products(products.clone(), TOP_PRODUCTS);
 
@@ -251,7 +256,7 @@ pub fn build<'scope>(
         StatKey::Country(c) => Output::Country(c, s),
     });
     // Per-epoch rows and cancellation bursts.
-    let epochs = epochs::epoch_rows(derived.epoch_parts, rules).as_collection();
+    let epochs = per_epoch::epoch_rows(derived.epoch_parts, rules).as_collection();
 
     // Alerts of single lines (kept as a set) and of invoices over the threshold.
     let line_alerts = derived
@@ -260,6 +265,7 @@ pub fn build<'scope>(
             Saved::LineAlert(a) => Some((a, 1isize)),
             _ => None,
         }))
+        .arrange_by_self_named("Arrange: line alerts")
         .distinct_total();
     let invoice_alerts = numbered
         .clone()

@@ -280,11 +280,20 @@ fn aggregates_equal_a_fold_for_any_worker_count() {
 #[test]
 fn epochs_only_change_at_their_own_time() {
     let lines = sample_lines(1_000);
+    let mut rows = 0;
     for (o, t, _) in run(&lines, 2, AlertRules::default()) {
         if let Output::Epoch(e, ..) = o {
             assert_eq!(e, t, "epoch {e} changed at time {t}");
+            rows += 1;
         }
     }
+    // Every epoch of the sample has its row.
+    let epochs: std::collections::BTreeSet<u64> = lines.iter().map(|l| l.epoch).collect();
+    assert!(
+        rows >= epochs.len() && !epochs.is_empty(),
+        "{rows} epoch rows for {} epochs",
+        epochs.len()
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::io::{self, Write};
 
-use super::{Batch, Sink, State};
+use super::Batch;
 use crate::aggregate::Output;
 
 /// Formats thousandths as a decimal with thousands separators: `1234567` -> `1,234.567`.
@@ -142,8 +142,9 @@ impl Default for ConsoleSink {
     }
 }
 
-impl Sink for ConsoleSink {
-    fn write(&mut self, batch: &Batch, _state: &State) -> io::Result<()> {
+impl ConsoleSink {
+    /// Prints a closed epoch's table.
+    pub fn write(&mut self, batch: &Batch) -> io::Result<()> {
         let text = self.render(batch);
         self.batches += 1;
         let mut out = self.out.lock();
@@ -151,7 +152,8 @@ impl Sink for ConsoleSink {
         out.flush()
     }
 
-    fn finish(&mut self, _state: &State) -> io::Result<()> {
+    /// Flushes after the last epoch.
+    pub fn finish(&mut self) -> io::Result<()> {
         self.out.lock().flush()
     }
 }

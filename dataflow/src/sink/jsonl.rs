@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
-use super::{Batch, STREAMS, Sink, State, write_summary};
+use super::{Batch, STREAMS, State, write_summary};
 
 const DLQ: &str = "dlq";
 
@@ -64,8 +64,9 @@ impl JsonlSink {
     }
 }
 
-impl Sink for JsonlSink {
-    fn write(&mut self, batch: &Batch, _state: &State) -> io::Result<()> {
+impl JsonlSink {
+    /// Appends a closed epoch's lines, flushed, so the epoch is on disk before it is committed.
+    pub fn write(&mut self, batch: &Batch) -> io::Result<()> {
         for change in &batch.changes {
             let file = self
                 .files
@@ -86,7 +87,8 @@ impl Sink for JsonlSink {
         Ok(())
     }
 
-    fn finish(&mut self, state: &State) -> io::Result<()> {
+    /// Writes `summary.json` after the last epoch.
+    pub fn finish(&mut self, state: &State) -> io::Result<()> {
         write_summary(&self.dir, state)?;
         Ok(())
     }

@@ -58,13 +58,6 @@ pub struct Batch {
     pub alerts_open: usize,
 }
 
-/// A destination for batches.
-pub trait Sink {
-    fn write(&mut self, batch: &Batch, state: &State) -> io::Result<()>;
-    /// Called once after the last epoch.
-    fn finish(&mut self, state: &State) -> io::Result<()>;
-}
-
 /// Stream and key of an output row, and its rendered value.
 fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
     match o {

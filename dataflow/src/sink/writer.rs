@@ -21,10 +21,10 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::{ProbeHandle, Stream};
 use tracing::error;
 
+use super::Renderer;
 use super::console::ConsoleSink;
 use super::jsonl::JsonlSink;
 use super::kafka::{CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics};
-use super::{Renderer, Sink};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
@@ -224,12 +224,12 @@ impl Writer {
         let state = &self.renderer.state;
         if let Some(jsonl) = &mut self.jsonl {
             for batch in &batches {
-                jsonl.write(batch, state).map_err(output_error(&self.dir))?;
+                jsonl.write(batch).map_err(output_error(&self.dir))?;
             }
         }
         if let Some(console) = &mut self.console {
             for batch in &batches {
-                if let Err(e) = console.write(batch, state) {
+                if let Err(e) = console.write(batch) {
                     // `dataflow | head`: the reader left; the other sinks go on.
                     if e.kind() != std::io::ErrorKind::BrokenPipe {
                         return Err(output_error(&self.dir)(e));
@@ -283,7 +283,7 @@ impl Writer {
         committed?;
         let state = &self.renderer.state;
         if let Some(console) = &mut self.console {
-            let _ = console.finish(state);
+            let _ = console.finish();
         }
         if let Some(jsonl) = &mut self.jsonl {
             jsonl.finish(state).map_err(output_error(&self.dir))?;
