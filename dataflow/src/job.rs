@@ -215,9 +215,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let failure: Arc<Mutex<Option<WriteError>>> = Arc::new(Mutex::new(None));
     info!(builtin = %builtin_features(), "librdkafka features");
     {
-        // A source that stops the job on a batch it cannot decode stops this process's
-        // workers; the other processes of a multi-process job read on. When they have not
-        // stopped this one within a few seconds, it exits, and the job fails as a whole.
+        // A source that stops the job (a batch it cannot decode, a partition it cannot take)
+        // holds its epochs open, so that no process writes what it could not read, and this
+        // process exits: the job fails as a whole (the other processes lose their peer).
         let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&done));
         std::thread::spawn(move || fatal_watchdog(&metrics, &done));
     }
@@ -387,23 +387,20 @@ fn watch_partitions(
     }
 }
 
-/// Exits the process 5 s after a source has stopped the job, unless it has ended by then.
+/// Exits the process once a source has stopped the job (after a moment for the logs): its
+/// dataflow cannot complete, since the source holds its epochs open.
 fn fatal_watchdog(metrics: &Metrics, done: &AtomicBool) {
-    let tick = Duration::from_millis(200);
-    let mut since: Option<Instant> = None;
+    let tick = Duration::from_millis(100);
     while !done.load(Ordering::Relaxed) {
         std::thread::sleep(tick);
-        match (metrics.fatal(), since) {
-            (Some(_), None) => since = Some(Instant::now()),
-            (Some(stop), Some(t)) if t.elapsed() > Duration::from_secs(5) => {
-                let (message, code) = match stop {
-                    Stop::Undecodable(m) => (m, 1),
-                    Stop::Restart(m) => (m, 75),
-                };
-                eprintln!("error: {message}");
-                std::process::exit(code);
-            }
-            _ => {}
+        if let Some(stop) = metrics.fatal() {
+            std::thread::sleep(Duration::from_millis(300));
+            let (message, code) = match stop {
+                Stop::Undecodable(m) => (m, exit::ERROR),
+                Stop::Restart(m) => (m, exit::RESTART),
+            };
+            eprintln!("error: {message}");
+            std::process::exit(i32::from(code));
         }
     }
 }

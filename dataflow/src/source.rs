@@ -257,6 +257,11 @@ pub fn kafka_source<'scope>(
         Box::new(move |output: &mut SourceOutput<'_>| {
             let Some(c) = cap.as_mut() else { return };
             if shutdown.load(Ordering::Relaxed) {
+                if metrics.fatal().is_some() {
+                    // The job stops without closing the epochs a source could not finish:
+                    // holding the capability keeps every process from writing them.
+                    return;
+                }
                 info!(worker = index, "stopping the source: closing open epochs");
                 cap = None;
                 return;
@@ -280,7 +285,6 @@ pub fn kafka_source<'scope>(
                 tracing::error!("{message}");
                 metrics.set_fatal(Stop::Undecodable(message));
                 shutdown.store(true, Ordering::Relaxed);
-                cap = None;
                 return;
             }
             let now_at = *c.time();

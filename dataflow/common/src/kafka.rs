@@ -258,8 +258,9 @@ pub fn count_partitions(
         match client.consumer.fetch_metadata(Some(topic), step) {
             Ok(metadata) => break metadata,
             Err(source) => {
-                // Client errors reach the context when the client is polled.
-                let _ = client.consumer.poll(Duration::ZERO);
+                // Client errors reach the context when the client is polled; a poll with a
+                // timeout serves every queued event (log lines too) until it runs out.
+                let _ = client.consumer.poll(Duration::from_millis(100));
                 if let Some(detail) = client.consumer.context().refused() {
                     return Err(KafkaSetupError::Refused {
                         bootstrap: client.bootstrap.clone(),

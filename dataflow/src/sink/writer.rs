@@ -96,6 +96,8 @@ pub fn write<'scope>(
             {
                 error!(error = %e, "output failed; stopping");
                 *failure.lock().unwrap() = Some(e);
+                // A live job would read on for ever: stop the sources.
+                w.shutdown.store(true, Ordering::Relaxed);
             }
             if frontier.is_empty() && !finished {
                 finished = true;

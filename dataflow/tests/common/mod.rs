@@ -266,3 +266,165 @@ pub fn comparable(summary: &Value) -> Value {
         "top_products": summary["top_products"],
     })
 }
+
+/// A directory `scripts/kafka` uses: `var` when set (as `scripts/test` sets it), else
+/// `fallback` (its own variable), else `default` under the repository's `.cache/kafka`.
+fn kafka_path(var: &str, fallback: &str, default: &str) -> PathBuf {
+    let cache = || {
+        std::env::var_os("KAFKA_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/kafka"))
+    };
+    let path = std::env::var_os(var)
+        .or_else(|| std::env::var_os(fallback))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join(default));
+    std::path::absolute(path).unwrap()
+}
+
+/// The broker's log.dirs (`RETAIL_KAFKA_DATA_DIR`, else `KAFKA_DATA_DIR`, else
+/// `.cache/kafka/data`): segment files are at `<dir>/<topic>-<partition>/*.log`.
+pub fn kafka_data_dir() -> PathBuf {
+    let dir = kafka_path("RETAIL_KAFKA_DATA_DIR", "KAFKA_DATA_DIR", "data");
+    assert!(
+        dir.is_dir(),
+        "the broker's data directory {} is missing: these tests need the local broker of \
+         scripts/kafka (run them with scripts/test, or set RETAIL_KAFKA_DATA_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+/// The client properties file `scripts/kafka up` writes for a secured listener (`sasl_ssl` or
+/// `ssl`): `RETAIL_SASL_SSL_PROPERTIES` / `RETAIL_SSL_PROPERTIES`, else
+/// `.cache/kafka/client-<listener>.properties`. Missing, the test fails: a skipped secured
+/// test would look like a passed one.
+pub fn secured_properties(listener: &str) -> PathBuf {
+    let var = format!("RETAIL_{}_PROPERTIES", listener.to_ascii_uppercase());
+    let path = kafka_path(&var, &var, &format!("client-{listener}.properties"));
+    assert!(
+        path.is_file(),
+        "{} is missing ({var}): start the broker with its secured listeners, \
+         `KAFKA_SECURITY=sasl_ssl,ssl scripts/kafka up` (scripts/test does; a broker already \
+         running without them needs `scripts/kafka down` first)",
+        path.display()
+    );
+    path
+}
+
+/// The Kafka jars `scripts/kafka` runs the broker from (`<cache>/<version>/libs`), as a
+/// Java class path.
+pub fn kafka_classpath() -> String {
+    let cache = kafka_path("RETAIL_KAFKA_CACHE_DIR", "KAFKA_CACHE_DIR", "");
+    let version = std::env::var("KAFKA_VERSION").ok();
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap_or_else(|e| panic!("{}: {e} (the cache of scripts/kafka)", cache.display()))
+        .map(|e| e.unwrap().path().join("libs"))
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            version
+                .as_ref()
+                .is_none_or(|v| p.parent().unwrap().ends_with(v))
+        })
+        .collect();
+    libs.sort();
+    let libs = libs
+        .pop()
+        .unwrap_or_else(|| panic!("no Kafka jars under {}/<version>/libs", cache.display()));
+    format!("{}/*", libs.display())
+}
+
+/// Runs a command with piped output, killing it (and every process it started: it runs in
+/// its own process group) when it has not exited within `timeout`, which fails the test.
+/// Returns its output and how long it ran.
+pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> (Output, Duration) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
+    // Read both pipes as they fill, so that a killed run still shows what it printed.
+    let collect = |pipe: Box<dyn Read + Send>| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        let reader = std::thread::spawn(move || {
+            let mut pipe = pipe;
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buffer, reader)
+    };
+    let (stdout, out_reader) = collect(Box::new(child.stdout.take().unwrap()));
+    let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            // The whole group: a cluster's dataflow processes too.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "{cmd:?} did not exit within {timeout:?}; killed it\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&stdout.lock().unwrap()),
+                String::from_utf8_lossy(&stderr.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let elapsed = started.elapsed();
+    out_reader.join().unwrap();
+    err_reader.join().unwrap();
+    let output = Output {
+        status,
+        stdout: std::mem::take(&mut stdout.lock().unwrap()),
+        stderr: std::mem::take(&mut stderr.lock().unwrap()),
+    };
+    (output, elapsed)
+}
+
+/// [`run_timeout`] for a command that must succeed.
+pub fn run_ok_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let (out, _) = run_timeout(cmd, timeout);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every file under `dir` (recursively) with its bytes; nothing when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files
+}
