@@ -38,9 +38,14 @@ pub enum SinkKind {
 }
 
 const AFTER_HELP: &str = "\
-Exit status: 0 success; 1 error (broker unreachable, topic missing, output not writable);
-2 bad usage; 3 some Kafka output was not delivered; 75 a Kafka transaction failed (restart:
-the job resumes from its last checkpoint); 130 interrupted (Ctrl-C).
+Exit status: 0 success; 1 error (broker unreachable or refusing the credentials, topic
+missing, output not writable, a record batch that cannot be decoded); 2 bad usage, or a
+checkpoint written by a different job (see --job-id); 3 some Kafka output was not delivered;
+75 restart to go on (a Kafka transaction failed, or the topic grew a partition for a worker
+that had none): the job resumes from its last checkpoint; 130 interrupted (Ctrl-C).
+
+Secured clusters: -F FILE reads client properties (security.protocol, sasl.mechanism,
+sasl.username, sasl.password, ssl.ca.location, ...); secrets are never printed.
 
 Exactly once: each commit is one Kafka transaction with the closed epochs' changes, their dead
 letters, a checkpoint (--checkpoint-topic, keyed by --job-id) and the changed aggregate state
