@@ -238,6 +238,26 @@ fn customer_id(value: &str) -> Option<&str> {
     Some(value)
 }
 
+/// Quantity x unit price of a validated line (validation guarantees that it fits).
+fn line_value(unit_price: Milli, quantity: i64) -> Milli {
+    unit_price
+        .times(quantity)
+        .expect("validated sale value fits in i64")
+}
+
+/// Whether an invoice number is a cancellation's (it starts with `C`).
+fn is_cancellation(invoice_no: &str) -> bool {
+    invoice_no.starts_with('C')
+}
+
+/// The reject of an `invoice_date` that is not ISO-8601.
+fn bad_date(text: &str) -> Reject {
+    Reject::new(
+        RejectKind::BadDate,
+        format!("invoice_date {text:?} is not ISO-8601"),
+    )
+}
+
 fn price(text: &str) -> Result<Milli, Reject> {
     Milli::parse(text.trim())
         .map_err(|e| Reject::new(RejectKind::BadPrice, format!("unit_price {text:?}: {e}")))
@@ -323,14 +343,12 @@ impl Sale {
     /// Net value of the line: quantity x unit price, in thousandths. Validation guarantees
     /// that it fits.
     pub fn value(&self) -> Milli {
-        self.unit_price
-            .times(self.quantity)
-            .expect("validated sale value fits in i64")
+        line_value(self.unit_price, self.quantity)
     }
 
     /// A cancellation line (InvoiceNo starting with `C`).
     pub fn is_cancellation(&self) -> bool {
-        self.invoice_no.starts_with('C')
+        is_cancellation(&self.invoice_no)
     }
 }
 
@@ -353,12 +371,7 @@ impl<'a> SaleRef<'a> {
         let unit_price = price(&wire.unit_price)?;
         let invoice_date = time::parse_wire(&wire.invoice_date)
             .or_else(|| time::parse_iso(&wire.invoice_date))
-            .ok_or_else(|| {
-                Reject::new(
-                    RejectKind::BadDate,
-                    format!("invoice_date {:?} is not ISO-8601", wire.invoice_date),
-                )
-            })?;
+            .ok_or_else(|| bad_date(&wire.invoice_date))?;
         checked_value(wire.quantity, unit_price)?;
         Ok(SaleRef {
             invoice_no,
@@ -392,14 +405,12 @@ impl<'a> SaleRef<'a> {
 
     /// Net value of the line: quantity x unit price, in thousandths (see [`Sale::value`]).
     pub fn value(&self) -> Milli {
-        self.unit_price
-            .times(self.quantity)
-            .expect("validated sale value fits in i64")
+        line_value(self.unit_price, self.quantity)
     }
 
     /// A cancellation line (InvoiceNo starting with `C`).
     pub fn is_cancellation(&self) -> bool {
-        self.invoice_no.starts_with('C')
+        is_cancellation(&self.invoice_no)
     }
 }
 
@@ -694,12 +705,7 @@ mod tests {
                 .ok()
                 .filter(|_| wire.invoice_date.len() == 19)
                 .or_else(|| time::parse_iso(&wire.invoice_date))
-                .ok_or_else(|| {
-                    Reject::new(
-                        RejectKind::BadDate,
-                        format!("invoice_date {:?} is not ISO-8601", wire.invoice_date),
-                    )
-                })?;
+                .ok_or_else(|| bad_date(&wire.invoice_date))?;
             checked_value(wire.quantity, unit_price)?;
             Ok(Sale {
                 invoice_no,

@@ -52,16 +52,15 @@ pub fn parse_iso(text: &str) -> Option<NaiveDateTime> {
 /// dataflow's hot path, so it checks the fixed layout directly before asking chrono.
 pub fn parse_wire(text: &str) -> Option<NaiveDateTime> {
     let b = text.as_bytes();
-    let layout_ok = b.len() == 19
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':';
-    if !layout_ok {
+    if !wire_layout(b) {
         return None;
     }
     wire_digits(b).or_else(|| NaiveDateTime::parse_from_str(text, WIRE_FORMAT).ok())
+}
+
+/// Whether `b` has the separators of `YYYY-MM-DDTHH:MM:SS` where they belong.
+fn wire_layout(b: &[u8]) -> bool {
+    b.len() == 19 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':'
 }
 
 /// The common case of [`parse_wire`] without chrono's format interpreter: every field plain
@@ -281,14 +280,7 @@ mod tests {
 
     /// `parse_wire` before its fast path: the layout check, then chrono.
     fn chrono_wire(text: &str) -> Option<NaiveDateTime> {
-        let b = text.as_bytes();
-        let layout_ok = b.len() == 19
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && b[10] == b'T'
-            && b[13] == b':'
-            && b[16] == b':';
-        layout_ok
+        wire_layout(text.as_bytes())
             .then(|| NaiveDateTime::parse_from_str(text, WIRE_FORMAT).ok())
             .flatten()
     }
