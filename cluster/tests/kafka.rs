@@ -7,13 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    assert_same_outputs, bootstrap, cluster, fake_ssh, free_port, run, sibling, text, unique,
-    wait_for_file,
+    DATAFLOW_OUTPUTS, assert_same_files, binary, bootstrap, cluster, fake_ssh, publish, run,
+    spawn_piped, text, unique, wait_for_file, write_hostfile,
 };
 
 /// Long enough (about 3 s for one process here) that a process can be killed mid-run.
@@ -36,17 +36,14 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let topic = unique("sales");
-        run(
-            Command::new(sibling("ingest"))
-                .args(["--generate", RECORDS, "--seed", "7", "--partitions", "8"])
-                .args(["--topic", &topic, "-b", &bootstrap()])
-                .env("RUST_LOG", "warn")
-                .current_dir(scratch("ingest")),
-            0,
+        publish(
+            &topic,
+            &["--generate", RECORDS, "--seed", "7"],
+            &scratch("ingest"),
         );
         let reference = scratch("reference");
         run(
-            Command::new(sibling("dataflow"))
+            Command::new(binary("dataflow"))
                 .args(dataflow_flags(&topic, &reference))
                 .env("RUST_LOG", "warn"),
             0,
@@ -60,7 +57,7 @@ fn fixture() -> &'static Fixture {
 fn dataflow_has(flag: &str) -> bool {
     static HELP: OnceLock<String> = OnceLock::new();
     HELP.get_or_init(|| {
-        let out = run(Command::new(sibling("dataflow")).arg("--help"), 0);
+        let out = run(Command::new(binary("dataflow")).arg("--help"), 0);
         text(&out.stdout)
     })
     .contains(flag)
@@ -97,7 +94,7 @@ fn cluster_job() -> Command {
     command
         .env("RUST_LOG", "warn,cluster=info")
         .arg("--dataflow-bin")
-        .arg(sibling("dataflow"));
+        .arg(binary("dataflow"));
     command
 }
 
@@ -118,7 +115,7 @@ fn three_processes_of_two_workers_match_one_process_of_one() {
             "no output of p{i}: {stderr}"
         );
     }
-    assert_same_outputs(&f.reference, &out);
+    assert_same_files(&f.reference, &out, &DATAFLOW_OUTPUTS);
 }
 
 #[test]
@@ -126,16 +123,14 @@ fn killing_one_process_restarts_the_job_and_ends_with_the_same_results() {
     let f = fixture();
     let out = scratch("killed");
     let pids = scratch("pids");
-    let child = cluster_job()
-        .args(["--processes", "2", "--workers", "1", "--backoff", "100ms"])
-        .arg("--pid-dir")
-        .arg(&pids)
-        .arg("--")
-        .args(dataflow_flags(&f.topic, &out))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(
+        cluster_job()
+            .args(["--processes", "2", "--workers", "1", "--backoff", "100ms"])
+            .arg("--pid-dir")
+            .arg(&pids)
+            .arg("--")
+            .args(dataflow_flags(&f.topic, &out)),
+    );
     let victim = wait_for_file(&pids.join("p1.pid"), Duration::from_secs(30));
     let victim = victim.trim();
     // Mid-run: the whole job takes seconds; the processes are connected or connecting.
@@ -164,7 +159,7 @@ fn killing_one_process_restarts_the_job_and_ends_with_the_same_results() {
         stderr.contains("every process exited 0 (after "),
         "{stderr}"
     );
-    assert_same_outputs(&f.reference, &out);
+    assert_same_files(&f.reference, &out, &DATAFLOW_OUTPUTS);
 }
 
 #[test]
@@ -172,15 +167,7 @@ fn a_hostfile_of_loopback_addresses_runs_every_process_here() {
     let f = fixture();
     let out = scratch("loopback");
     let hosts = out.with_extension("hosts");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.2:{}\n127.0.0.3:{}\n",
-            free_port("127.0.0.2"),
-            free_port("127.0.0.3")
-        ),
-    )
-    .unwrap();
+    write_hostfile(&hosts, &["127.0.0.2", "127.0.0.3"]);
     let result = run(
         cluster_job()
             .args(["--workers", "2", "--hostfile"])
@@ -198,7 +185,7 @@ fn a_hostfile_of_loopback_addresses_runs_every_process_here() {
         stderr.contains("p1 started (pid ") && stderr.contains(", 127.0.0.3:"),
         "{stderr}"
     );
-    assert_same_outputs(&f.reference, &out);
+    assert_same_files(&f.reference, &out, &DATAFLOW_OUTPUTS);
 }
 
 #[test]
@@ -206,15 +193,7 @@ fn ssh_mode_supervises_the_job_through_the_ssh_client() {
     let f = fixture();
     let out = scratch("ssh");
     let hosts = out.with_extension("hosts");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.4:{}\n127.0.0.5:{}\n",
-            free_port("127.0.0.4"),
-            free_port("127.0.0.5")
-        ),
-    )
-    .unwrap();
+    write_hostfile(&hosts, &["127.0.0.4", "127.0.0.5"]);
     let ssh_dir = scratch("ssh-client");
     let ssh = fake_ssh(&ssh_dir);
     let result = run(
@@ -237,5 +216,5 @@ fn ssh_mode_supervises_the_job_through_the_ssh_client() {
     assert!(log.contains("BatchMode=yes 127.0.0.4 -- ") && log.contains(" -p 0 -w 1 -h "));
     assert!(log.contains("BatchMode=yes 127.0.0.5 -- ") && log.contains(" -p 1 -w 1 -h "));
     assert!(text(&result.stderr).contains("[p1] "));
-    assert_same_outputs(&f.reference, &out);
+    assert_same_files(&f.reference, &out, &DATAFLOW_OUTPUTS);
 }

@@ -47,33 +47,25 @@ impl Dice {
     }
 }
 
-fn kafka_script(command: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka");
-    run_ok(Command::new(script).arg(command));
-}
-
 /// Keys and payloads of a topic's committed messages, partition by partition, in order.
 fn committed(topic: &str) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
-    let mut messages: Vec<_> = read_topic(topic, true)
+    read_topic(topic, true)
         .into_iter()
         .map(|m| {
             (
                 m.partition(),
-                m.offset(),
                 m.key().unwrap_or_default().to_vec(),
                 m.payload().unwrap_or_default().to_vec(),
             )
         })
-        .collect();
-    messages.sort_by_key(|m| (m.0, m.1));
-    messages.into_iter().map(|(p, _, k, v)| (p, k, v)).collect()
+        .collect()
 }
 
 #[test]
 fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("chaos");
-    ingest(
+    let topic = unique("chaos");
+    publish(
         &topic,
         &["--generate", &RECORDS.to_string(), "--seed", "5"],
         dir.path(),
@@ -100,20 +92,7 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
         let at = Duration::from_secs_f64(full.as_secs_f64() * dice.between(0.3, 0.95));
         if round == 2 {
             let hostfile = dir.path().join("hosts");
-            let ports: Vec<u16> = (0..2)
-                .map(|_| {
-                    std::net::TcpListener::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port()
-                })
-                .collect();
-            std::fs::write(
-                &hostfile,
-                format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-            )
-            .unwrap();
+            write_hostfile(&hostfile, &["127.0.0.1", "127.0.0.1"]);
             let mut procs: Vec<Child> = (0..2)
                 .map(|p| {
                     spawn_logged(
@@ -172,10 +151,10 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
         .expect("dataflow starts");
     std::thread::sleep(full.mul_f64(0.3));
     eprintln!("restarting the broker mid-run");
-    kafka_script("down");
-    kafka_script("up");
+    kafka_script(&["down"]);
+    kafka_script(&["up"]);
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     if out.status.success() {
         // It resumed from the restored state: it did not read the whole topic again.
         let report: serde_json::Value = stderr
@@ -207,13 +186,7 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     assert!(expected == actual, "committed aggregate changes differ");
 
     // And the summary equals a fold over the topic.
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(chaos.join("summary.json")).unwrap())
-            .unwrap();
-    let sales: Vec<retail_common::Sale> = read_topic(&topic, true)
-        .iter()
-        .map(|m| retail_common::Sale::from_json(m.payload().unwrap()).unwrap())
-        .collect();
+    let sales = topic_sales(&topic);
     assert_eq!(sales.len(), RECORDS);
-    assert_eq!(comparable(&summary), fold(sales));
+    assert_eq!(comparable(&read_summary(&chaos)), fold(sales));
 }

@@ -14,14 +14,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
 use retail_common::Sale;
-use retail_common::record::Fields;
 
 use common::*;
-
-fn read_summary(dir: &std::path::Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");
-    serde_json::from_str(&text).unwrap()
-}
 
 /// Typed rows of a (possibly gzipped) CSV in the UCI header, as ingest types them.
 fn csv_sales(path: &std::path::Path) -> Vec<Sale> {
@@ -42,17 +36,7 @@ fn csv_sales(path: &std::path::Path) -> Vec<Sale> {
         .records()
         .filter_map(|r| {
             let r = r.unwrap();
-            Sale::from_fields(&Fields {
-                invoice_no: &r[0],
-                stock_code: &r[1],
-                description: &r[2],
-                quantity: &r[3],
-                invoice_date: &r[4],
-                unit_price: &r[5],
-                customer_id: &r[6],
-                country: &r[7],
-            })
-            .ok()
+            sale_of_row(|i| r.get(i).unwrap_or("")).ok()
         })
         .collect()
 }
@@ -83,22 +67,17 @@ fn same_results_for_any_parallelism(
 #[test]
 fn real_data_set_gives_identical_results_equal_to_a_fold() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("real");
-    let file = data_dir().join("online_retail.csv.gz");
-    ingest(&topic, &["--file", &file.display().to_string()], dir.path());
+    let topic = unique("real");
+    let file = data_file("online_retail.csv.gz");
+    publish(&topic, &["--file", &file.display().to_string()], dir.path());
     let out = same_results_for_any_parallelism(&topic, dir.path(), "1d");
     let summary = read_summary(&out);
     let expected = fold(csv_sales(&file));
     assert_eq!(comparable(&summary), expected);
     // The per-epoch stream covers every line exactly once.
-    let epochs = std::fs::read_to_string(out.join("epochs.jsonl")).unwrap();
-    let epoch_lines: i64 = epochs
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["value"]["lines"]
-                .as_i64()
-                .unwrap()
-        })
+    let epoch_lines: i64 = read_jsonl(&out, "epochs")
+        .iter()
+        .map(|row| row["value"]["lines"].as_i64().unwrap())
         .sum();
     assert_eq!(epoch_lines, expected["totals"]["lines"].as_i64().unwrap());
 }
@@ -106,28 +85,19 @@ fn real_data_set_gives_identical_results_equal_to_a_fold() {
 #[test]
 fn generated_data_gives_identical_results_equal_to_a_fold() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("generated");
-    ingest(&topic, &["--generate", "60000", "--seed", "11"], dir.path());
+    let topic = unique("generated");
+    publish(&topic, &["--generate", "60000", "--seed", "11"], dir.path());
     let out = same_results_for_any_parallelism(&topic, dir.path(), "1h");
     // The independent computation reads the topic back and folds it.
-    let sales: Vec<Sale> = read_topic(&topic, true)
-        .iter()
-        .map(|m| Sale::from_json(m.payload().unwrap()).expect("generated sales are valid"))
-        .collect();
+    let sales = topic_sales(&topic);
     assert_eq!(sales.len(), 60_000);
     let summary = read_summary(&out);
     assert_eq!(comparable(&summary), fold(sales));
     assert_eq!(summary["dead_letters"]["total"], 0);
     // Several epochs were emitted, each once.
-    let epochs = std::fs::read_to_string(out.join("epochs.jsonl")).unwrap();
-    let keys: Vec<String> = epochs
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["key"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let keys: Vec<String> = read_jsonl(&out, "epochs")
+        .iter()
+        .map(|row| row["key"].as_str().unwrap().to_owned())
         .collect();
     assert!(keys.len() > 5, "only {} epochs", keys.len());
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
@@ -136,11 +106,8 @@ fn generated_data_gives_identical_results_equal_to_a_fold() {
 #[test]
 fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("dlq");
-    let settings = retail_common::kafka::ClientSettings::new(bootstrap());
-    settings
-        .ensure_topic(&topic, 2, &[], Duration::from_secs(10))
-        .unwrap();
+    let topic = unique("dlq");
+    create_topic(&topic, 2, &[]);
     let good = |i: u32| {
         format!(
             r#"{{"invoice_no":"5{i:05}","stock_code":"85123A","description":"HEART","quantity":2,"invoice_date":"2010-12-01T08:{:02}:00","unit_price":"2.55","customer_id":"17850","country":"France"}}"#,
@@ -241,11 +208,7 @@ fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
         assert_eq!(summary["dead_letters"]["by_reason"][reason], 3, "{reason}");
     }
     // dlq.jsonl: each bad message with its reason, partition and offset.
-    let letters: Vec<Value> = std::fs::read_to_string(out.join("dlq.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let letters = read_jsonl(&out, "dlq");
     assert_eq!(letters.len(), bad.len() * 3);
     let by_key: BTreeMap<String, &Value> = letters
         .iter()
@@ -272,7 +235,7 @@ fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
                 .iter()
                 .find(|h| h.key == name)
                 .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .map(text)
         };
         assert_eq!(header("reason").as_deref(), Some(bad[index].0));
         assert_eq!(header("source.topic").as_deref(), Some(topic.as_str()));
@@ -283,12 +246,7 @@ fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
     let changes = read_topic(&aggregates, true);
     let file_lines: usize = ["totals", "by_country", "top_products", "epochs", "alerts"]
         .iter()
-        .map(|s| {
-            std::fs::read_to_string(out.join(format!("{s}.jsonl")))
-                .unwrap()
-                .lines()
-                .count()
-        })
+        .map(|s| read_jsonl(&out, s).len())
         .sum();
     assert_eq!(changes.len(), file_lines);
     assert!(
@@ -301,30 +259,28 @@ fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
 #[test]
 fn a_missing_topic_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dataflow(
-        &fresh_topic("missing"),
-        &dir.path().join("o"),
-        &["--sinks", "jsonl"],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run(
+        &mut dataflow(
+            &unique("missing"),
+            &dir.path().join("o"),
+            &["--sinks", "jsonl"],
+        ),
+        1,
+    );
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
 #[test]
 fn bad_flags_exit_2_before_anything_starts() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dataflow"))
-        .args(["--epoch", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--epoch"));
-    let out = Command::new(env!("CARGO_BIN_EXE_dataflow"))
-        .args(["-n", "2", "-p", "5"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+    let out = run(
+        Command::new(binary("dataflow")).args(["--epoch", "soon"]),
+        2,
+    );
+    assert!(text(&out.stderr).contains("--epoch"));
+    let out = run(
+        Command::new(binary("dataflow")).args(["-n", "2", "-p", "5"]),
+        2,
+    );
+    assert!(text(&out.stderr).contains("out of range"));
 }

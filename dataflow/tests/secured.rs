@@ -22,7 +22,6 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rdkafka::message::Message;
 use serde_json::Value;
 
 use retail_common::Sale;
@@ -60,10 +59,6 @@ fn sasl_ssl() -> PathBuf {
 
 fn mutual_tls() -> PathBuf {
     secured_properties("ssl")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The value of `key` in a client properties file.
@@ -111,7 +106,7 @@ fn ingest_via(via: Via, topic: &str, dir: &Path, args: &[&str]) -> Command {
 /// A bounded dataflow run over `topic` through `via`, its own job (`--job-id` from the
 /// output directory's name) unless `extra` names one.
 fn dataflow_via(via: Via, topic: &str, out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataflow"));
+    let mut cmd = Command::new(binary("dataflow"));
     via.apply(&mut cmd);
     cmd.args(["--topic", topic, "--until-end", "--progress-interval", "0"])
         .arg("-o")
@@ -123,20 +118,6 @@ fn dataflow_via(via: Via, topic: &str, out: &Path, extra: &[&str]) -> Command {
     }
     cmd.args(extra);
     cmd
-}
-
-fn read_summary(dir: &Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("summary.json"))
-        .unwrap_or_else(|e| panic!("{}/summary.json: {e}", dir.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// The sales of a topic, read back over PLAINTEXT.
-fn topic_sales(topic: &str) -> Vec<Sale> {
-    read_topic(topic, true)
-        .iter()
-        .map(|m| Sale::from_json(m.payload().unwrap()).expect("a valid sale"))
-        .collect()
 }
 
 /// Asserts that a run's summary is the fold of `sales`, with every line counted.
@@ -178,13 +159,6 @@ fn sales_of(lines: &[String]) -> Vec<Sale> {
         .collect()
 }
 
-/// Creates `topic` with `partitions` partitions over PLAINTEXT.
-fn create_topic(topic: &str, partitions: i32) {
-    retail_common::kafka::ClientSettings::new(bootstrap())
-        .ensure_topic(topic, partitions, &[], Duration::from_secs(20))
-        .unwrap();
-}
-
 /// Produces `lines` to `topic` with Debian's kcat (another producer: librdkafka 2.0 as
 /// packaged), keyed by invoice, each batch compressed with `codec`; large batches so that
 /// compression matters.
@@ -220,14 +194,8 @@ fn kcat_produce(topic: &str, codec: &str, lines: &[String]) {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kcat did not finish producing to {topic}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("kcat did not finish producing to {topic}"));
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -313,7 +281,7 @@ fn sasl_ssl_and_mutual_tls_give_the_same_outputs_as_plaintext() {
     let tls = mutual_tls();
     let password = property(&sasl, "sasl.password");
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("sasl");
+    let topic = unique("sasl");
     // ingest over SASL_SSL (SCRAM-SHA-512), configured by the file alone.
     let ingested = run_ok_within(
         &mut ingest_via(
@@ -427,8 +395,8 @@ fn a_wrong_password_fails_at_once_and_no_password_is_ever_shown() {
     let dir = tempfile::tempdir().unwrap();
     let bad = with_password(dir.path(), wrong);
     // A topic that exists, so that only the credentials are wrong.
-    let topic = fresh_topic("wrong-password");
-    ingest(&topic, &["--generate", "100"], dir.path());
+    let topic = unique("wrong-password");
+    publish(&topic, &["--generate", "100"], dir.path());
 
     // The password from the file, then one from -X that wins over the right one in the file.
     let file_out = dir.path().join("file");
@@ -494,7 +462,7 @@ fn a_wrong_password_fails_at_once_and_no_password_is_ever_shown() {
     let (out, took) = run_timeout(
         ingest_via(
             Via::Properties(&bad),
-            &fresh_topic("wrong-password-ingest"),
+            &unique("wrong-password-ingest"),
             &ingest_dir,
             &["--generate", "100"],
         )
@@ -540,8 +508,8 @@ fn a_wrong_password_fails_at_once_and_no_password_is_ever_shown() {
 fn a_wrong_password_is_named_at_once_even_with_librdkafka_debug_logs() {
     let dir = tempfile::tempdir().unwrap();
     let bad = with_password(dir.path(), "wrong-Pa55word-xyz");
-    let topic = fresh_topic("wrong-password-debug");
-    ingest(&topic, &["--generate", "100"], dir.path());
+    let topic = unique("wrong-password-debug");
+    publish(&topic, &["--generate", "100"], dir.path());
     let (out, took) = run_timeout(
         &mut dataflow_via(
             Via::Properties(&bad),
@@ -623,8 +591,8 @@ fn batches_compressed_by_another_producer_with_every_codec_are_read() {
     let topics: Vec<String> = codecs
         .iter()
         .map(|codec| {
-            let topic = fresh_topic(&format!("kcat-{codec}"));
-            create_topic(&topic, 2);
+            let topic = unique(&format!("kcat-{codec}"));
+            create_topic(&topic, 2, &[]);
             kcat_produce(&topic, codec, lines);
             topic
         })
@@ -665,7 +633,7 @@ fn batches_compressed_by_another_producer_with_every_codec_are_read() {
 #[test]
 fn ingest_compresses_with_zstd_and_the_job_reads_it() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("ingest-zstd");
+    let topic = unique("ingest-zstd");
     run_ok_within(
         &mut ingest_via(
             Via::Plaintext,
@@ -706,8 +674,8 @@ const RECORDS: u64 = 61;
 /// gzip-compressed and of several hundred records; returns the topic and each partition's
 /// first batch length in bytes, once the broker has written all of them.
 fn gzip_topic(name: &str, partitions: i32) -> (String, Vec<u64>) {
-    let topic = fresh_topic(name);
-    create_topic(&topic, partitions);
+    let topic = unique(name);
+    create_topic(&topic, partitions, &[]);
     kcat_produce(&topic, "gzip", &generated_lines()[..2000]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut lengths = Vec::new();
@@ -812,54 +780,18 @@ fn corrupt_partition_1() -> String {
     topic
 }
 
-#[test]
-fn a_corrupt_batch_read_by_another_worker_stops_the_job() {
-    // Partition 1 is read by worker 1; worker 0 writes the outputs.
-    let dir = tempfile::tempdir().unwrap();
-    let topic = corrupt_partition_1();
-    let out = dir.path().join("out");
-    let (result, took) = run_timeout(
-        &mut dataflow_via(
-            Via::Plaintext,
-            &topic,
-            &out,
-            &["--sinks", "jsonl", "-w", "2"],
-        ),
-        Duration::from_secs(60),
-    );
+/// Asserts that a run (and how long it took) over [`corrupt_partition_1`]'s `topic` failed
+/// within `within`, naming the batch it could not decode, and wrote no summary.json to `out`.
+fn assert_failed_on_partition_1(
+    run: (Output, Duration),
+    within: Duration,
+    topic: &str,
+    out: &Path,
+) {
+    let (result, took) = run;
     let stderr = text(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(took < Duration::from_secs(20), "took {took:?}: {stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "cannot decode a record batch of topic {topic}, partition 1 at offset 0"
-        )),
-        "{stderr}"
-    );
-    assert!(!out.join("summary.json").exists());
-}
-
-/// A source that meets an undecodable batch in process 1 must not let process 0 (the
-/// writer) close and commit epochs without the partition it could not read.
-#[test]
-fn a_corrupt_batch_in_another_process_fails_the_job_without_partial_outputs() {
-    // Partition 1 is read by process 1 (of 2, one worker each); process 0 writes the outputs.
-    let dir = tempfile::tempdir().unwrap();
-    let topic = corrupt_partition_1();
-    let out = dir.path().join("out");
-    let (result, took) = run_timeout(
-        Command::new(binary("cluster"))
-            .env("RUST_LOG", "warn,cluster=info")
-            .args(["-n", "2", "-w", "1", "--max-restarts", "0", "--"])
-            .args(["-b", &bootstrap(), "--topic", &topic, "--until-end"])
-            .args(["--sinks", "jsonl", "--progress-interval", "0"])
-            .args(["--job-id", &format!("{topic}-cluster"), "-o"])
-            .arg(&out),
-        Duration::from_secs(90),
-    );
-    let stderr = text(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(took < Duration::from_secs(30), "took {took:?}: {stderr}");
+    assert!(took < within, "took {took:?}: {stderr}");
     assert!(
         stderr.contains(&format!(
             "cannot decode a record batch of topic {topic}, partition 1 at offset 0"
@@ -873,12 +805,51 @@ fn a_corrupt_batch_in_another_process_fails_the_job_without_partial_outputs() {
     );
 }
 
+#[test]
+fn a_corrupt_batch_read_by_another_worker_stops_the_job() {
+    // Partition 1 is read by worker 1; worker 0 writes the outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let topic = corrupt_partition_1();
+    let out = dir.path().join("out");
+    let run = run_timeout(
+        &mut dataflow_via(
+            Via::Plaintext,
+            &topic,
+            &out,
+            &["--sinks", "jsonl", "-w", "2"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_failed_on_partition_1(run, Duration::from_secs(20), &topic, &out);
+}
+
+/// A source that meets an undecodable batch in process 1 must not let process 0 (the
+/// writer) close and commit epochs without the partition it could not read.
+#[test]
+fn a_corrupt_batch_in_another_process_fails_the_job_without_partial_outputs() {
+    // Partition 1 is read by process 1 (of 2, one worker each); process 0 writes the outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let topic = corrupt_partition_1();
+    let out = dir.path().join("out");
+    let run = run_timeout(
+        Command::new(binary("cluster"))
+            .env("RUST_LOG", "warn,cluster=info")
+            .args(["-n", "2", "-w", "1", "--max-restarts", "0", "--"])
+            .args(["-b", &bootstrap(), "--topic", &topic, "--until-end"])
+            .args(["--sinks", "jsonl", "--progress-interval", "0"])
+            .args(["--job-id", &format!("{topic}-cluster"), "-o"])
+            .arg(&out),
+        Duration::from_secs(90),
+    );
+    assert_failed_on_partition_1(run, Duration::from_secs(30), &topic, &out);
+}
+
 // ---------------------------------------------------------------------------------------
 // Job identities
 
 /// A checkpointed bounded run (the default mode) with its checkpoints in `checkpoints`.
 fn checkpointed(topic: &str, out: &Path, checkpoints: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataflow"));
+    let mut cmd = Command::new(binary("dataflow"));
     cmd.args(["-b", &bootstrap(), "--topic", topic, "--until-end"])
         .args(["--progress-interval", "0", "--sinks", "jsonl,kafka"])
         .args(["--checkpoint-topic", checkpoints])
@@ -919,14 +890,14 @@ fn assert_refused(cmd: &mut Command, job: &str, expected: &str, unexpected: &str
 #[test]
 fn a_job_id_resumes_only_the_job_that_wrote_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (fresh_topic("job-a"), fresh_topic("job-b"));
-    ingest(&a, &["--generate", "5000", "--seed", "1"], dir.path());
-    ingest(&b, &["--generate", "5000", "--seed", "2"], dir.path());
+    let (a, b) = (unique("job-a"), unique("job-b"));
+    publish(&a, &["--generate", "5000", "--seed", "1"], dir.path());
+    publish(&b, &["--generate", "5000", "--seed", "2"], dir.path());
     let (sales_a, sales_b) = (topic_sales(&a), topic_sales(&b));
     assert_eq!((sales_a.len(), sales_b.len()), (5000, 5000));
     assert_ne!(fold(sales_a.iter().cloned()), fold(sales_b.iter().cloned()));
-    let checkpoints = fresh_topic("checkpoints");
-    let job = fresh_topic("job");
+    let checkpoints = unique("checkpoints");
+    let job = unique("job");
     fn with<'a>(job: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut flags = vec!["--job-id", job];
         flags.extend_from_slice(extra);

@@ -4,23 +4,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
-use serde_json::Value;
 
 use common::*;
-
-fn jsonl(dir: &Path, stream: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join(format!("{stream}.jsonl")))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// `1,234` or `-1,234.560` as an integer (thousandths for money).
 fn number(text: &str) -> i64 {
@@ -33,8 +23,8 @@ fn number(text: &str) -> i64 {
 #[test]
 fn the_console_shows_the_totals_and_alerts_of_each_batch_as_the_files_do() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("console");
-    ingest(&topic, &["--generate", "40000", "--seed", "21"], dir.path());
+    let topic = unique("console");
+    publish(&topic, &["--generate", "40000", "--seed", "21"], dir.path());
     let out = dir.path().join("out");
     // Checkpointed: each commit takes several closed epochs at once, which is where the
     // console once showed the totals after the whole commit.
@@ -48,7 +38,7 @@ fn the_console_shows_the_totals_and_alerts_of_each_batch_as_the_files_do() {
     // What the files hold as of each epoch: the last totals row at or before it, and the
     // number of open alerts.
     let mut totals_at: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for row in jsonl(&out, "totals") {
+    for row in read_jsonl(&out, "totals") {
         let v = &row["value"];
         totals_at.insert(
             row["epoch"].as_str().unwrap().to_owned(),
@@ -60,7 +50,7 @@ fn the_console_shows_the_totals_and_alerts_of_each_batch_as_the_files_do() {
     }
     let mut alerts_at: BTreeMap<String, i64> = BTreeMap::new();
     let mut open = 0;
-    for row in jsonl(&out, "alerts") {
+    for row in read_jsonl(&out, "alerts") {
         open += row["diff"].as_i64().unwrap();
         alerts_at.insert(row["epoch"].as_str().unwrap().to_owned(), open);
     }
@@ -94,7 +84,7 @@ fn the_console_shows_the_totals_and_alerts_of_each_batch_as_the_files_do() {
             batches += 1;
         }
     }
-    let epochs = jsonl(&out, "epochs").len();
+    let epochs = read_jsonl(&out, "epochs").len();
     assert!(batches > 20, "only {batches} batches printed");
     // Every epoch with sales has its batch (an epoch may also close with only dead letters).
     assert!(batches >= epochs, "{batches} batches for {epochs} epochs");
@@ -103,41 +93,26 @@ fn the_console_shows_the_totals_and_alerts_of_each_batch_as_the_files_do() {
 #[test]
 fn a_fenced_job_exits_75_and_the_restart_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = fresh_topic("fenced");
-    ingest(&topic, &["--generate", "5000", "--seed", "4"], dir.path());
+    let topic = unique("fenced");
+    publish(&topic, &["--generate", "5000", "--seed", "4"], dir.path());
     let out = dir.path().join("out");
     let job_id = format!("{topic}-job");
     let log = dir.path().join("job.log");
-    let live = |log: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_dataflow"))
-            .args(["--topic", &topic, "-b", &bootstrap(), "--job-id", &job_id])
-            .args([
-                "--sinks",
-                "jsonl,kafka",
-                "--idle-timeout",
-                "1s",
-                "--epoch",
-                "1m",
-            ])
-            .args([
-                "--progress-interval",
-                "0s",
-                "-o",
-                &out.display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("dataflow starts")
+    // The job, and later its restart, with the same flags but for how it ends.
+    let fenced_job = || {
+        let mut cmd = dataflow_job(&topic, &job_id, &out);
+        cmd.args(["--sinks", "jsonl,kafka", "--epoch", "1m"])
+            .args(["--progress-interval", "0s"]);
+        cmd
     };
-    let mut job = live(&log);
+    let mut job = fenced_job()
+        .args(["--idle-timeout", "1s"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("dataflow starts");
     // Wait for its first commits.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::metadata(out.join("totals.jsonl")).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "no commit within 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_file(&out.join("totals.jsonl"), Duration::from_secs(60));
 
     // Another instance claims the job's transactional id: the running one is fenced.
     let other: BaseProducer = ClientConfig::new()
@@ -147,7 +122,7 @@ fn a_fenced_job_exits_75_and_the_restart_resumes() {
         .unwrap();
     other.init_transactions(Duration::from_secs(30)).unwrap();
     // More sales, later in time, make the job commit again.
-    ingest(
+    publish(
         &topic,
         &[
             "--generate",
@@ -159,54 +134,15 @@ fn a_fenced_job_exits_75_and_the_restart_resumes() {
         ],
         dir.path(),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = job.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = job.kill();
-            panic!(
-                "the fenced job did not stop: {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(75), "{text}");
-    assert!(text.to_lowercase().contains("fenc"), "{text}");
+    let logged = wait_for_exit(&mut job, 75, Duration::from_secs(60), &log);
+    assert!(logged.to_lowercase().contains("fenc"), "{logged}");
     drop(other);
 
     // The restart (a bounded run of the same job) resumes from the checkpoint and ends with
     // the fold of the whole topic.
-    let resumed = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_dataflow"))
-            .args(["--topic", &topic, "-b", &bootstrap(), "--job-id", &job_id])
-            .args([
-                "--sinks",
-                "jsonl,kafka",
-                "--until-end",
-                "--epoch",
-                "1m",
-                "--progress-interval",
-                "0s",
-            ])
-            .args(["-o", &out.display().to_string()])
-            .stdin(Stdio::null()),
-    );
-    assert!(
-        String::from_utf8_lossy(&resumed.stderr).contains("resuming after the last checkpoint")
-    );
-    let sales: Vec<retail_common::Sale> = read_topic(&topic, true)
-        .iter()
-        .map(|m| {
-            use rdkafka::message::Message;
-            retail_common::Sale::from_json(m.payload().unwrap()).unwrap()
-        })
-        .collect();
+    let resumed = run_ok(fenced_job().arg("--until-end"));
+    assert!(text(&resumed.stderr).contains("resuming after the last checkpoint"));
+    let sales = topic_sales(&topic);
     assert_eq!(sales.len(), 10_000);
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(comparable(&summary), fold(sales));
+    assert_eq!(comparable(&read_summary(&out)), fold(sales));
 }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{ingest, run, summary};
+use common::{assert_help_mentions, ingest, interrupt_and_wait, run, spawn_piped, summary, text};
 
 /// Online Retail II rows: two good, a bad date, a short row, and one with a byte that is not
 /// UTF-8 (kept, decoded lossily).
@@ -31,37 +31,32 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-fn stderr_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[test]
 fn help_explains_every_flag_and_the_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(ingest(dir.path()).arg("--help"), 0);
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "--file",
-        "--generate",
-        "--seed",
-        "--start",
-        "--live",
-        "--rejects",
-        "--rate",
-        "--topic",
-        "--partitions",
-        "--bootstrap-servers",
-        "-X",
-        "--dry-run",
-        "--output",
-        "Exit codes",
-        "130",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "INGEST_TOPIC",
-        "lossy_utf8_rows",
-    ] {
-        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
-    }
+    assert_help_mentions(
+        &mut ingest(dir.path()),
+        &[
+            "--file",
+            "--generate",
+            "--seed",
+            "--start",
+            "--live",
+            "--rejects",
+            "--rate",
+            "--topic",
+            "--partitions",
+            "--bootstrap-servers",
+            "-X",
+            "--dry-run",
+            "--output",
+            "Exit codes",
+            "130",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "INGEST_TOPIC",
+            "lossy_utf8_rows",
+        ],
+    );
 }
 
 #[test]
@@ -76,7 +71,7 @@ fn bad_usage_exits_2() {
         &["--file", "a.csv", "--seed", "1"],
     ] {
         let out = run(ingest(dir.path()).args(args), 2);
-        let stderr = stderr_of(&out);
+        let stderr = text(&out.stderr);
         assert!(stderr.contains("error:"), "{args:?}: {stderr}");
     }
 }
@@ -88,7 +83,7 @@ fn a_missing_file_exits_1_with_a_clear_message() {
         ingest(dir.path()).args(["--file", "no-such-file.csv", "--dry-run"]),
         1,
     );
-    let stderr = stderr_of(&out);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("error: cannot open input no-such-file.csv: No such file"),
         "{stderr}"
@@ -108,7 +103,7 @@ fn a_missing_column_exits_1_naming_it() {
         ingest(dir.path()).args(["--file", "in.csv", "--dry-run"]),
         1,
     );
-    let stderr = stderr_of(&out);
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("no UnitPrice column"), "{stderr}");
 }
 
@@ -119,7 +114,7 @@ fn an_unreachable_broker_exits_1() {
         ingest(dir.path()).args(["--generate", "10", "-b", "127.0.0.1:1"]),
         1,
     );
-    let stderr = stderr_of(&out);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("cannot reach Kafka at 127.0.0.1:1"),
         "{stderr}"
@@ -168,13 +163,11 @@ fn dry_run_reads_gzip_online_retail_ii_with_rejects_and_lossy_rows() {
 #[test]
 fn reads_stdin_and_writes_an_empty_rejects_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = ingest(dir.path())
-        .args(["--file", "-", "--output", "out.jsonl"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(
+        ingest(dir.path())
+            .args(["--file", "-", "--output", "out.jsonl"])
+            .stdin(Stdio::piped()),
+    );
     child
         .stdin
         .take()
@@ -185,7 +178,7 @@ fn reads_stdin_and_writes_an_empty_rejects_file() {
         )
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // With the records in a file, the summary is on stdout.
     let s = summary(&out.stdout);
     assert_eq!(
@@ -241,46 +234,30 @@ fn generated_output_depends_only_on_seed_count_and_start() {
 #[test]
 fn a_closed_stdout_pipe_exits_0_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = ingest(dir.path())
-        .args(["--generate", "100000000", "--dry-run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(ingest(dir.path()).args(["--generate", "100000000", "--dry-run"]));
     let mut stdout = child.stdout.take().unwrap();
     let mut head = [0u8; 4096];
     stdout.read_exact(&mut head).unwrap();
     drop(stdout);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let stderr = stderr_of(&out);
+    let stderr = text(&out.stderr);
     assert!(!stderr.contains("error"), "{stderr}");
 }
 
 #[test]
 fn ctrl_c_stops_reading_reports_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
-    let child = ingest(dir.path())
-        .args([
-            "--generate",
-            "100000000",
-            "--rate",
-            "1000",
-            "--output",
-            "out.jsonl",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(ingest(dir.path()).args([
+        "--generate",
+        "100000000",
+        "--rate",
+        "1000",
+        "--output",
+        "out.jsonl",
+    ]));
     std::thread::sleep(Duration::from_millis(1500));
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", stderr_of(&out));
+    let out = interrupt_and_wait(child);
     let s = summary(&out.stdout);
     assert_eq!(s["interrupted"], true);
     let published = s["published"].as_u64().unwrap();
@@ -307,7 +284,7 @@ fn a_truncated_gzip_exits_1_after_writing_what_it_read() {
         ingest(dir.path()).args(["--file", "cut.csv.gz", "--dry-run"]),
         1,
     );
-    let stderr = stderr_of(&out);
+    let stderr = text(&out.stderr);
     assert!(
         stderr.contains("error: cannot read cut.csv.gz at line"),
         "{stderr}"

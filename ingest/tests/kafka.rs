@@ -7,14 +7,14 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
-use std::process::Stdio;
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use common::{
-    Record, data_file, delete_topics, ingest, invoice_no, read_topic, run, summary, unique_topic,
+    Record, create_topic, data_file, delete_topics, ingest, interrupt_and_wait, invoice_no,
+    read_records, run, sale_of_row, spawn_piped, summary, text, unique,
 };
-use retail_common::kafka::ClientSettings;
-use retail_common::record::{Fields, Sale};
 
 const UCI_HEADER: [&str; 8] = [
     "InvoiceNo",
@@ -48,18 +48,7 @@ fn expected_from(reader: impl Read) -> Expected {
     let mut record = csv::StringRecord::new();
     while csv.read_record(&mut record).unwrap() {
         expected.rows += 1;
-        let f = |i: usize| record.get(i).unwrap_or("");
-        let typed = Sale::from_fields(&Fields {
-            invoice_no: f(0),
-            stock_code: f(1),
-            description: f(2),
-            quantity: f(3),
-            invoice_date: f(4),
-            unit_price: f(5),
-            customer_id: f(6),
-            country: f(7),
-        });
-        match typed {
+        match sale_of_row(|i| record.get(i).unwrap_or("")) {
             Ok(sale) if record.len() == 8 => expected
                 .valid
                 .push((sale.invoice_no.clone(), sale.to_json())),
@@ -72,7 +61,7 @@ fn expected_from(reader: impl Read) -> Expected {
 }
 
 /// Line numbers in a rejects file.
-fn rejected_lines(path: &std::path::Path) -> Vec<u64> {
+fn rejected_lines(path: &Path) -> Vec<u64> {
     let mut reader = csv::Reader::from_path(path).unwrap();
     assert_eq!(
         reader.headers().unwrap(),
@@ -82,6 +71,14 @@ fn rejected_lines(path: &std::path::Path) -> Vec<u64> {
         .records()
         .map(|r| r.unwrap()[0].parse().unwrap())
         .collect()
+}
+
+/// Runs `ingest --file <file> --topic <topic>` in `dir`, which must succeed.
+fn publish_file(dir: &Path, file: &Path, topic: &str) -> Output {
+    run(
+        ingest(dir).arg("--file").arg(file).args(["--topic", topic]),
+        0,
+    )
 }
 
 /// Checks keys, partitioning and per-invoice order of `records` against `valid`.
@@ -115,14 +112,8 @@ fn sample_file_lands_in_the_topic_keyed_and_ordered_and_reproducibly() {
     let sample = data_file("online_retail_sample.csv");
     let expected = expected_from(std::fs::File::open(&sample).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique_topic("sample");
-    let out = run(
-        ingest(dir.path())
-            .arg("--file")
-            .arg(&sample)
-            .args(["--topic", &topic]),
-        0,
-    );
+    let topic = unique("sample");
+    let out = publish_file(dir.path(), &sample, &topic);
     let s = summary(&out.stdout);
     let rejected = rejected_lines(&dir.path().join("rejects.csv"));
     assert_eq!(rejected, expected.rejected_lines);
@@ -134,7 +125,7 @@ fn sample_file_lands_in_the_topic_keyed_and_ordered_and_reproducibly() {
     assert_eq!(s["interrupted"], false);
     assert_eq!(common::partitions(&topic), 8);
 
-    let records = read_topic(&topic);
+    let records = read_records(&topic);
     assert_eq!(records.len() as u64, s["published"].as_u64().unwrap());
     let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
     assert_eq!(s["bytes"], bytes as u64);
@@ -152,22 +143,16 @@ fn sample_file_lands_in_the_topic_keyed_and_ordered_and_reproducibly() {
     }
 
     // The same file into a fresh topic: the same messages at the same places.
-    let again = unique_topic("sample-again");
-    run(
-        ingest(dir.path())
-            .arg("--file")
-            .arg(&sample)
-            .args(["--topic", &again]),
-        0,
-    );
-    assert_eq!(read_topic(&again), records);
+    let again = unique("sample-again");
+    publish_file(dir.path(), &sample, &again);
+    assert_eq!(read_records(&again), records);
     delete_topics(&[&topic, &again]);
 }
 
 #[test]
 fn generated_sales_match_the_dry_run_and_keep_invoices_together() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique_topic("generated");
+    let topic = unique("generated");
     let args = ["--generate", "20000", "--seed", "7"];
     let out = run(ingest(dir.path()).args(args).args(["--topic", &topic]), 0);
     let s = summary(&out.stdout);
@@ -188,7 +173,7 @@ fn generated_sales_match_the_dry_run_and_keep_invoices_together() {
         .collect();
     assert_eq!(lines.len(), 20000);
     assert!(lines.iter().any(|(invoice, _)| invoice.starts_with('C')));
-    check_invoices(&read_topic(&topic), &lines);
+    check_invoices(&read_records(&topic), &lines);
     delete_topics(&[&topic]);
 }
 
@@ -206,14 +191,8 @@ fn full_file_publishes_every_valid_row() {
         rows
     };
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique_topic("full");
-    let out = run(
-        ingest(dir.path())
-            .arg("--file")
-            .arg(&path)
-            .args(["--topic", &topic]),
-        0,
-    );
+    let topic = unique("full");
+    let out = publish_file(dir.path(), &path, &topic);
     let s = summary(&out.stdout);
     let published = s["published"].as_u64().unwrap();
     let rejected = s["rejected"].as_u64().unwrap();
@@ -233,21 +212,15 @@ fn full_file_publishes_every_valid_row() {
 
 #[test]
 fn an_existing_topic_is_used_as_it_is() {
-    let topic = unique_topic("existing");
-    let settings = ClientSettings::new(common::bootstrap());
-    assert_eq!(
-        settings
-            .ensure_topic(&topic, 3, &[], Duration::from_secs(30))
-            .unwrap(),
-        3
-    );
+    let topic = unique("existing");
+    assert_eq!(create_topic(&topic, 3, &[]), 3);
     let dir = tempfile::tempdir().unwrap();
     run(
         ingest(dir.path()).args(["--generate", "500", "--partitions", "8", "--topic", &topic]),
         0,
     );
     assert_eq!(common::partitions(&topic), 3);
-    let records = read_topic(&topic);
+    let records = read_records(&topic);
     assert_eq!(records.len(), 500);
     // Several partitions are used (the keys spread).
     let used: BTreeSet<i32> = records.iter().map(|r| r.partition).collect();
@@ -258,15 +231,8 @@ fn an_existing_topic_is_used_as_it_is() {
 #[test]
 fn a_refused_message_fails_the_run_with_exit_code_3() {
     // The broker refuses any batch above 200 bytes for this topic.
-    let topic = unique_topic("refused");
-    ClientSettings::new(common::bootstrap())
-        .ensure_topic(
-            &topic,
-            1,
-            &[("max.message.bytes", "200")],
-            Duration::from_secs(30),
-        )
-        .unwrap();
+    let topic = unique("refused");
+    create_topic(&topic, 1, &[("max.message.bytes", "200")]);
     let dir = tempfile::tempdir().unwrap();
     let out = run(
         ingest(dir.path()).args(["--generate", "100", "--topic", &topic]),
@@ -274,7 +240,7 @@ fn a_refused_message_fails_the_run_with_exit_code_3() {
     );
     let s = summary(&out.stdout);
     assert!(s["failed"].as_u64().unwrap() > 0, "{s}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("not delivered"), "{stderr}");
     delete_topics(&[&topic]);
 }
@@ -282,38 +248,22 @@ fn a_refused_message_fails_the_run_with_exit_code_3() {
 #[test]
 fn ctrl_c_flushes_what_was_sent_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
-    let topic = unique_topic("interrupted");
-    let child = ingest(dir.path())
-        .args([
-            "--generate",
-            "100000000",
-            "--rate",
-            "2000",
-            "--topic",
-            &topic,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let topic = unique("interrupted");
+    let child = spawn_piped(ingest(dir.path()).args([
+        "--generate",
+        "100000000",
+        "--rate",
+        "2000",
+        "--topic",
+        &topic,
+    ]));
     std::thread::sleep(Duration::from_secs(3));
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = interrupt_and_wait(child);
     let s = summary(&out.stdout);
     assert_eq!(s["interrupted"], true);
     let published = s["published"].as_u64().unwrap();
     assert!(published > 100, "{s}");
     assert_eq!(s["read"], published);
-    assert_eq!(read_topic(&topic).len() as u64, published);
+    assert_eq!(read_records(&topic).len() as u64, published);
     delete_topics(&[&topic]);
 }

@@ -1,0 +1,30 @@
+//! The integration tests' kit, shared by the tests of `ingest`, `dataflow` and `cluster` (its
+//! only users, as a dev-dependency): they run the real release binaries against the real broker
+//! of `scripts/kafka`, and this crate holds what they need for it, once.
+//!
+//! - [`broker`]: the broker's address, names no other run uses, topics made, read back
+//!   (every partition, `read_committed` or not) and deleted, `scripts/kafka` and what it keeps
+//!   on disk (secured listeners' client settings, the broker's data, the Kafka jars);
+//! - [`places`]: the shared test data (and its rows typed as `ingest` types them) and the
+//!   workspace's built binaries (found next to the running test executable, whichever package
+//!   it belongs to);
+//! - [`process`]: running a command for an expected exit status, or with a time limit that
+//!   kills its whole process group, waiting for a child, publishing with `ingest`;
+//! - [`files`]: a run's output folder (listing, byte-for-byte comparison, `summary.json`, JSON
+//!   lines) and waiting for a file to contain a text;
+//! - [`net`]: free loopback ports and the hostfiles of multi-process jobs.
+//!
+//! Everything is re-exported at the root: a suite's `tests/common/mod.rs` says
+//! `pub use retail_testkit::*;` and adds only what is its own.
+
+pub mod broker;
+pub mod files;
+pub mod net;
+pub mod places;
+pub mod process;
+
+pub use broker::*;
+pub use files::*;
+pub use net::*;
+pub use places::*;
+pub use process::*;
