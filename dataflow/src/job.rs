@@ -307,7 +307,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         let _ = handle.join();
     }
     match metrics.fatal() {
-        Some(Stop::Undecodable(message)) => return Err(JobError::Undecodable(message)),
+        Some(Stop::Undecodable(message) | Stop::Failed(message)) => {
+            return Err(JobError::Undecodable(message));
+        }
         Some(Stop::Restart(message)) => return Err(JobError::Restart(message)),
         None => {}
     }
@@ -396,7 +398,7 @@ fn fatal_watchdog(metrics: &Metrics, done: &AtomicBool) {
         if let Some(stop) = metrics.fatal() {
             std::thread::sleep(Duration::from_millis(300));
             let (message, code) = match stop {
-                Stop::Undecodable(m) => (m, exit::ERROR),
+                Stop::Undecodable(m) | Stop::Failed(m) => (m, exit::ERROR),
                 Stop::Restart(m) => (m, exit::RESTART),
             };
             eprintln!("error: {message}");

@@ -125,6 +125,8 @@ pub enum Stop {
     /// The topic grew and a new partition falls to a worker that has released its epochs; a
     /// restart resumes from the checkpoint and reads it.
     Restart(String),
+    /// A source could not start (its partitions' offsets stayed out of reach).
+    Failed(String),
 }
 
 impl Metrics {
@@ -250,8 +252,20 @@ pub fn kafka_source<'scope>(
             }) as SourceLogic;
         }
         let wake = worker.sync_activator_for(info.address.to_vec());
-        let mut reader = Reader::open(&config, &owned, index, wake)
-            .unwrap_or_else(|e| panic!("worker {index}: cannot start the Kafka source: {e:#}"));
+        let mut reader = match Reader::open(&config, &owned, index, wake) {
+            Ok(reader) => reader,
+            Err(e) => {
+                // Holding the capability keeps every process from closing epochs without
+                // these partitions; the job stops (see `Stop`).
+                let message = format!("worker {index}: cannot start the Kafka source: {e:#}");
+                tracing::error!("{message}");
+                metrics.set_fatal(Stop::Failed(message));
+                shutdown.store(true, Ordering::Relaxed);
+                return Box::new(move |_: &mut SourceOutput<'_>| {
+                    let _ = &cap;
+                }) as SourceLogic;
+            }
+        };
         let mut cap = Some(cap);
         let mut batches: BTreeMap<u64, Batches> = BTreeMap::new();
         Box::new(move |output: &mut SourceOutput<'_>| {
@@ -384,8 +398,7 @@ impl Reader {
         let mut parts = Vec::new();
         let mut slot = vec![None; config.partitions as usize];
         for &p in owned {
-            let (low, high) =
-                consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(30))?;
+            let (low, high) = watermarks(&consumer, &config.topic, p)?;
             let resumed = config.resume.as_ref().and_then(|r| r.partitions.get(&p));
             let start = match (resumed, config.from) {
                 (Some(r), _) => r.offset.max(low),
@@ -721,6 +734,26 @@ impl Reader {
             .lag
             .fetch_add(lag - self.reported_lag, Ordering::Relaxed);
         self.reported_lag = lag;
+    }
+}
+
+/// The low and high offsets of a partition. Right after a broker restart a partition may
+/// have no leader for a few seconds: that is waited out (for up to a minute), not fatal.
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() < deadline => {
+                debug!(partition, error = %e, "offsets not available yet; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
