@@ -55,10 +55,9 @@ pub enum JobError {
         job_id: String,
         differences: Vec<String>,
     },
-    #[error("{0}")]
-    Undecodable(String),
-    #[error("{0}")]
-    Restart(String),
+    /// A source stopped the job.
+    #[error("{}", .0.message())]
+    Stopped(Stop),
 }
 
 impl JobError {
@@ -70,8 +69,8 @@ impl JobError {
             // Start again, and the job resumes from its checkpoint.
             JobError::Write(WriteError::Kafka(
                 KafkaOutError::Aborted(_) | KafkaOutError::Fatal(_),
-            ))
-            | JobError::Restart(_) => exit::RESTART,
+            )) => exit::RESTART,
+            JobError::Stopped(stop) => stop.exit_code(),
             _ => exit::ERROR,
         }
     }
@@ -306,12 +305,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     if let Some(handle) = progress {
         let _ = handle.join();
     }
-    match metrics.fatal() {
-        Some(Stop::Undecodable(message) | Stop::Failed(message)) => {
-            return Err(JobError::Undecodable(message));
-        }
-        Some(Stop::Restart(message)) => return Err(JobError::Restart(message)),
-        None => {}
+    if let Some(stop) = metrics.fatal() {
+        return Err(JobError::Stopped(stop));
     }
     for result in results {
         result.map_err(JobError::Worker)?;
@@ -355,18 +350,10 @@ fn watch_partitions(
             return;
         }
     };
-    let mut waited = Duration::ZERO;
-    let tick = Duration::from_millis(100);
-    while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
-        waited += tick;
-        if waited < WATCH_PARTITIONS_EVERY {
-            continue;
-        }
-        waited = Duration::ZERO;
+    every(WATCH_PARTITIONS_EVERY, done, || {
         // A failed look (a broker restarting) is simply tried again.
         let Ok(Some(now)) = count_partitions(&client, topic, METADATA_TIMEOUT) else {
-            continue;
+            return;
         };
         let before = watch.load(Ordering::Relaxed);
         if now > before {
@@ -386,6 +373,21 @@ fn watch_partitions(
             }
             watch.store(now, Ordering::Relaxed);
         }
+    });
+}
+
+/// Calls `f` every `period` until `done`, looking at `done` every 100 ms so that the thread
+/// ends soon after the job.
+fn every(period: Duration, done: &AtomicBool, mut f: impl FnMut()) {
+    let tick = Duration::from_millis(100);
+    let mut waited = Duration::ZERO;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        waited += tick;
+        if waited >= period {
+            waited = Duration::ZERO;
+            f();
+        }
     }
 }
 
@@ -397,29 +399,17 @@ fn fatal_watchdog(metrics: &Metrics, done: &AtomicBool) {
         std::thread::sleep(tick);
         if let Some(stop) = metrics.fatal() {
             std::thread::sleep(Duration::from_millis(300));
-            let (message, code) = match stop {
-                Stop::Undecodable(m) | Stop::Failed(m) => (m, exit::ERROR),
-                Stop::Restart(m) => (m, exit::RESTART),
-            };
-            eprintln!("error: {message}");
-            std::process::exit(i32::from(code));
+            eprintln!("error: {}", stop.message());
+            std::process::exit(i32::from(stop.exit_code()));
         }
     }
 }
 
-/// Prints a progress line to stderr every `every` until `done`.
-fn progress_loop(metrics: &Metrics, done: &AtomicBool, every: Duration, started: Instant) {
+/// Prints a progress line to stderr every `period` until `done`.
+fn progress_loop(metrics: &Metrics, done: &AtomicBool, period: Duration, started: Instant) {
     let terminal = std::io::stderr().is_terminal();
     let mut last = (Instant::now(), 0u64);
-    let tick = Duration::from_millis(100);
-    let mut waited = Duration::ZERO;
-    while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
-        waited += tick;
-        if waited < every {
-            continue;
-        }
-        waited = Duration::ZERO;
+    every(period, done, || {
         let messages = metrics.messages.load(Ordering::Relaxed);
         let now = Instant::now();
         let rate = (messages - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
@@ -439,5 +429,5 @@ fn progress_loop(metrics: &Metrics, done: &AtomicBool, every: Duration, started:
         } else {
             writeln!(err, "{line}")
         };
-    }
+    });
 }

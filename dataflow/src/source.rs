@@ -129,16 +129,36 @@ pub enum Stop {
     Failed(String),
 }
 
+impl Stop {
+    /// What the user is told.
+    pub fn message(&self) -> &str {
+        match self {
+            Stop::Undecodable(m) | Stop::Restart(m) | Stop::Failed(m) => m,
+        }
+    }
+
+    /// The exit status the stop means: a restart goes on from the checkpoint.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Stop::Restart(_) => retail_common::exit::RESTART,
+            Stop::Undecodable(_) | Stop::Failed(_) => retail_common::exit::ERROR,
+        }
+    }
+}
+
 impl Metrics {
     /// Why a source stopped the job, if one did.
     pub fn fatal(&self) -> Option<Stop> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Records the first reason to stop.
-    fn set_fatal(&self, stop: Stop) {
+    /// Stops the job for `stop` (the first reason is kept): logs it and tells every source of
+    /// this process to stop, holding its epochs open.
+    fn stop_job(&self, stop: Stop, shutdown: &AtomicBool) {
+        tracing::error!("{}", stop.message());
         let mut slot = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         slot.get_or_insert(stop);
+        shutdown.store(true, Ordering::Relaxed);
     }
 }
 
@@ -192,6 +212,23 @@ struct PartitionState {
     held: bool,
 }
 
+impl PartitionState {
+    /// A partition read from `next_offset` (to `end` in a bounded run) with `clock`.
+    fn new(partition: i32, clock: PartitionClock, next_offset: i64, end: Option<i64>) -> Self {
+        PartitionState {
+            partition,
+            clock,
+            next_offset,
+            end,
+            done: end.is_some_and(|e| next_offset >= e),
+            dead_through: -1,
+            caught_up: false,
+            last_message: Instant::now(),
+            held: false,
+        }
+    }
+}
+
 /// Partitions owned by worker `index` of `peers`.
 pub fn owned_partitions(partitions: i32, index: usize, peers: usize) -> Vec<i32> {
     (0..partitions)
@@ -243,9 +280,7 @@ pub fn kafka_source<'scope>(
                          stopping so that a restart reads it from the checkpoint",
                         config.topic
                     );
-                    warn!("{message}");
-                    metrics.set_fatal(Stop::Restart(message));
-                    shutdown.store(true, Ordering::Relaxed);
+                    metrics.stop_job(Stop::Restart(message), &shutdown);
                     return;
                 }
                 activator.activate_after(WATCH_EVERY);
@@ -258,9 +293,7 @@ pub fn kafka_source<'scope>(
                 // Holding the capability keeps every process from closing epochs without
                 // these partitions; the job stops (see `Stop`).
                 let message = format!("worker {index}: cannot start the Kafka source: {e:#}");
-                tracing::error!("{message}");
-                metrics.set_fatal(Stop::Failed(message));
-                shutdown.store(true, Ordering::Relaxed);
+                metrics.stop_job(Stop::Failed(message), &shutdown);
                 return Box::new(move |_: &mut SourceOutput<'_>| {
                     let _ = &cap;
                 }) as SourceLogic;
@@ -296,9 +329,7 @@ pub fn kafka_source<'scope>(
             let handled = reader.poll_into(&config, *c.time(), limit, &mut batches, &metrics);
             if let Some(message) = reader.undecodable.take() {
                 // librdkafka would fetch the same batch for ever: stop the whole job instead.
-                tracing::error!("{message}");
-                metrics.set_fatal(Stop::Undecodable(message));
-                shutdown.store(true, Ordering::Relaxed);
+                metrics.stop_job(Stop::Undecodable(message), &shutdown);
                 return;
             }
             let now_at = *c.time();
@@ -427,21 +458,11 @@ impl Reader {
                 (None, Some(r)) => floored(r.committed + 1),
                 (None, None) => PartitionClock::default(),
             };
-            parts.push(PartitionState {
-                partition: p,
-                clock,
-                next_offset: start,
-                end,
-                done: end.is_some_and(|e| start >= e),
-                dead_through: config
-                    .resume
-                    .as_ref()
-                    .and_then(|r| r.dead_through.get(&p).copied())
-                    .unwrap_or(-1),
-                caught_up: false,
-                last_message: Instant::now(),
-                held: false,
-            });
+            let mut state = PartitionState::new(p, clock, start, end);
+            if let Some(through) = config.resume.as_ref().and_then(|r| r.dead_through.get(&p)) {
+                state.dead_through = *through;
+            }
+            parts.push(state);
             debug!(worker, partition = p, start, ?end, "assigned");
         }
         consumer.assign(&assignment)?;
@@ -523,17 +544,8 @@ impl Reader {
                 self.slot.resize(p as usize + 1, None);
             }
             self.slot[p as usize] = Some(self.parts.len());
-            self.parts.push(PartitionState {
-                partition: p,
-                clock: floored(current),
-                next_offset: low,
-                end: None,
-                done: false,
-                dead_through: -1,
-                caught_up: false,
-                last_message: Instant::now(),
-                held: false,
-            });
+            self.parts
+                .push(PartitionState::new(p, floored(current), low, None));
             self.queues
                 .push(partition_queue(&self.consumer, &self.topic, p, &self.wake));
             info!(worker = self.worker, topic = %config.topic, partition = p, offset = low,

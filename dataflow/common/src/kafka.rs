@@ -392,7 +392,8 @@ impl ClientSettings {
         config: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<i32, KafkaSetupError> {
-        if let Some(n) = self.partition_count(topic, timeout)? {
+        let metadata = self.metadata_client()?;
+        if let Some(n) = count_partitions(&metadata, topic, timeout)? {
             return Ok(n);
         }
         let admin: AdminClient<SetupContext> = self.client()?;
@@ -422,7 +423,7 @@ impl ClientSettings {
         // Metadata can lag creation by a moment; wait until the partitions are visible.
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Some(n) = self.partition_count(topic, timeout)? {
+            if let Some(n) = count_partitions(&metadata, topic, timeout)? {
                 return Ok(n);
             }
             if std::time::Instant::now() > deadline {
