@@ -63,7 +63,7 @@ pub struct Checkpoint {
 }
 
 /// Version of what a checkpoint holds; a checkpoint of another version is not resumed.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What a job is built from: its checkpoint is resumed only by a run built the same way, so a
 /// reused `--job-id` can never carry one job's offsets and state into another.
@@ -83,6 +83,9 @@ pub struct JobIdentity {
     pub alert_invoice_value_milli: i64,
     pub alert_quantity: i64,
     pub alert_cancellations: i64,
+    /// `--invoice-retention` as applied (whole epochs, in seconds); `None`: off.
+    #[serde(default)]
+    pub invoice_retention_secs: Option<u64>,
 }
 
 impl JobIdentity {
@@ -129,6 +132,11 @@ impl JobIdentity {
                 "--alert-cancellations",
                 self.alert_cancellations.to_string(),
                 now.alert_cancellations.to_string(),
+            ),
+            (
+                "--invoice-retention",
+                self.invoice_retention_secs.map_or("off".into(), secs),
+                now.invoice_retention_secs.map_or("off".into(), secs),
             ),
         ];
         let mut out: Vec<String> = compared

@@ -97,7 +97,15 @@ pub struct Args {
     /// A partition that is caught up and silent this long stops holding epochs open ("off" to
     /// wait for ever). The only wall-clock input: it never changes the result of a bounded run.
     #[arg(long, default_value = "30s", value_parser = parse_idle)]
-    pub idle_timeout: IdleTimeout,
+    pub idle_timeout: OrOff,
+
+    /// Invoice retention in event time ("off" to keep every invoice for ever): an invoice whose
+    /// partition's watermark has moved this far past its latest line is closed. It leaves the
+    /// per-invoice state (memory and the state topic) and still counts among the distinct
+    /// invoices; a line arriving for it later is a dead letter with reason invoice_closed.
+    /// Rounded up to whole epochs.
+    #[arg(long, default_value = "30d", value_parser = parse_retention, value_name = "DURATION")]
+    pub invoice_retention: OrOff,
 
     /// Messages larger than this go to the dead-letter sink.
     #[arg(long, default_value_t = 65_536)]
@@ -206,17 +214,26 @@ pub struct Args {
     pub help: Option<bool>,
 }
 
-/// `--idle-timeout`: a duration or `off`.
+/// `--idle-timeout`, `--invoice-retention`: a duration or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdleTimeout(pub Option<Duration>);
+pub struct OrOff(pub Option<Duration>);
 
-fn parse_idle(text: &str) -> Result<IdleTimeout, String> {
+fn parse_idle(text: &str) -> Result<OrOff, String> {
     if text == "off" {
-        return Ok(IdleTimeout(None));
+        return Ok(OrOff(None));
     }
     parse_duration(text)
-        .map(|d| IdleTimeout(Some(d)))
+        .map(|d| OrOff(Some(d)))
         .map_err(|e| e.to_string())
+}
+
+fn parse_retention(text: &str) -> Result<OrOff, String> {
+    match parse_idle(text)? {
+        OrOff(Some(d)) if d.is_zero() => {
+            Err("must be positive; \"off\" keeps every invoice".to_owned())
+        }
+        other => Ok(other),
+    }
 }
 
 fn parse_money(text: &str) -> Result<Milli, String> {
@@ -260,6 +277,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// See `--read-ahead`.
     pub read_ahead: u64,
+    /// `--invoice-retention` in whole epochs (`None`: off).
+    pub retention: Option<u64>,
     pub group_id: String,
     pub job_id: String,
     pub reset: bool,
@@ -347,6 +366,10 @@ impl Args {
             idle_timeout: self.idle_timeout.0,
             max_message_bytes: self.max_message_bytes,
             read_ahead: self.read_ahead,
+            retention: self
+                .invoice_retention
+                .0
+                .map(|d| d.as_secs().max(1).div_ceil(clock.epoch_secs)),
             group_id: self.group_id,
             job_id,
             reset: self.reset,

@@ -1,6 +1,7 @@
 //! Runs one process of the job: checks Kafka, builds the dataflow on every worker, drives it to
 //! completion and reports.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,22 +10,22 @@ use std::time::{Duration, Instant};
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{ProbeHandle, Stream};
 use tracing::{info, warn};
 
 use retail_common::exit;
 use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 
-use crate::aggregate::{self, Saved};
+use crate::aggregate::{self, Revenue, Saved, Text};
 use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
 use crate::parse::Parsed;
 use crate::sink::console::group;
 use crate::sink::kafka::KafkaOutError;
 use crate::sink::writer::{self, Emit, WriteError};
-use crate::source::{Metrics, SourceConfig, SourceResume, Stop, kafka_source};
+use crate::source::{Batches, Metrics, SourceConfig, SourceResume, Stop, kafka_source};
 
 /// How long to wait for Kafka metadata at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -130,13 +131,14 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             }
         }
         // Every process reads where its partitions resume; process 0 also reads the state (or,
-        // on --reset, the entries of the old run to delete).
+        // on --reset, the entries of the old run to delete), and with invoice retention every
+        // process reads it for its partitions' open invoices.
         if writes || !config.reset {
             let stored = checkpoint::read(
                 &config.settings,
                 &config.checkpoint_topic,
                 &config.job_id,
-                writes,
+                writes || config.retention.is_some(),
                 METADATA_TIMEOUT,
             )?;
             (resume, stale) = stored.restore(config.reset)?;
@@ -192,15 +194,24 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         max_message_bytes: config.max_message_bytes,
         read_ahead: config.read_ahead,
         group_id: config.group_id.clone(),
+        retention: config.retention,
+        save: config.checkpoint,
         resume: resume.as_ref().and_then(|r| {
             let c = &r.checkpoint;
             c.epoch.map(|committed| SourceResume {
                 committed,
                 partitions: c.partitions.clone(),
                 dead_through: c.dead_through.clone(),
+                open: open_invoices(&r.saved),
             })
         }),
     });
+    if config.process != 0
+        && let Some(r) = &mut resume
+    {
+        // Other processes needed the state only for the open invoices.
+        r.saved = Vec::new();
+    }
     // The restored state enters the dataflow once, on worker 0 of process 0, at the committed
     // epoch; the writer holds it already and writes nothing for that epoch.
     let restored_at = resume.as_ref().and_then(|r| r.checkpoint.epoch);
@@ -266,13 +277,26 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 // How far the whole dataflow has got: the source's flow control reads it.
                 let probe = ProbeHandle::new();
                 let parsed = kafka_source(scope, source_config, metrics, shutdown, probe.clone());
-                // Lines go to the aggregates; dead letters and positions straight to the writer.
+                // Lines and closed invoices go to the aggregates; dead letters, positions and the
+                // source's state straight to the writer.
                 #[allow(clippy::result_large_err)]
-                let (lines, other) = parsed.ok_err(|(item, time, diff)| match item {
-                    Parsed::Line(line) => Ok((line, time, diff)),
+                let (lines, other): (_, Stream<'_, u64, Batches>) =
+                    parsed.ok_err(|(item, time, diff)| match item {
+                        Parsed::Line(line) => Ok((line, time, diff)),
+                        other => Err((other, time, diff)),
+                    });
+                #[allow(clippy::result_large_err)]
+                let (closed, other) = other.ok_err(|(item, time, diff)| match item {
+                    Parsed::Close(invoice, revenue) => Ok(((invoice, revenue), time, diff)),
                     other => Err((other, time)),
                 });
-                let built = aggregate::build(lines.as_collection(), restored, rules, save);
+                let built = aggregate::build(
+                    lines.as_collection(),
+                    closed.as_collection(),
+                    restored,
+                    rules,
+                    save,
+                );
                 let mut outputs = built.outputs.inner.map(|(o, t, r)| Emit::Out(o, t, r));
                 if let Some(saved) = built.saved {
                     outputs = outputs.concat(saved.inner.map(|(s, t, r)| Emit::Saved(s, t, r)));
@@ -280,7 +304,10 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 let dead = other.map(|(item, t)| match item {
                     Parsed::Dead(letter) => Emit::Dead(letter, t),
                     Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, t),
-                    Parsed::Line(_) => unreachable!("lines were split off"),
+                    Parsed::Saved(entry, r) => Emit::Saved(entry, t, r),
+                    Parsed::Line(_) | Parsed::Close(..) => {
+                        unreachable!("lines and closings were split off")
+                    }
                 });
                 writer::write(outputs.concat(dead), writer, failure, &probe);
                 state
@@ -328,6 +355,33 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         records_per_sec: messages as f64 / seconds.max(1e-9),
         interrupted: shutdown.load(Ordering::Relaxed),
     })
+}
+
+/// The open invoices of a checkpoint's state, per partition: each `Open` entry with its
+/// invoice's accumulated value.
+fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<(Text, u64, Revenue)>> {
+    let values: HashMap<&Text, Revenue> = saved
+        .iter()
+        .filter_map(|s| match s {
+            Saved::Invoice(i, m) => Some((i, *m)),
+            _ => None,
+        })
+        .collect();
+    let mut open: BTreeMap<i32, Vec<(Text, u64, Revenue)>> = BTreeMap::new();
+    for s in saved {
+        if let Saved::Open {
+            partition,
+            invoice,
+            last,
+        } = s
+        {
+            let value = values.get(invoice).copied().unwrap_or_default();
+            open.entry(*partition)
+                .or_default()
+                .push((invoice.clone(), *last, value));
+        }
+    }
+    open
 }
 
 /// How often the topic's partition count is read while the job runs.

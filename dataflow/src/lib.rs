@@ -17,6 +17,7 @@ pub mod cli;
 pub mod epoch;
 pub mod job;
 pub mod parse;
+pub mod retention;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use retail_common::record::{Reject, RejectKind, SaleRef};
 use retail_common::time::epoch_seconds;
 
-use crate::aggregate::Line;
+use crate::aggregate::{Line, Revenue, Saved, Text};
 use crate::epoch::{EpochClock, PartitionClock};
 
 /// A message that failed validation, kept with everything needed to find and replay it.
@@ -32,6 +32,10 @@ pub enum Parsed {
     /// How far a partition has been read (its next offset) and its watermark state there, for
     /// checkpoints and lag.
     Position(i32, i64, PartitionClock),
+    /// An invoice `--invoice-retention` closed, with its lines and net value.
+    Close(Text, Revenue),
+    /// A change of the state the source keeps for checkpoints (its open invoices).
+    Saved(Saved, isize),
 }
 
 /// What placing a message needs to know besides the message.
@@ -45,6 +49,9 @@ pub struct Rules<'a> {
     pub committed: Option<u64>,
     /// Dead letters at or before this offset are committed already (resumed jobs).
     pub dead_through: i64,
+    /// `--invoice-retention` in epochs: a line whose epoch is this far or further behind its
+    /// partition's earliest open epoch belongs to a closed invoice.
+    pub retention: Option<u64>,
 }
 
 /// What a message became.
@@ -79,38 +86,65 @@ pub fn place(
     } else {
         SaleRef::from_json(payload)
     };
-    match parsed {
-        Ok(sale) => {
-            let event = rules.clock.epoch_of(epoch_seconds(sale.invoice_date));
-            let at = clock.assign(rules.clock, event);
-            if rules.committed.is_some_and(|c| at.epoch <= c) {
+    let sale = match parsed {
+        Ok(sale) => sale,
+        Err(_) if offset <= rules.dead_through => return Placed::Committed,
+        Err(reject) => return dead(rules, clock, partition, offset, key, payload, reject),
+    };
+    let event = rules.clock.epoch_of(epoch_seconds(sale.invoice_date));
+    if let Some(retention) = rules.retention {
+        let open_from = clock.open_from(rules.clock);
+        if event.saturating_add(retention) < open_from {
+            if offset <= rules.dead_through {
                 return Placed::Committed;
             }
-            Placed::Line(Line {
-                epoch: at.epoch,
-                quantity: sale.quantity,
-                unit_price_milli: sale.unit_price.0,
-                late: at.late,
-                invoice: sale.invoice_no.into(),
-                stock_code: sale.stock_code.into(),
-                customer: sale.customer_id.map(Into::into),
-                country: sale.country.into(),
-            })
-        }
-        Err(_) if offset <= rules.dead_through => Placed::Committed,
-        Err(reject) => {
-            let epoch = clock.open_from(rules.clock).max(rules.frontier);
-            let letter = DeadLetter {
-                partition,
-                offset,
-                reason: reject.kind.code().to_owned(),
-                detail: reject.detail,
-                key: key.map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-            };
-            Placed::Dead(letter, epoch)
+            let detail = format!(
+                "invoice {} dated {} is more than --invoice-retention behind its partition's \
+                 watermark (epochs before {} are closed): the invoice is closed",
+                sale.invoice_no,
+                rules.clock.label(event),
+                rules.clock.label(open_from - retention),
+            );
+            let reject = Reject::new(RejectKind::InvoiceClosed, detail);
+            return dead(rules, clock, partition, offset, key, payload, reject);
         }
     }
+    let at = clock.assign(rules.clock, event);
+    if rules.committed.is_some_and(|c| at.epoch <= c) {
+        return Placed::Committed;
+    }
+    Placed::Line(Line {
+        epoch: at.epoch,
+        quantity: sale.quantity,
+        unit_price_milli: sale.unit_price.0,
+        late: at.late,
+        invoice: sale.invoice_no.into(),
+        stock_code: sale.stock_code.into(),
+        customer: sale.customer_id.map(Into::into),
+        country: sale.country.into(),
+    })
+}
+
+/// A dead letter of `reject`, at the partition's earliest open epoch.
+fn dead(
+    rules: &Rules<'_>,
+    clock: &PartitionClock,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    reject: Reject,
+) -> Placed {
+    let epoch = clock.open_from(rules.clock).max(rules.frontier);
+    let letter = DeadLetter {
+        partition,
+        offset,
+        reason: reject.kind.code().to_owned(),
+        detail: reject.detail,
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.to_vec(),
+    };
+    Placed::Dead(letter, epoch)
 }
 
 #[cfg(test)]
@@ -124,6 +158,7 @@ mod tests {
             frontier: 0,
             committed: None,
             dead_through: -1,
+            retention: None,
         }
     }
 
@@ -176,5 +211,48 @@ mod tests {
             place(&resumed, &mut partition, 0, 8, None, b"{"),
             Placed::Committed
         );
+    }
+
+    #[test]
+    fn a_line_behind_the_retention_horizon_is_an_invoice_closed_dead_letter() {
+        let clock =
+            EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
+        let kept = Rules {
+            retention: Some(2),
+            ..rules(&clock)
+        };
+        let mut partition = PartitionClock::default();
+        assert!(matches!(
+            place(&kept, &mut partition, 0, 0, None, SALE),
+            Placed::Line(_)
+        ));
+        // Two hours earlier: at the horizon, still open (a late line).
+        let at_horizon = String::from_utf8_lossy(SALE).replace("08:26:00", "06:26:00");
+        assert!(matches!(
+            place(&kept, &mut partition, 0, 1, None, at_horizon.as_bytes()),
+            Placed::Line(ref l) if l.late
+        ));
+        // Three hours earlier: closed.
+        let behind = String::from_utf8_lossy(SALE).replace("08:26:00", "05:26:00");
+        match place(
+            &kept,
+            &mut partition,
+            0,
+            2,
+            Some(b"536365"),
+            behind.as_bytes(),
+        ) {
+            Placed::Dead(letter, at) => {
+                assert_eq!(letter.reason, "invoice_closed");
+                assert!(letter.detail.contains("536365"), "{}", letter.detail);
+                assert_eq!(at, partition.open_from(&clock));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without retention the same line is late, not dead.
+        assert!(matches!(
+            place(&rules(&clock), &mut partition, 0, 3, None, behind.as_bytes()),
+            Placed::Line(ref l) if l.late
+        ));
     }
 }

@@ -44,9 +44,11 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 use tracing::{debug, info, warn};
 
+use crate::aggregate::{Revenue, Saved, Text};
 use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
 use crate::parse::{self, Parsed, Placed, Rules};
+use crate::retention::{Closed, OpenInvoices};
 use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
 
 /// Messages handled per activation before the source yields to other operators.
@@ -86,6 +88,10 @@ pub struct SourceConfig {
     /// run before it is left unread.
     pub read_ahead: u64,
     pub group_id: String,
+    /// `--invoice-retention` in epochs (`None`: invoices never close).
+    pub retention: Option<u64>,
+    /// Checkpoints are on: the open invoices' changes go to the writer as state.
+    pub save: bool,
     /// Set when resuming from a checkpoint.
     pub resume: Option<SourceResume>,
 }
@@ -99,6 +105,8 @@ pub struct SourceResume {
     pub partitions: BTreeMap<i32, Resume>,
     /// Per partition, the offset of the last committed dead letter.
     pub dead_through: BTreeMap<i32, i64>,
+    /// Per partition, the invoices open at the committed epoch: number, latest epoch, value.
+    pub open: BTreeMap<i32, Vec<(Text, u64, Revenue)>>,
 }
 
 /// Counters the progress line reads; shared by the workers of one process.
@@ -210,6 +218,8 @@ struct PartitionState {
     last_message: Instant,
     /// Not read, by flow control.
     held: bool,
+    /// Open invoices, with `--invoice-retention`.
+    invoices: OpenInvoices,
 }
 
 impl PartitionState {
@@ -225,6 +235,7 @@ impl PartitionState {
             caught_up: false,
             last_message: Instant::now(),
             held: false,
+            invoices: OpenInvoices::default(),
         }
     }
 }
@@ -237,7 +248,7 @@ pub fn owned_partitions(partitions: i32, index: usize, peers: usize) -> Vec<i32>
 }
 
 /// What the source emits: items at their epoch, with a count.
-type Batches = Vec<(Parsed, u64, isize)>;
+pub type Batches = Vec<(Parsed, u64, isize)>;
 type SourceOutput<'a> = OutputBuilderSession<'a, u64, CapacityContainerBuilder<Batches>>;
 type SourceLogic = Box<dyn FnMut(&mut SourceOutput<'_>)>;
 
@@ -461,6 +472,15 @@ impl Reader {
             let mut state = PartitionState::new(p, clock, start, end);
             if let Some(through) = config.resume.as_ref().and_then(|r| r.dead_through.get(&p)) {
                 state.dead_through = *through;
+            }
+            for (invoice, last, revenue) in config
+                .resume
+                .as_ref()
+                .and_then(|r| r.open.get(&p))
+                .into_iter()
+                .flatten()
+            {
+                state.invoices.restore(invoice.clone(), *last, *revenue);
             }
             parts.push(state);
             debug!(worker, partition = p, start, ?end, "assigned");
@@ -876,12 +896,28 @@ fn handle(
         frontier: place.frontier,
         committed: place.committed,
         dead_through: state.dead_through,
+        retention: config.retention,
     };
     let item = match parse::place(&rules, &mut state.clock, p, offset, message.key(), payload) {
         Placed::Line(line) => {
             tally.lines += 1;
             tally.late += u64::from(line.late);
             let epoch = line.epoch;
+            if config.retention.is_some()
+                && let Some(moved) = state.invoices.add(&line.invoice, epoch, line.revenue())
+                && config.save
+            {
+                let open = |last| Saved::Open {
+                    partition: p,
+                    invoice: line.invoice.clone(),
+                    last,
+                };
+                let batch = batches.entry(epoch).or_default();
+                if let Some(from) = moved.from {
+                    batch.push((Parsed::Saved(open(from), -1), epoch, 1));
+                }
+                batch.push((Parsed::Saved(open(moved.to), 1), epoch, 1));
+            }
             Some((Parsed::Line(line), epoch))
         }
         Placed::Dead(letter, epoch) => {
@@ -895,9 +931,50 @@ fn handle(
         // Re-read after a restart: its effect is in the restored state already.
         None => tally.replayed += 1,
     }
+    if let Some(retention) = config.retention {
+        close_expired(state, retention, place, batches);
+    }
     if state.end.is_some_and(|e| offset + 1 >= e) {
         state.done = true;
         finished.push(p);
+    }
+}
+
+/// Closes the invoices of `state`'s partition that its watermark has left `retention` epochs
+/// behind, at the partition's earliest open epoch. A resumed job re-derives closings of
+/// committed epochs; their effect is in the restored state, so they are dropped.
+fn close_expired(
+    state: &mut PartitionState,
+    retention: u64,
+    place: &Placing<'_>,
+    batches: &mut BTreeMap<u64, Batches>,
+) {
+    let open_from = state.clock.open_from(&place.config.clock);
+    let mut closed = Vec::new();
+    state.invoices.expire(open_from, retention, &mut closed);
+    if closed.is_empty() {
+        return;
+    }
+    let at = open_from.max(place.frontier);
+    if place.committed.is_some_and(|c| at <= c) {
+        return;
+    }
+    let batch = batches.entry(at).or_default();
+    for Closed {
+        invoice,
+        last,
+        revenue,
+    } in closed
+    {
+        if place.config.save {
+            let open = Saved::Open {
+                partition: state.partition,
+                invoice: invoice.clone(),
+                last,
+            };
+            batch.push((Parsed::Saved(open, -1), at, 1));
+        }
+        batch.push((Parsed::Close(invoice, revenue), at, 1));
     }
 }
 

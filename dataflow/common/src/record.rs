@@ -95,6 +95,9 @@ pub enum RejectKind {
     Oversized,
     /// A CSV row that cannot be read as the schema (wrong column count, unreadable line).
     BadRow,
+    /// A sale line older than its partition's retention horizon (`dataflow
+    /// --invoice-retention`): its invoice is closed.
+    InvoiceClosed,
 }
 
 impl RejectKind {
@@ -112,11 +115,12 @@ impl RejectKind {
             RejectKind::ValueOverflow => "value_overflow",
             RejectKind::Oversized => "oversized",
             RejectKind::BadRow => "bad_row",
+            RejectKind::InvoiceClosed => "invoice_closed",
         }
     }
 
     /// Every kind, in code order; used for per-reason counters.
-    pub const ALL: [RejectKind; 11] = [
+    pub const ALL: [RejectKind; 12] = [
         RejectKind::NotUtf8,
         RejectKind::NotJson,
         RejectKind::MissingField,
@@ -128,6 +132,7 @@ impl RejectKind {
         RejectKind::ValueOverflow,
         RejectKind::Oversized,
         RejectKind::BadRow,
+        RejectKind::InvoiceClosed,
     ];
 }
 

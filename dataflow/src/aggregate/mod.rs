@@ -20,7 +20,7 @@ pub mod per_epoch;
 pub mod sums;
 pub mod top;
 
-use differential_dataflow::difference::Semigroup;
+use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -124,8 +124,16 @@ pub enum Saved {
     Product(Text, Revenue),
     /// Net value and lines of an invoice (its presence counts the invoice as seen).
     Invoice(Text, Revenue),
-    /// An alert raised by a single line.
+    /// An alert raised by a single line, or settled when its invoice closed.
     LineAlert(Alert),
+    /// An invoice still open under `--invoice-retention`: the partition its lines come from
+    /// and the latest epoch any of them was assigned to. Written by the source; with the
+    /// invoice's `Invoice` entry it rebuilds the source's open invoices on resume.
+    Open {
+        partition: i32,
+        invoice: Text,
+        last: u64,
+    },
 }
 
 impl Saved {
@@ -140,6 +148,9 @@ impl Saved {
             Saved::Product(p, _) => format!("product:{}", json(p)),
             Saved::Invoice(i, _) => format!("invoice:{}", json(i)),
             Saved::LineAlert(a) => format!("line_alert:{}", json(a)),
+            Saved::Open {
+                partition, invoice, ..
+            } => format!("open:{partition}:{}", json(invoice)),
         }
     }
 }
@@ -183,20 +194,46 @@ fn one_each<'scope, K: Clone + 'static>(
 }
 
 /// Builds every aggregate over `lines` (timestamps are epochs), starting from the `restored`
-/// state of a checkpoint; with `save`, also returns the state's changes.
+/// state of a checkpoint; with `save`, also returns the state's changes. `closed` holds the
+/// invoices `--invoice-retention` closes, with their lines and net value: they leave the
+/// per-invoice arrangements and are counted among the distinct invoices from then on.
 pub fn build<'scope>(
     lines: VecCollection<'scope, u64, Line>,
+    closed: VecCollection<'scope, u64, (Text, Revenue)>,
     restored: VecCollection<'scope, u64, Saved>,
     rules: AlertRules,
     save: bool,
 ) -> Built<'scope> {
     let derived = derive::derive(lines, rules);
+    // A closed invoice's accumulated value is taken back out of its arrangement (which then
+    // forgets the key) and it counts as one closed invoice of the total.
+    let retracted_numbers = closed.clone().explode(|(i, mut m): (Text, Revenue)| {
+        m.negate();
+        invoice::pack(&i).map(|n| (n, m))
+    });
+    let retracted_named = closed.clone().explode(|(i, mut m): (Text, Revenue)| {
+        m.negate();
+        invoice::pack(&i).is_none().then_some((i, m))
+    });
+    // A closed invoice's large-invoice alert is settled: kept from then on with the alerts of
+    // single lines, so the alert outputs do not change when an invoice closes.
+    let settled = closed
+        .clone()
+        .flat_map(move |(i, m)| rules.invoice_alert(&i, m.revenue_milli));
+    let closed_count = closed.explode(|_| {
+        let s = Sums {
+            closed_invoices: 1,
+            ..Sums::default()
+        };
+        Some((StatKey::Total, s))
+    });
     // Net value and lines per invoice (for the large-invoice rule), kept apart for packed
     // numbers and other texts. Their keys are the distinct invoices: each appears once in the
     // output with +1 (a later change retracts the old value and adds the new one), which
     // counts distinct invoices without an arrangement of their own.
     let numbered = derived
         .invoice_numbers
+        .concat(retracted_numbers)
         .concat(restore(&restored, |s| match s {
             Saved::Invoice(i, m) => invoice::pack(&i).map(|n| (n, m)),
             _ => None,
@@ -205,6 +242,7 @@ pub fn build<'scope>(
         .count_total();
     let named = derived
         .invoices
+        .concat(retracted_named)
         .concat(restore(&restored, |s| match s {
             Saved::Invoice(i, m) if invoice::pack(&i).is_none() => Some((i, m)),
             _ => None,
@@ -237,6 +275,7 @@ pub fn build<'scope>(
         }))
         .concat(customers)
         .concat(distinct_invoices)
+        .concat(closed_count)
         .arrange_by_self_named("Arrange: totals and countries")
         .count_total();
 
@@ -251,9 +290,17 @@ pub fn build<'scope>(
         .count_total();
     let top_products = top::top_products(products.clone(), TOP_PRODUCTS);
 
-    let totals = stats.clone().map(|(key, s)| match key {
-        StatKey::Total => Output::Totals(s),
-        StatKey::Country(c) => Output::Country(c, s),
+    // Distinct invoices are the open ones (keys of the arrangements) and the closed ones.
+    let totals = stats.clone().map(|(key, s)| {
+        let s = Sums {
+            invoices: s.invoices + s.closed_invoices,
+            closed_invoices: 0,
+            ..s
+        };
+        match key {
+            StatKey::Total => Output::Totals(s),
+            StatKey::Country(c) => Output::Country(c, s),
+        }
     });
     // Per-epoch rows and cancellation bursts.
     let epochs = per_epoch::epoch_rows(derived.epoch_parts, rules).as_collection();
@@ -261,6 +308,7 @@ pub fn build<'scope>(
     // Alerts of single lines (kept as a set) and of invoices over the threshold.
     let line_alerts = derived
         .line_alerts
+        .concat(settled)
         .concat(restore(&restored, |s| match s {
             Saved::LineAlert(a) => Some((a, 1isize)),
             _ => None,

@@ -21,6 +21,11 @@ pub struct Sums {
     pub late_lines: i64,
     pub invoices: i64,
     pub customers: i64,
+    /// Invoices closed by `--invoice-retention` (no longer keys of the per-invoice
+    /// arrangement): the outputs count them with `invoices`.
+    /// (Not skipped when zero: timely's exchange encoding is not self-describing.)
+    #[serde(default)]
+    pub closed_invoices: i64,
 }
 
 /// Lines and net value of an invoice or a product, in thousandths. Reads the JSON of a
@@ -79,7 +84,8 @@ additive!(Sums {
     cancellation_value_milli,
     late_lines,
     invoices,
-    customers
+    customers,
+    closed_invoices
 });
 additive!(Revenue {
     lines,

@@ -75,6 +75,9 @@ fn run(lines: &[Line], workers: usize, rules: AlertRules) -> Vec<(Output, u64, i
     run_from(&[], 0, lines, workers, rules, false).0
 }
 
+/// Invoices closed by retention: number, lines and value, and the epoch they close at.
+type Closings = Vec<(Text, Revenue, u64)>;
+
 /// Runs the aggregates from a `restored` state fed at time `at`, over `lines`; returns every
 /// output update and, with `save`, every change of the saved state.
 fn run_from(
@@ -85,15 +88,29 @@ fn run_from(
     rules: AlertRules,
     save: bool,
 ) -> (Updates<Output>, Updates<Saved>) {
+    run_with(restored, at, lines, &Vec::new(), workers, rules, save)
+}
+
+/// [`run_from`], with invoices closed by retention.
+fn run_with(
+    restored: &[Saved],
+    at: u64,
+    lines: &[Line],
+    closings: &Closings,
+    workers: usize,
+    rules: AlertRules,
+    save: bool,
+) -> (Updates<Output>, Updates<Saved>) {
     let collected = Arc::new(Mutex::new((Vec::new(), Vec::new())));
     let sink = Arc::clone(&collected);
-    let (lines, restored) = (lines.to_vec(), restored.to_vec());
+    let (lines, restored, closings) = (lines.to_vec(), restored.to_vec(), closings.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = Arc::clone(&sink);
-        let (mut input, mut state) = worker.dataflow::<u64, _, _>(|scope| {
+        let (mut input, mut state, mut close) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, lines) = scope.new_collection::<Line, isize>();
             let (state, restored) = scope.new_collection::<Saved, isize>();
-            let built = build(lines, restored, rules, save);
+            let (close, closed) = scope.new_collection::<(Text, Revenue), isize>();
+            let built = build(lines, closed, restored, rules, save);
             let outputs = Arc::clone(&sink);
             built.outputs.inspect(move |(o, t, r)| {
                 outputs.lock().unwrap().0.push((o.clone(), *t, *r));
@@ -103,7 +120,7 @@ fn run_from(
                     sink.lock().unwrap().1.push((s.clone(), *t, *r));
                 });
             }
-            (input, state)
+            (input, state, close)
         });
         if worker.index() == 0 {
             state.advance_to(at);
@@ -116,9 +133,13 @@ fn run_from(
                 let epoch = line.epoch;
                 input.update_at(line, epoch, 1);
             }
+            for (invoice, value, epoch) in closings.clone() {
+                close.update_at((invoice, value), epoch, 1);
+            }
         }
         state.close();
         input.close();
+        close.close();
     })
     .expect("timely runs");
     let (mut updates, mut saved) = collected.lock().unwrap().clone();
@@ -326,4 +347,46 @@ fn a_restored_state_continues_exactly_like_an_uninterrupted_run() {
             );
         }
     }
+}
+
+#[test]
+fn closed_invoices_leave_their_arrangement_but_stay_counted() {
+    let lines = sample_lines(2_000);
+    let rules = sample_rules();
+    // Every invoice closes three epochs after its last line, with its lines and value.
+    let mut by_invoice: BTreeMap<Text, (Revenue, u64)> = BTreeMap::new();
+    for line in &lines {
+        let (value, last) = by_invoice.entry(line.invoice.clone()).or_default();
+        value.plus_equals(&line.revenue());
+        *last = (*last).max(line.epoch);
+    }
+    let closings: Closings = by_invoice
+        .iter()
+        .map(|(i, (value, last))| (i.clone(), *value, last + 3))
+        .collect();
+    let one = run_with(&[], 0, &lines, &closings, 1, rules, false).0;
+    for workers in [2, 3] {
+        assert_eq!(
+            run_with(&[], 0, &lines, &closings, workers, rules, false).0,
+            one
+        );
+    }
+    // Closing changes no output: the totals count closed invoices among the distinct ones,
+    // and a closed invoice's large-invoice alert is settled, not withdrawn.
+    assert!(
+        by_invoice
+            .iter()
+            .any(|(i, (v, _))| rules.invoice_alert(i, v.revenue_milli).is_some()),
+        "the sample has no large invoice"
+    );
+    assert_eq!(one, run(&lines, 1, rules));
+    // But the per-invoice state is gone: the saved entries end without any invoice.
+    let (_, saved) = run_with(&[], 0, &lines, &closings, 1, rules, true);
+    let state = saved_state(&saved, u64::MAX);
+    assert!(!state.iter().any(|s| matches!(s, Saved::Invoice(..))));
+    assert!(
+        state
+            .iter()
+            .any(|s| matches!(s, Saved::LineAlert(Alert::LargeInvoice { .. })))
+    );
 }

@@ -128,6 +128,7 @@ pub fn identity(config: &Config, partitions: i32) -> JobIdentity {
         alert_invoice_value_milli: config.rules.invoice_value_milli,
         alert_quantity: config.rules.quantity,
         alert_cancellations: config.rules.cancellations_per_epoch,
+        invoice_retention_secs: config.retention.map(|r| r * config.clock.epoch_secs),
     }
 }
 

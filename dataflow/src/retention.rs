@@ -1,0 +1,205 @@
+//! Invoice retention (`--invoice-retention`): the invoices of one partition that are still open.
+//!
+//! An invoice is open from its first line until its partition's earliest open epoch (the
+//! watermark) has moved more than the retention past the latest epoch any of its lines was
+//! assigned to. It then closes: the source takes its accumulated lines and value back out of
+//! the per-invoice arrangements and counts it as a closed invoice, so memory and the state
+//! topic hold only the invoices of the last retention period. A line behind the same horizon
+//! is a dead letter (`invoice_closed`, see [`crate::parse`]). Everything here follows the
+//! order of records within their own partition, so closings fall in the same epochs for any
+//! worker count and after any restart.
+
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
+
+use crate::aggregate::{Revenue, Text};
+
+/// What an open invoice keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Open {
+    /// The latest epoch any of its lines was assigned to.
+    last: u64,
+    revenue: Revenue,
+}
+
+/// The open invoices of one partition.
+#[derive(Debug, Default)]
+pub struct OpenInvoices {
+    open: HashMap<Text, Open>,
+    /// Invoices by the `last` epoch they had when filed; an entry whose invoice has moved on
+    /// since is skipped when its epoch expires.
+    by_last: BTreeMap<u64, Vec<Text>>,
+}
+
+/// A change of an open invoice's latest epoch: what the checkpoint's entry becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Its latest epoch before (`None`: the invoice opened with this line).
+    pub from: Option<u64>,
+    pub to: u64,
+}
+
+/// An invoice that closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub invoice: Text,
+    pub last: u64,
+    pub revenue: Revenue,
+}
+
+impl OpenInvoices {
+    /// Adds a line of `invoice` assigned to `epoch`; says when the invoice's latest epoch
+    /// moved (or it opened).
+    pub fn add(&mut self, invoice: &Text, epoch: u64, revenue: Revenue) -> Option<Moved> {
+        use differential_dataflow::difference::Semigroup;
+        let moved = match self.open.get_mut(invoice) {
+            Some(open) => {
+                open.revenue.plus_equals(&revenue);
+                if epoch <= open.last {
+                    return None;
+                }
+                let from = Some(open.last);
+                open.last = epoch;
+                Moved { from, to: epoch }
+            }
+            None => {
+                self.open.insert(
+                    invoice.clone(),
+                    Open {
+                        last: epoch,
+                        revenue,
+                    },
+                );
+                Moved {
+                    from: None,
+                    to: epoch,
+                }
+            }
+        };
+        self.by_last.entry(epoch).or_default().push(invoice.clone());
+        Some(moved)
+    }
+
+    /// A restored open invoice (a resumed job).
+    pub fn restore(&mut self, invoice: Text, last: u64, revenue: Revenue) {
+        self.by_last.entry(last).or_default().push(invoice.clone());
+        self.open.insert(invoice, Open { last, revenue });
+    }
+
+    /// Closes the invoices whose latest epoch is more than `retention` epochs before
+    /// `open_from` (the partition's earliest open epoch), in the order they were filed.
+    pub fn expire(&mut self, open_from: u64, retention: u64, closed: &mut Vec<Closed>) {
+        while let Some(entry) = self.by_last.first_entry() {
+            let last = *entry.key();
+            if last.saturating_add(retention) >= open_from {
+                break;
+            }
+            for invoice in entry.remove() {
+                // Filed again under a later epoch since: not expired yet.
+                if self.open.get(&invoice).is_some_and(|o| o.last == last)
+                    && let Some(open) = self.open.remove(&invoice)
+                {
+                    closed.push(Closed {
+                        invoice,
+                        last,
+                        revenue: open.revenue,
+                    });
+                }
+            }
+        }
+    }
+
+    /// How many invoices are open.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(lines: i64, revenue_milli: i64) -> Revenue {
+        Revenue {
+            lines,
+            revenue_milli,
+        }
+    }
+
+    fn expire(open: &mut OpenInvoices, open_from: u64, retention: u64) -> Vec<Closed> {
+        let mut closed = Vec::new();
+        open.expire(open_from, retention, &mut closed);
+        closed
+    }
+
+    #[test]
+    fn an_invoice_closes_exactly_when_the_watermark_passes_its_last_line_by_the_retention() {
+        let mut open = OpenInvoices::default();
+        let a: Text = "536365".into();
+        assert_eq!(
+            open.add(&a, 10, rev(1, 500)),
+            Some(Moved { from: None, to: 10 })
+        );
+        assert_eq!(open.add(&a, 10, rev(1, 250)), None);
+        // Retention 3 epochs: open while the watermark is at most 13.
+        assert!(expire(&mut open, 13, 3).is_empty());
+        assert_eq!(open.len(), 1);
+        assert_eq!(
+            expire(&mut open, 14, 3),
+            vec![Closed {
+                invoice: a.clone(),
+                last: 10,
+                revenue: rev(2, 750)
+            }]
+        );
+        assert_eq!(open.len(), 0);
+        // Its number coming back later opens a new invoice.
+        assert_eq!(
+            open.add(&a, 20, rev(1, 1)),
+            Some(Moved { from: None, to: 20 })
+        );
+    }
+
+    #[test]
+    fn a_later_line_keeps_the_invoice_open_longer() {
+        let mut open = OpenInvoices::default();
+        let a: Text = "A1".into();
+        let b: Text = "B2".into();
+        open.add(&a, 5, rev(1, 100));
+        open.add(&b, 6, rev(1, 200));
+        assert_eq!(
+            open.add(&a, 8, rev(1, 100)),
+            Some(Moved {
+                from: Some(5),
+                to: 8
+            })
+        );
+        // Epoch 5's entry of A is stale; B (last 6) closes first.
+        let closed = expire(&mut open, 10, 3);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].invoice, b);
+        let closed = expire(&mut open, 12, 3);
+        assert_eq!(
+            closed,
+            vec![Closed {
+                invoice: a,
+                last: 8,
+                revenue: rev(2, 200)
+            }]
+        );
+    }
+
+    #[test]
+    fn restored_invoices_close_like_the_ones_they_were() {
+        let mut open = OpenInvoices::default();
+        open.restore("X".into(), 4, rev(3, 900));
+        assert!(expire(&mut open, 6, 2).is_empty());
+        let closed = expire(&mut open, 7, 2);
+        assert_eq!(closed[0].revenue, rev(3, 900));
+    }
+}

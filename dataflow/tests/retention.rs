@@ -1,0 +1,112 @@
+//! Invoice retention against the real broker: closing invoices changes no result, gives the
+//! same outputs for any worker and process count, dead-letters a line for a closed invoice,
+//! and leaves only the open invoices in the state topic.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use common::*;
+
+/// The live entries of a job's state topic (the newest value of each key), by key.
+fn state_entries(job_id: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut live = BTreeMap::new();
+    for m in read_topic(&format!("retail-aggregates.checkpoints.{job_id}"), true) {
+        let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+        match m.payload() {
+            Some(p) => live.insert(key, p.to_vec()),
+            None => live.remove(&key),
+        };
+    }
+    live
+}
+
+/// How many live entries of `kind` (`invoice`, `open`) the state holds.
+fn count(entries: &BTreeMap<String, Vec<u8>>, kind: &str) -> usize {
+    let needle = format!("/{kind}:");
+    entries.keys().filter(|k| k.contains(&needle)).count()
+}
+
+#[test]
+fn closing_invoices_changes_no_result_and_keeps_only_open_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("retention");
+    publish(&topic, &["--generate", "60000", "--seed", "12"], dir.path());
+    // A copy of the first line of partition 0, sent again at its end: hours behind the
+    // partition's watermark, its invoice long closed.
+    let first = read_topic(&topic, true)
+        .into_iter()
+        .find(|m| m.partition() == 0)
+        .expect("partition 0 has sales");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to(&topic)
+                .key(first.key().unwrap())
+                .payload(first.payload().unwrap())
+                .partition(0),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let flags = |retention: &'static str| {
+        ["--sinks", "jsonl", "--epoch", "1m"]
+            .into_iter()
+            .chain(["--invoice-retention", retention])
+            .collect::<Vec<_>>()
+    };
+    let off = dir.path().join("off");
+    run_ok(dataflow(&topic, &off, &flags("off")).args(["-w", "2"]));
+    let on = dir.path().join("on");
+    run_ok(dataflow(&topic, &on, &flags("5m")).args(["-w", "1"]));
+    let three = dir.path().join("on-w3");
+    run_ok(dataflow(&topic, &three, &flags("5m")).args(["-w", "3"]));
+    let procs = dir.path().join("on-n2w2");
+    dataflow_cluster(&topic, &procs, 2, 2, &flags("5m"));
+    assert_same_outputs(&on, &three);
+    assert_same_outputs(&on, &procs);
+
+    // The late copy is a line without retention and a dead letter with it; nothing else
+    // differs, distinct invoices included.
+    let (kept, closed) = (read_summary(&off), read_summary(&on));
+    assert_eq!(kept["dead_letters"]["total"], 0);
+    assert_eq!(closed["dead_letters"]["by_reason"]["invoice_closed"], 1);
+    assert_eq!(
+        closed["totals"]["lines"].as_i64().unwrap(),
+        kept["totals"]["lines"].as_i64().unwrap() - 1
+    );
+    assert_eq!(closed["totals"]["invoices"], kept["totals"]["invoices"]);
+    assert_eq!(
+        closed["by_country"].as_object().unwrap().len(),
+        kept["by_country"].as_object().unwrap().len()
+    );
+    assert_eq!(closed["alerts"], kept["alerts"]);
+    let letters = read_jsonl(&on, "dlq");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["reason"], "invoice_closed");
+    assert_eq!(letters[0]["partition"], 0);
+    assert_eq!(
+        letters[0]["key"].as_str().unwrap().as_bytes(),
+        first.key().unwrap()
+    );
+
+    // The state topic keeps every invoice without retention, only the open ones with it.
+    let all = count(&state_entries(&format!("{topic}-off")), "invoice");
+    let state = state_entries(&format!("{topic}-on"));
+    let open = count(&state, "invoice");
+    eprintln!("invoice entries: {all} without retention, {open} with 5m");
+    assert_eq!(all as i64, kept["totals"]["invoices"].as_i64().unwrap());
+    assert!(
+        open > 0 && open * 10 < all,
+        "{open} of {all} invoices still open"
+    );
+    assert_eq!(count(&state, "open"), open);
+}
