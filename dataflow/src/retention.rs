@@ -10,10 +10,12 @@
 //! worker count and after any restart.
 
 use std::collections::BTreeMap;
+use std::hash::Hash;
 
+use differential_dataflow::difference::Semigroup;
 use foldhash::HashMap;
 
-use crate::aggregate::{Revenue, Text};
+use crate::aggregate::{Revenue, Text, invoice};
 
 /// What an open invoice keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,13 +25,93 @@ struct Open {
     revenue: Revenue,
 }
 
-/// The open invoices of one partition.
-#[derive(Debug, Default)]
-pub struct OpenInvoices {
-    open: HashMap<Text, Open>,
+/// Open invoices under one kind of key.
+#[derive(Debug)]
+struct Keyed<K> {
+    open: HashMap<K, Open>,
     /// Invoices by the `last` epoch they had when filed; an entry whose invoice has moved on
     /// since is skipped when its epoch expires.
-    by_last: BTreeMap<u64, Vec<Text>>,
+    by_last: BTreeMap<u64, Vec<K>>,
+}
+
+impl<K> Default for Keyed<K> {
+    fn default() -> Self {
+        Keyed {
+            open: HashMap::default(),
+            by_last: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn add(&mut self, key: K, epoch: u64, revenue: Revenue) -> Option<Moved> {
+        let moved = match self.open.get_mut(&key) {
+            Some(open) => {
+                open.revenue.plus_equals(&revenue);
+                if epoch <= open.last {
+                    return None;
+                }
+                let from = Some(open.last);
+                open.last = epoch;
+                Moved { from, to: epoch }
+            }
+            None => {
+                self.open.insert(
+                    key.clone(),
+                    Open {
+                        last: epoch,
+                        revenue,
+                    },
+                );
+                Moved {
+                    from: None,
+                    to: epoch,
+                }
+            }
+        };
+        self.by_last.entry(epoch).or_default().push(key);
+        Some(moved)
+    }
+
+    fn restore(&mut self, key: K, last: u64, revenue: Revenue) {
+        self.by_last.entry(last).or_default().push(key.clone());
+        self.open.insert(key, Open { last, revenue });
+    }
+
+    fn expire(
+        &mut self,
+        open_from: u64,
+        retention: u64,
+        text: impl Fn(K) -> Text,
+        closed: &mut Vec<Closed>,
+    ) {
+        while let Some(entry) = self.by_last.first_entry() {
+            let last = *entry.key();
+            if last.saturating_add(retention) >= open_from {
+                break;
+            }
+            for key in entry.remove() {
+                // Filed again under a later epoch since: not expired yet.
+                if self.open.get(&key).is_some_and(|o| o.last == last)
+                    && let Some(open) = self.open.remove(&key)
+                {
+                    closed.push(Closed {
+                        invoice: text(key),
+                        last,
+                        revenue: open.revenue,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The open invoices of one partition. Usual invoice numbers are kept packed into a `u64`
+/// ([`invoice::pack`]), 8 bytes a key instead of 24.
+#[derive(Debug, Default)]
+pub struct OpenInvoices {
+    numbers: Keyed<u64>,
+    texts: Keyed<Text>,
 }
 
 /// A change of an open invoice's latest epoch: what the checkpoint's entry becomes.
@@ -52,71 +134,35 @@ impl OpenInvoices {
     /// Adds a line of `invoice` assigned to `epoch`; says when the invoice's latest epoch
     /// moved (or it opened).
     pub fn add(&mut self, invoice: &Text, epoch: u64, revenue: Revenue) -> Option<Moved> {
-        use differential_dataflow::difference::Semigroup;
-        let moved = match self.open.get_mut(invoice) {
-            Some(open) => {
-                open.revenue.plus_equals(&revenue);
-                if epoch <= open.last {
-                    return None;
-                }
-                let from = Some(open.last);
-                open.last = epoch;
-                Moved { from, to: epoch }
-            }
-            None => {
-                self.open.insert(
-                    invoice.clone(),
-                    Open {
-                        last: epoch,
-                        revenue,
-                    },
-                );
-                Moved {
-                    from: None,
-                    to: epoch,
-                }
-            }
-        };
-        self.by_last.entry(epoch).or_default().push(invoice.clone());
-        Some(moved)
+        match invoice::pack(invoice) {
+            Some(n) => self.numbers.add(n, epoch, revenue),
+            None => self.texts.add(invoice.clone(), epoch, revenue),
+        }
     }
 
     /// A restored open invoice (a resumed job).
     pub fn restore(&mut self, invoice: Text, last: u64, revenue: Revenue) {
-        self.by_last.entry(last).or_default().push(invoice.clone());
-        self.open.insert(invoice, Open { last, revenue });
+        match invoice::pack(&invoice) {
+            Some(n) => self.numbers.restore(n, last, revenue),
+            None => self.texts.restore(invoice, last, revenue),
+        }
     }
 
     /// Closes the invoices whose latest epoch is more than `retention` epochs before
-    /// `open_from` (the partition's earliest open epoch), in the order they were filed.
+    /// `open_from` (the partition's earliest open epoch).
     pub fn expire(&mut self, open_from: u64, retention: u64, closed: &mut Vec<Closed>) {
-        while let Some(entry) = self.by_last.first_entry() {
-            let last = *entry.key();
-            if last.saturating_add(retention) >= open_from {
-                break;
-            }
-            for invoice in entry.remove() {
-                // Filed again under a later epoch since: not expired yet.
-                if self.open.get(&invoice).is_some_and(|o| o.last == last)
-                    && let Some(open) = self.open.remove(&invoice)
-                {
-                    closed.push(Closed {
-                        invoice,
-                        last,
-                        revenue: open.revenue,
-                    });
-                }
-            }
-        }
+        self.numbers
+            .expire(open_from, retention, invoice::unpack, closed);
+        self.texts.expire(open_from, retention, |t| t, closed);
     }
 
     /// How many invoices are open.
     pub fn len(&self) -> usize {
-        self.open.len()
+        self.numbers.open.len() + self.texts.open.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
+        self.len() == 0
     }
 }
 
