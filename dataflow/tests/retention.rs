@@ -110,3 +110,59 @@ fn closing_invoices_changes_no_result_and_keeps_only_open_ones() {
     );
     assert_eq!(count(&state, "open"), open);
 }
+
+#[test]
+fn a_checkpoint_taken_before_invoices_close_restores_to_the_uninterrupted_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("retention-restore");
+    let flags = [
+        "--sinks",
+        "jsonl",
+        "--epoch",
+        "1m",
+        "--invoice-retention",
+        "5m",
+        "-w",
+        "2",
+    ];
+    let first = ["--generate", "20000", "--seed", "21"];
+    publish(&topic, &first, dir.path());
+    // A bounded run commits with invoices still open: its last minutes' invoices are in the
+    // checkpoint's state.
+    let resumed = dir.path().join("resumed");
+    run_ok(&mut dataflow(&topic, &resumed, &flags));
+    let state = state_entries(&format!("{topic}-resumed"));
+    assert!(
+        count(&state, "open") > 0,
+        "no invoice open at the checkpoint"
+    );
+    // Later sales: the open invoices close while the restored job reads them.
+    let later = [
+        "--generate",
+        "20000",
+        "--seed",
+        "22",
+        "--start",
+        "2010-12-02T00:00:00",
+    ];
+    publish(&topic, &later, dir.path());
+    let again = run_ok(&mut dataflow(&topic, &resumed, &flags));
+    assert!(text(&again.stderr).contains("resuming after the last checkpoint"));
+    let whole = dir.path().join("whole");
+    run_ok(&mut dataflow(&topic, &whole, &flags));
+    assert_same_outputs(&whole, &resumed);
+    // And the same invoices are open: the restored ones closed as they would have.
+    let open = |job: &str| -> Vec<(String, Vec<u8>)> {
+        state_entries(job)
+            .into_iter()
+            .filter(|(k, _)| k.contains("/open:") || k.contains("/invoice:"))
+            .map(|(k, v)| (k.split_once('/').unwrap().1.to_owned(), v))
+            .collect()
+    };
+    let (restored, uninterrupted) = (
+        open(&format!("{topic}-resumed")),
+        open(&format!("{topic}-whole")),
+    );
+    assert!(!uninterrupted.is_empty());
+    assert_eq!(restored, uninterrupted);
+}
