@@ -18,10 +18,11 @@ use tracing::{info, warn};
 use retail_common::exit;
 use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 
-use crate::aggregate::{self, Revenue, Saved, Text};
+use crate::aggregate::{self, Alert, Revenue, Saved, Text};
 use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
 use crate::parse::Parsed;
+use crate::retention::RestoredInvoice;
 use crate::sink::console::group;
 use crate::sink::kafka::KafkaOutError;
 use crate::sink::writer::{self, Emit, WriteError};
@@ -195,6 +196,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         read_ahead: config.read_ahead,
         group_id: config.group_id.clone(),
         retention: config.retention,
+        rules: config.rules,
         save: config.checkpoint,
         resume: resume.as_ref().and_then(|r| {
             let c = &r.checkpoint;
@@ -287,7 +289,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     });
                 #[allow(clippy::result_large_err)]
                 let (closed, other) = other.ok_err(|(item, time, diff)| match item {
-                    Parsed::Close(invoice, revenue) => Ok(((invoice, revenue), time, diff)),
+                    Parsed::Close(closing) => Ok((closing, time, diff)),
                     other => Err((other, time)),
                 });
                 let built = aggregate::build(
@@ -358,8 +360,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
 }
 
 /// The open invoices of a checkpoint's state, per partition: each `Open` entry with its
-/// invoice's accumulated value.
-fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<(Text, u64, Revenue)>> {
+/// invoice's accumulated value and the alerts its lines raised.
+fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
     let values: HashMap<&Text, Revenue> = saved
         .iter()
         .filter_map(|s| match s {
@@ -367,7 +369,15 @@ fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<(Text, u64, Revenue)>> {
             _ => None,
         })
         .collect();
-    let mut open: BTreeMap<i32, Vec<(Text, u64, Revenue)>> = BTreeMap::new();
+    let mut alerts: HashMap<&Text, Vec<Alert>> = HashMap::new();
+    for s in saved {
+        if let Saved::LineAlert(a) = s
+            && let Some(invoice) = a.invoice()
+        {
+            alerts.entry(invoice).or_default().push(a.clone());
+        }
+    }
+    let mut open: BTreeMap<i32, Vec<RestoredInvoice>> = BTreeMap::new();
     for s in saved {
         if let Saved::Open {
             partition,
@@ -375,10 +385,12 @@ fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<(Text, u64, Revenue)>> {
             last,
         } = s
         {
-            let value = values.get(invoice).copied().unwrap_or_default();
-            open.entry(*partition)
-                .or_default()
-                .push((invoice.clone(), *last, value));
+            open.entry(*partition).or_default().push(RestoredInvoice {
+                invoice: invoice.clone(),
+                last: *last,
+                revenue: values.get(invoice).copied().unwrap_or_default(),
+                alerts: alerts.get(invoice).cloned().unwrap_or_default(),
+            });
         }
     }
     open

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use retail_common::record::{Reject, RejectKind, SaleRef};
 use retail_common::time::epoch_seconds;
 
-use crate::aggregate::{Line, Revenue, Saved, Text};
+use crate::aggregate::{Closing, Line, Saved};
 use crate::epoch::{EpochClock, PartitionClock};
 
 /// A message that failed validation, kept with everything needed to find and replay it.
@@ -32,8 +32,8 @@ pub enum Parsed {
     /// How far a partition has been read (its next offset) and its watermark state there, for
     /// checkpoints and lag.
     Position(i32, i64, PartitionClock),
-    /// An invoice `--invoice-retention` closed, with its lines and net value.
-    Close(Text, Revenue),
+    /// What closing an invoice under `--invoice-retention` takes out of the aggregates.
+    Close(Closing),
     /// A change of the state the source keeps for checkpoints (its open invoices).
     Saved(Saved, isize),
 }

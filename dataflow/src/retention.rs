@@ -15,7 +15,7 @@ use std::hash::Hash;
 use differential_dataflow::difference::Semigroup;
 use foldhash::HashMap;
 
-use crate::aggregate::{Revenue, Text, invoice};
+use crate::aggregate::{Alert, Revenue, Text, invoice};
 
 /// What an open invoice keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ struct Keyed<K> {
     /// Invoices by the `last` epoch they had when filed; an entry whose invoice has moved on
     /// since is skipped when its epoch expires.
     by_last: BTreeMap<u64, Vec<K>>,
+    /// The alerts raised by the lines of open invoices (few invoices have any), once per line.
+    alerts: HashMap<K, Vec<Alert>>,
 }
 
 impl<K> Default for Keyed<K> {
@@ -39,12 +41,22 @@ impl<K> Default for Keyed<K> {
         Keyed {
             open: HashMap::default(),
             by_last: BTreeMap::new(),
+            alerts: HashMap::default(),
         }
     }
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn add(&mut self, key: K, epoch: u64, revenue: Revenue) -> Option<Moved> {
+    fn add(
+        &mut self,
+        key: K,
+        epoch: u64,
+        revenue: Revenue,
+        alerts: impl Iterator<Item = Alert>,
+    ) -> Option<Moved> {
+        for alert in alerts {
+            self.alerts.entry(key.clone()).or_default().push(alert);
+        }
         let moved = match self.open.get_mut(&key) {
             Some(open) => {
                 open.revenue.plus_equals(&revenue);
@@ -73,8 +85,11 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         Some(moved)
     }
 
-    fn restore(&mut self, key: K, last: u64, revenue: Revenue) {
+    fn restore(&mut self, key: K, last: u64, revenue: Revenue, alerts: Vec<Alert>) {
         self.by_last.entry(last).or_default().push(key.clone());
+        if !alerts.is_empty() {
+            self.alerts.insert(key.clone(), alerts);
+        }
         self.open.insert(key, Open { last, revenue });
     }
 
@@ -95,10 +110,12 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
                 if self.open.get(&key).is_some_and(|o| o.last == last)
                     && let Some(open) = self.open.remove(&key)
                 {
+                    let alerts = self.alerts.remove(&key).unwrap_or_default();
                     closed.push(Closed {
                         invoice: text(key),
                         last,
                         revenue: open.revenue,
+                        alerts,
                     });
                 }
             }
@@ -128,23 +145,41 @@ pub struct Closed {
     pub invoice: Text,
     pub last: u64,
     pub revenue: Revenue,
+    /// The alerts its lines raised, once per line.
+    pub alerts: Vec<Alert>,
+}
+
+/// An open invoice as a checkpoint restores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredInvoice {
+    pub invoice: Text,
+    pub last: u64,
+    pub revenue: Revenue,
+    /// Its lines' alerts (once each: the restored alert set counts each once).
+    pub alerts: Vec<Alert>,
 }
 
 impl OpenInvoices {
     /// Adds a line of `invoice` assigned to `epoch`; says when the invoice's latest epoch
     /// moved (or it opened).
-    pub fn add(&mut self, invoice: &Text, epoch: u64, revenue: Revenue) -> Option<Moved> {
+    pub fn add(
+        &mut self,
+        invoice: &Text,
+        epoch: u64,
+        revenue: Revenue,
+        alerts: impl Iterator<Item = Alert>,
+    ) -> Option<Moved> {
         match invoice::pack(invoice) {
-            Some(n) => self.numbers.add(n, epoch, revenue),
-            None => self.texts.add(invoice.clone(), epoch, revenue),
+            Some(n) => self.numbers.add(n, epoch, revenue, alerts),
+            None => self.texts.add(invoice.clone(), epoch, revenue, alerts),
         }
     }
 
     /// A restored open invoice (a resumed job).
-    pub fn restore(&mut self, invoice: Text, last: u64, revenue: Revenue) {
-        match invoice::pack(&invoice) {
-            Some(n) => self.numbers.restore(n, last, revenue),
-            None => self.texts.restore(invoice, last, revenue),
+    pub fn restore(&mut self, r: RestoredInvoice) {
+        match invoice::pack(&r.invoice) {
+            Some(n) => self.numbers.restore(n, r.last, r.revenue, r.alerts),
+            None => self.texts.restore(r.invoice, r.last, r.revenue, r.alerts),
         }
     }
 
@@ -188,10 +223,10 @@ mod tests {
         let mut open = OpenInvoices::default();
         let a: Text = "536365".into();
         assert_eq!(
-            open.add(&a, 10, rev(1, 500)),
+            open.add(&a, 10, rev(1, 500), std::iter::empty()),
             Some(Moved { from: None, to: 10 })
         );
-        assert_eq!(open.add(&a, 10, rev(1, 250)), None);
+        assert_eq!(open.add(&a, 10, rev(1, 250), std::iter::empty()), None);
         // Retention 3 epochs: open while the watermark is at most 13.
         assert!(expire(&mut open, 13, 3).is_empty());
         assert_eq!(open.len(), 1);
@@ -200,13 +235,14 @@ mod tests {
             vec![Closed {
                 invoice: a.clone(),
                 last: 10,
-                revenue: rev(2, 750)
+                revenue: rev(2, 750),
+                alerts: vec![],
             }]
         );
         assert_eq!(open.len(), 0);
         // Its number coming back later opens a new invoice.
         assert_eq!(
-            open.add(&a, 20, rev(1, 1)),
+            open.add(&a, 20, rev(1, 1), std::iter::empty()),
             Some(Moved { from: None, to: 20 })
         );
     }
@@ -216,10 +252,10 @@ mod tests {
         let mut open = OpenInvoices::default();
         let a: Text = "A1".into();
         let b: Text = "B2".into();
-        open.add(&a, 5, rev(1, 100));
-        open.add(&b, 6, rev(1, 200));
+        open.add(&a, 5, rev(1, 100), std::iter::empty());
+        open.add(&b, 6, rev(1, 200), std::iter::empty());
         assert_eq!(
-            open.add(&a, 8, rev(1, 100)),
+            open.add(&a, 8, rev(1, 100), std::iter::empty()),
             Some(Moved {
                 from: Some(5),
                 to: 8
@@ -235,7 +271,8 @@ mod tests {
             vec![Closed {
                 invoice: a,
                 last: 8,
-                revenue: rev(2, 200)
+                revenue: rev(2, 200),
+                alerts: vec![],
             }]
         );
     }
@@ -243,9 +280,22 @@ mod tests {
     #[test]
     fn restored_invoices_close_like_the_ones_they_were() {
         let mut open = OpenInvoices::default();
-        open.restore("X".into(), 4, rev(3, 900));
+        let alert = Alert::LargeQuantity {
+            invoice: "X".into(),
+            stock_code: "P".into(),
+            quantity: 20_000,
+        };
+        open.restore(RestoredInvoice {
+            invoice: "X".into(),
+            last: 4,
+            revenue: rev(3, 900),
+            alerts: vec![alert.clone()],
+        });
+        // A later line raising the same alert: settled once per line.
+        open.add(&"X".into(), 4, rev(1, 1), std::iter::once(alert.clone()));
         assert!(expire(&mut open, 6, 2).is_empty());
         let closed = expire(&mut open, 7, 2);
-        assert_eq!(closed[0].revenue, rev(3, 900));
+        assert_eq!(closed[0].revenue, rev(4, 901));
+        assert_eq!(closed[0].alerts, vec![alert.clone(), alert]);
     }
 }

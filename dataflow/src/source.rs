@@ -44,11 +44,11 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 use tracing::{debug, info, warn};
 
-use crate::aggregate::{Revenue, Saved, Text};
+use crate::aggregate::{AlertRules, Closing, Saved};
 use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
 use crate::parse::{self, Parsed, Placed, Rules};
-use crate::retention::{Closed, OpenInvoices};
+use crate::retention::{Closed, OpenInvoices, RestoredInvoice};
 use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
 
 /// Messages handled per activation before the source yields to other operators.
@@ -90,6 +90,9 @@ pub struct SourceConfig {
     pub group_id: String,
     /// `--invoice-retention` in epochs (`None`: invoices never close).
     pub retention: Option<u64>,
+    /// The alert rules: an open invoice remembers the alerts its lines raised, to settle them
+    /// when it closes.
+    pub rules: AlertRules,
     /// Checkpoints are on: the open invoices' changes go to the writer as state.
     pub save: bool,
     /// Set when resuming from a checkpoint.
@@ -105,8 +108,8 @@ pub struct SourceResume {
     pub partitions: BTreeMap<i32, Resume>,
     /// Per partition, the offset of the last committed dead letter.
     pub dead_through: BTreeMap<i32, i64>,
-    /// Per partition, the invoices open at the committed epoch: number, latest epoch, value.
-    pub open: BTreeMap<i32, Vec<(Text, u64, Revenue)>>,
+    /// Per partition, the invoices open at the committed epoch.
+    pub open: BTreeMap<i32, Vec<RestoredInvoice>>,
 }
 
 /// Counters the progress line reads; shared by the workers of one process.
@@ -473,14 +476,14 @@ impl Reader {
             if let Some(through) = config.resume.as_ref().and_then(|r| r.dead_through.get(&p)) {
                 state.dead_through = *through;
             }
-            for (invoice, last, revenue) in config
+            for restored in config
                 .resume
                 .as_ref()
                 .and_then(|r| r.open.get(&p))
                 .into_iter()
                 .flatten()
             {
-                state.invoices.restore(invoice.clone(), *last, *revenue);
+                state.invoices.restore(restored.clone());
             }
             parts.push(state);
             debug!(worker, partition = p, start, ?end, "assigned");
@@ -903,8 +906,12 @@ fn handle(
             tally.lines += 1;
             tally.late += u64::from(line.late);
             let epoch = line.epoch;
-            if config.retention.is_some()
-                && let Some(moved) = state.invoices.add(&line.invoice, epoch, line.revenue())
+            let alerts = config.retention.map(|_| config.rules.line_alerts(&line));
+            if let Some(alerts) = alerts
+                && let Some(moved) =
+                    state
+                        .invoices
+                        .add(&line.invoice, epoch, line.revenue(), alerts)
                 && config.save
             {
                 let open = |last| Saved::Open {
@@ -964,8 +971,12 @@ fn close_expired(
         invoice,
         last,
         revenue,
+        alerts,
     } in closed
     {
+        for alert in alerts {
+            batch.push((Parsed::Close(Closing::LineAlert(alert)), at, 1));
+        }
         if place.config.save {
             let open = Saved::Open {
                 partition: state.partition,
@@ -974,7 +985,7 @@ fn close_expired(
             };
             batch.push((Parsed::Saved(open, -1), at, 1));
         }
-        batch.push((Parsed::Close(invoice, revenue), at, 1));
+        batch.push((Parsed::Close(Closing::Invoice(invoice, revenue)), at, 1));
     }
 }
 

@@ -62,6 +62,16 @@ pub enum Alert {
 }
 
 impl Alert {
+    /// The invoice the alert is about (none for a customer's cancellation burst).
+    pub fn invoice(&self) -> Option<&Text> {
+        match self {
+            Alert::LargeInvoice { invoice, .. }
+            | Alert::NonPositivePrice { invoice, .. }
+            | Alert::LargeQuantity { invoice, .. } => Some(invoice),
+            Alert::CancellationBurst { .. } => None,
+        }
+    }
+
     /// The rule's stable name.
     pub fn rule(&self) -> &'static str {
         match self {

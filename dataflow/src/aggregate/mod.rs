@@ -124,7 +124,7 @@ pub enum Saved {
     Product(Text, Revenue),
     /// Net value and lines of an invoice (its presence counts the invoice as seen).
     Invoice(Text, Revenue),
-    /// An alert raised by a single line, or settled when its invoice closed.
+    /// An alert raised by a single line.
     LineAlert(Alert),
     /// An invoice still open under `--invoice-retention`: the partition its lines come from
     /// and the latest epoch any of them was assigned to. Written by the source; with the
@@ -153,6 +153,15 @@ impl Saved {
             } => format!("open:{partition}:{}", json(invoice)),
         }
     }
+}
+
+/// What `--invoice-retention` takes out of the aggregates when an invoice closes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Closing {
+    /// The invoice, with its accumulated lines and net value.
+    Invoice(Text, Revenue),
+    /// An alert one of its lines raised (once per such line): settled with the invoice.
+    LineAlert(Alert),
 }
 
 /// Updates of a collection as a timely stream carries them: data, time, difference.
@@ -194,12 +203,12 @@ fn one_each<'scope, K: Clone + 'static>(
 }
 
 /// Builds every aggregate over `lines` (timestamps are epochs), starting from the `restored`
-/// state of a checkpoint; with `save`, also returns the state's changes. `closed` holds the
-/// invoices `--invoice-retention` closes, with their lines and net value: they leave the
-/// per-invoice arrangements and are counted among the distinct invoices from then on.
+/// state of a checkpoint; with `save`, also returns the state's changes. `closed` holds what
+/// `--invoice-retention` closes: the invoices leave the per-invoice arrangements (and their
+/// alerts the alert set) and are counted among the distinct invoices from then on.
 pub fn build<'scope>(
     lines: VecCollection<'scope, u64, Line>,
-    closed: VecCollection<'scope, u64, (Text, Revenue)>,
+    closed: VecCollection<'scope, u64, Closing>,
     restored: VecCollection<'scope, u64, Saved>,
     rules: AlertRules,
     save: bool,
@@ -207,25 +216,32 @@ pub fn build<'scope>(
     let derived = derive::derive(lines, rules);
     // A closed invoice's accumulated value is taken back out of its arrangement (which then
     // forgets the key) and it counts as one closed invoice of the total.
-    let retracted_numbers = closed.clone().explode(|(i, mut m): (Text, Revenue)| {
-        m.negate();
-        invoice::pack(&i).map(|n| (n, m))
+    // (Its large-invoice alert goes with the arrangement's key; its lines' alerts are
+    // retracted one for each line that raised them.)
+    let retracted_numbers = closed.clone().explode(|c| match c {
+        Closing::Invoice(i, mut m) => {
+            m.negate();
+            invoice::pack(&i).map(|n| (n, m))
+        }
+        Closing::LineAlert(_) => None,
     });
-    let retracted_named = closed.clone().explode(|(i, mut m): (Text, Revenue)| {
-        m.negate();
-        invoice::pack(&i).is_none().then_some((i, m))
+    let retracted_named = closed.clone().explode(|c| match c {
+        Closing::Invoice(i, mut m) if invoice::pack(&i).is_none() => {
+            m.negate();
+            Some((i, m))
+        }
+        _ => None,
     });
-    // A closed invoice's large-invoice alert is settled: kept from then on with the alerts of
-    // single lines, so the alert outputs do not change when an invoice closes.
-    let settled = closed
-        .clone()
-        .flat_map(move |(i, m)| rules.invoice_alert(&i, m.revenue_milli));
-    let closed_count = closed.explode(|_| {
+    let settled = closed.clone().explode(|c| match c {
+        Closing::LineAlert(a) => Some((a, -1isize)),
+        Closing::Invoice(..) => None,
+    });
+    let closed_count = closed.explode(|c| {
         let s = Sums {
             closed_invoices: 1,
             ..Sums::default()
         };
-        Some((StatKey::Total, s))
+        matches!(c, Closing::Invoice(..)).then_some((StatKey::Total, s))
     });
     // Net value and lines per invoice (for the large-invoice rule), kept apart for packed
     // numbers and other texts. Their keys are the distinct invoices: each appears once in the
