@@ -34,12 +34,23 @@ fn main() -> ExitCode {
     }) {
         eprintln!("warning: cannot install the Ctrl-C handler: {e}");
     }
-    match job::run(config, shutdown) {
+    let linger = config.http_linger;
+    match job::run(config, Arc::clone(&shutdown)) {
         Ok(report) => {
             eprintln!(
                 "{}",
                 serde_json::to_string(&report).expect("report serialises")
             );
+            if let Some(addr) = report
+                .http
+                .as_ref()
+                .filter(|_| linger && !report.interrupted)
+            {
+                eprintln!("the final state stays on http://{addr}/ until Ctrl-C");
+                while !shutdown.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
             if report.interrupted {
                 ExitCode::from(exit::INTERRUPTED)
             } else {
