@@ -155,7 +155,6 @@ impl Default for CommitMetrics {
 }
 
 /// What is shown, as of the last confirmed commit.
-#[derive(Default)]
 struct Shown {
     /// Bumped by every change; SSE readers wait for it to move.
     seq: u64,
@@ -170,6 +169,9 @@ struct Shown {
     positions: BTreeMap<i32, Resume>,
     last_commit: Option<(String, SystemTime)>,
     last_at: Option<Instant>,
+    /// Records this process had read at the last commit, and the rate since the one before.
+    read_at_commit: (Instant, u64),
+    read_rate: f64,
     batches: u64,
     finished: bool,
 }
@@ -197,7 +199,18 @@ impl Hub {
     ) -> Hub {
         let shown = Shown {
             positions: resumed.clone(),
-            ..Shown::default()
+            read_at_commit: (Instant::now(), 0),
+            read_rate: 0.0,
+            seq: 0,
+            events: VecDeque::new(),
+            state: None,
+            epochs: BTreeMap::new(),
+            progress: VecDeque::new(),
+            alerts: VecDeque::new(),
+            last_commit: None,
+            last_at: None,
+            batches: 0,
+            finished: false,
         };
         Hub {
             shown: Mutex::new(shown),
@@ -233,6 +246,16 @@ impl Hub {
         let progress = self.progress(&shown, &update, &positions, took, since, &lags);
         shown.last_at = Some(now);
         shown.positions = positions;
+        let read = self
+            .source
+            .messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (then, before) = shown.read_at_commit;
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            shown.read_rate = round((read - before) as f64 / secs);
+        }
+        shown.read_at_commit = (now, read);
         for view in &update.epochs {
             if let Some(row) = &view.row {
                 shown.epochs.insert(view.label.clone(), row.clone());
@@ -392,6 +415,7 @@ impl Hub {
             .clone();
         json!({
             "records_read": self.source.messages.load(Relaxed),
+            "records_per_sec": shown.read_rate,
             "late_lines": self.source.late.load(Relaxed),
             "dead_letters": dead,
             "partitions": partitions,

@@ -93,9 +93,8 @@ function chart(epochs) {
   first.textContent = epochs[0].epoch;
   const last = svg("text", { class: "axis", x: W - 4, y: H - 6, "text-anchor": "end" });
   last.textContent = epochs[epochs.length - 1].epoch;
-  const peak = svg("text", { class: "axis", x: left + 2, y: top + 2 });
-  peak.textContent = `max ${money(maxRevenue)} / ${maxLines} lines`;
-  el.append(first, last, peak);
+  el.append(first, last);
+  text("chart-scale", `highest: revenue ${money(maxRevenue)}, ${maxLines} lines`);
 }
 
 function render(view, state) {
@@ -146,7 +145,7 @@ function render(view, state) {
   });
   text("open-alerts", count(s.open_alerts.length));
   const p = view.progress;
-  text("records-per-sec", p ? String(Math.round(p.inputRowsPerSecond)) : NONE);
+  text("records-per-sec", String(Math.round(h.records_per_sec)));
   text("records-read", count(h.records_read));
   text("late-lines", count(h.late_lines));
   text("watermark", (p && p.eventTime.watermark) || NONE);
@@ -165,10 +164,10 @@ function lost() {
   status.dataset.state = "error";
   status.textContent = "connection to the job lost: figures hidden until it is back";
   document.body.classList.add("error");
-  for (const el of document.querySelectorAll("b[id], #last-commit-at, #open-alerts, #epoch-label")) {
+  for (const el of document.querySelectorAll("b[id], #last-commit-at, #open-alerts, #epoch-label, #chart-count")) {
     el.textContent = NONE;
   }
-  for (const id of ["epoch-top", "top-products", "countries", "alerts", "dead-letters", "lag", "chart"]) {
+  for (const id of ["epoch-top", "top-products", "countries", "alerts", "dead-letters", "lag", "chart", "chart-scale"]) {
     $(id).replaceChildren();
   }
 }
