@@ -474,6 +474,18 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
     delete_topics(&[&topic]);
 }
 
+#[test]
+fn help_explains_the_http_flags() {
+    assert_help_mentions(
+        &mut Command::new(binary("dataflow")),
+        &["--http <ADDR>", "--http-linger", "/api/state", "/metrics"],
+    );
+    assert_help_mentions(
+        &mut Command::new(binary("ingest")),
+        &["--http <ADDR>", "/metrics"],
+    );
+}
+
 /// `node page.mjs lost URL` started in the background; returns it once the page shows figures.
 fn page_until_ready(url: &str) -> (Child, BufReader<std::process::ChildStdout>, Value) {
     let shot = artifacts().join("dashboard-lost.png");

@@ -39,7 +39,7 @@ pub struct EpochView {
     pub label: String,
     /// The epoch's row as `epochs.jsonl` last holds it (`{"epoch": label, ...value}`).
     pub row: Option<Value>,
-    /// The state after the epoch, shaped like `summary.json` plus `epoch` and `open_alerts`.
+    /// The state after the epoch, shaped like `summary.json` plus `epoch`.
     pub state: Value,
     /// Alerts the epoch opened, with their rule.
     pub alerts: Vec<Value>,
@@ -55,6 +55,9 @@ pub struct Update {
     pub epochs: Vec<EpochView>,
     /// Each partition's next offset and watermark state after the commit.
     pub positions: BTreeMap<i32, Resume>,
+    /// The alerts open after the commit, each with its `key` (built once per commit: they
+    /// can be many).
+    pub open_alerts: Value,
     /// When the writer began rendering the commit.
     pub started: Instant,
 }
@@ -65,6 +68,7 @@ impl Update {
         Update {
             epochs: Vec::new(),
             positions: BTreeMap::new(),
+            open_alerts: Value::Null,
             started: Instant::now(),
         }
     }
@@ -104,13 +108,24 @@ impl Update {
             state_entries: state_entries(state),
         });
     }
+
+    /// Completes the update with what holds after its last epoch.
+    pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>) {
+        self.positions = positions.clone();
+        self.open_alerts = open_alerts(state);
+    }
 }
 
-/// The state in the shape of `summary.json`, plus the epoch it is as of and the open alerts.
+/// The state in the shape of `summary.json`, plus the epoch it is as of.
 pub fn state_json(state: &State, label: &str) -> Value {
     let mut v = state.summary();
     v["epoch"] = Value::from(label);
-    v["open_alerts"] = Value::Array(
+    v
+}
+
+/// The open alerts, each with its `key`.
+fn open_alerts(state: &State) -> Value {
+    Value::Array(
         state
             .alerts
             .iter()
@@ -120,8 +135,7 @@ pub fn state_json(state: &State, label: &str) -> Value {
                 a
             })
             .collect(),
-    );
-    v
+    )
 }
 
 /// Entries of the writer's state: totals, countries, ranked products, open alerts and
@@ -269,7 +283,11 @@ impl Hub {
                     shown.alerts.pop_front();
                 }
             }
-            shown.state = Some(view.state.clone());
+            let mut state = view.state.clone();
+            if std::ptr::eq(view, last) {
+                state["open_alerts"] = update.open_alerts.clone();
+            }
+            shown.state = Some(state);
             shown.batches += 1;
             shown.last_commit = Some((view.label.clone(), SystemTime::now()));
             let event = self.view(&shown, Some(&progress), 60);
@@ -455,7 +473,8 @@ impl Hub {
         Some((shown.seq, events))
     }
 
-    /// `/api/state`: the last committed state, `None` before the first commit.
+    /// `/api/state`: the last committed state (with its open alerts), `None` before the first
+    /// commit.
     pub fn state(&self) -> Option<Value> {
         self.lock().state.clone()
     }

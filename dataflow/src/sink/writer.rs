@@ -274,7 +274,7 @@ impl Writer {
         }
         // Shown once committed: after the Kafka transaction, or now that the files are written.
         let mut show = update.zip(self.http.clone()).map(|(mut u, hub)| {
-            u.positions = next.partitions.clone();
+            u.close(state, &next.partitions);
             move || hub.publish(u)
         });
         if let Some(kafka) = &mut self.kafka {

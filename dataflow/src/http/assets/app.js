@@ -143,7 +143,7 @@ function render(view, state) {
     const value = a.value_milli !== undefined ? ` (${money(a.value_milli)})` : "";
     return `${a.rule}: ${what}${value}, epoch ${a.opened_in}`;
   });
-  text("open-alerts", count(s.open_alerts.length));
+  text("open-alerts", count(s.alerts));
   const p = view.progress;
   text("records-per-sec", String(Math.round(h.records_per_sec)));
   text("records-read", count(h.records_read));
