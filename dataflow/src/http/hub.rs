@@ -543,3 +543,98 @@ fn label_secs(secs: i64) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Alert, Output, Sums};
+    use crate::sink::Renderer;
+
+    fn sums(lines: i64, revenue_milli: i64) -> Sums {
+        Sums {
+            lines,
+            revenue_milli,
+            ..Sums::default()
+        }
+    }
+
+    #[test]
+    fn a_published_commit_shows_each_epoch_its_state_and_a_progress_entry() {
+        let clock = EpochClock {
+            epoch_secs: 3600,
+            lateness_epochs: 0,
+        };
+        let mut renderer = Renderer {
+            clock,
+            state: State::default(),
+        };
+        let hub = Hub::new(
+            clock,
+            "sales".into(),
+            "job".into(),
+            Arc::new(Metrics::default()),
+            &BTreeMap::new(),
+            CommitMetrics::default(),
+        );
+        let mut update = Update::begin();
+        for (epoch, lines) in [(1u64, 2i64), (2, 3)] {
+            let total = sums(lines + if epoch == 2 { 2 } else { 0 }, 1000 * epoch as i64);
+            let mut outputs = vec![
+                (Output::Totals(total), 1),
+                (
+                    Output::Epoch(epoch, sums(lines, 500), vec![("A".into(), 500)]),
+                    1,
+                ),
+            ];
+            if epoch == 2 {
+                outputs.push((Output::Totals(sums(2, 1000)), -1));
+                let alert = Alert::LargeInvoice {
+                    invoice: "9".into(),
+                    value_milli: 7,
+                };
+                outputs.push((Output::Alert(alert), 1));
+            }
+            let batch = renderer.render(epoch, outputs, vec![]);
+            update.add(&batch, &renderer.state);
+        }
+        update.close(&renderer.state, &BTreeMap::new());
+        hub.publish(update);
+
+        let state = hub.state().expect("a state");
+        assert_eq!(state["epoch"], "1970-01-01T02:00:00");
+        assert_eq!(state["totals"]["lines"], 5);
+        assert_eq!(state["epochs"], 2);
+        assert_eq!(state["open_alerts"][0]["rule"], "large_invoice");
+        assert_eq!(state["open_alerts"][0]["key"], "large_invoice/9");
+        let rows = hub.epochs(10);
+        assert_eq!(rows.as_array().unwrap().len(), 2);
+        assert_eq!(rows[1]["epoch"], "1970-01-01T02:00:00");
+        assert_eq!(rows[1]["lines"], 3);
+        assert_eq!(hub.epochs(1)[0], rows[1]);
+        let progress = hub.progress_entries(5);
+        assert_eq!(progress.as_array().unwrap().len(), 1);
+        assert_eq!(progress[0]["numInputRows"], 5);
+        assert_eq!(progress[0]["batchId"], 1);
+        assert_eq!(
+            progress[0]["epochs"],
+            json!(["1970-01-01T01:00:00", "1970-01-01T02:00:00"])
+        );
+        // One event per epoch; the second names the alert it opened.
+        let (seq, events) = hub.events_after(0, Duration::ZERO).expect("events");
+        assert_eq!(seq, 2);
+        assert_eq!(events.len(), 2);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.starts_with("event: epoch\ndata: {"))
+        );
+        assert!(events[1].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
+        assert!(hub.events_after(2, Duration::from_millis(10)).is_none());
+        hub.finish();
+        let (_, events) = hub
+            .events_after(2, Duration::ZERO)
+            .expect("the finished event");
+        assert!(events[0].starts_with("event: finished\n"));
+        assert_eq!(hub.metrics().epochs.get(), 2);
+    }
+}
