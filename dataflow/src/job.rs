@@ -264,8 +264,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     shutdown.store(true, Ordering::Relaxed);
                     writer::Writer::empty(&job, None, Arc::clone(&shutdown), Arc::clone(&metrics))
                 });
-                if let Some(hub) = &hub {
-                    writer.show_on(Arc::clone(hub));
+                if let Some(publisher) = &hub {
+                    writer.show_on(publisher.clone());
                 }
                 Some(writer)
             } else {

@@ -12,11 +12,13 @@
 //! - `/metrics`.
 //!
 //! Every other process serves `/metrics` only. Requests are answered by one `tiny_http` thread
-//! that renders from the [`Hub`] (a short lock, nothing the workers wait on); each event stream
-//! has a thread of its own.
+//! that renders from the [`Hub`] under a short lock; each event stream has a thread of its own.
+//! The writer only queues confirmed commits for the hub ([`Publisher`]), so no worker ever waits
+//! for a reader.
 
 pub mod hub;
 pub mod metrics;
+pub mod publish;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -28,6 +30,7 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 pub use hub::{CommitMetrics, Hub, Update};
+pub use publish::Publisher;
 
 use crate::checkpoint::Resume;
 use crate::cli::Config;
@@ -44,14 +47,14 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 const JSON: &str = "application/json";
 
 /// Starts `--http` for this process of the job: on process 0 the page, the API and the commit
-/// metrics (the returned hub is handed to the writer), elsewhere `/metrics` only. Returns the
-/// address it listens on, which is also printed.
+/// metrics (the returned publisher is handed to the writer), elsewhere `/metrics` only.
+/// Returns the address it listens on, which is also printed.
 pub fn serve_job(
     config: &Config,
     addr: &str,
     source: &Arc<Metrics>,
     resumed: Option<&BTreeMap<i32, Resume>>,
-) -> Result<(String, Option<Arc<Hub>>), ServeError> {
+) -> Result<(String, Option<Publisher>), ServeError> {
     let hub = (config.process == 0).then(|| {
         let commits = CommitMetrics::default();
         let hub = Hub::new(
@@ -66,7 +69,14 @@ pub fn serve_job(
     });
     let registry = metrics::registry(Arc::clone(source), hub.as_ref().map(|h| h.metrics()));
     let local = start(addr, hub.clone(), registry)?;
-    if hub.is_some() {
+    let publisher = hub
+        .map(Publisher::spawn)
+        .transpose()
+        .map_err(|e| ServeError {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if publisher.is_some() {
         eprintln!(
             "http: the live page is on http://{local}/ (API under /api, metrics on /metrics)"
         );
@@ -76,7 +86,7 @@ pub fn serve_job(
             config.process
         );
     }
-    Ok((local, hub))
+    Ok((local, publisher))
 }
 
 /// Starts the server on `addr`; returns the address it listens on.

@@ -29,7 +29,7 @@ use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
-use crate::http::{Hub, Update};
+use crate::http::{Publisher, Update};
 use crate::parse::DeadLetter;
 use crate::source::Metrics;
 
@@ -152,8 +152,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     /// The output directory, for errors.
     dir: PathBuf,
-    /// `--http`: where confirmed commits are shown.
-    http: Option<Arc<Hub>>,
+    /// `--http`: where confirmed commits are queued to be shown.
+    http: Option<Publisher>,
 }
 
 impl Writer {
@@ -186,11 +186,11 @@ impl Writer {
     }
 
     /// Shows every confirmed commit on `hub` (`--http`).
-    pub fn show_on(&mut self, hub: Arc<Hub>) {
+    pub fn show_on(&mut self, publisher: Publisher) {
         if let Some(c) = &self.checkpoint {
-            hub.set_run(c.run);
+            publisher.set_run(c.run);
         }
-        self.http = Some(hub);
+        self.http = Some(publisher);
     }
 
     fn committed(&self) -> Option<u64> {
@@ -317,8 +317,8 @@ impl Writer {
         if let Some(jsonl) = &mut self.jsonl {
             jsonl.finish(state).map_err(output_error(&self.dir))?;
         }
-        if let Some(hub) = &self.http {
-            hub.finish();
+        if let Some(publisher) = &self.http {
+            publisher.finish();
         }
         Ok(())
     }
