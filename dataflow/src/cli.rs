@@ -252,6 +252,8 @@ pub enum ConfigError {
          <checkpoint-topic>.<job-id> must fit in 249 characters; got {0:?}"
     )]
     JobId(String),
+    #[error("--http {0:?} is not an IP address and port (for example 127.0.0.1:8080)")]
+    HttpAddr(String),
     #[error("--max-message-bytes must be positive")]
     MaxMessageBytes,
     #[error(transparent)]
@@ -328,6 +330,11 @@ impl Args {
             return Err(ConfigError::JobId(job_id));
         }
         let settings = self.kafka.into_settings()?;
+        if let Some(addr) = &self.http
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::HttpAddr(addr.clone()));
+        }
         if self.max_message_bytes == 0 {
             return Err(ConfigError::MaxMessageBytes);
         }
@@ -456,6 +463,14 @@ mod tests {
             None
         );
         assert!(parse(&["--lateness", "soon"]).is_err());
+        assert!(parse(&["--http", "localhost"]).is_err());
+        assert!(
+            parse(&["--http-linger"]).is_err(),
+            "--http-linger needs --http"
+        );
+        let served = parse(&["--http", "127.0.0.1:0", "--http-linger"]).unwrap();
+        assert_eq!(served.http.as_deref(), Some("127.0.0.1:0"));
+        assert!(served.http_linger);
     }
 
     #[test]
