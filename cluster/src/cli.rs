@@ -128,6 +128,13 @@ pub struct Args {
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub client_settings: Vec<String>,
 
+    /// Serve each process's --http on HOST:PORT+i (process i): process 0 the live page, the
+    /// API and its /metrics, the others their own /metrics. The addresses are printed at start.
+    /// With a hostfile of several hosts, HOST is where each process listens on its own machine
+    /// (for example 0.0.0.0)
+    #[arg(long, env = "CLUSTER_HTTP", value_name = "HOST:PORT", value_parser = parse_http)]
+    pub http: Option<HttpBase>,
+
     /// Flags for every dataflow process (after `--`), e.g. --topic T --until-end -o out
     #[arg(last = true, value_name = "DATAFLOW FLAGS")]
     pub dataflow_args: Vec<OsString>,
@@ -171,6 +178,37 @@ pub struct Config {
     pub grace: Duration,
     pub ssh_bin: PathBuf,
     pub pid_dir: Option<PathBuf>,
+    /// `--http`: process i serves on the base port + i.
+    pub http: Option<HttpBase>,
+}
+
+/// `--http HOST:PORT`: the address of process 0; process i listens on PORT+i.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpBase {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HttpBase {
+    /// The address process `index` serves on.
+    pub fn of(&self, index: usize) -> String {
+        format!("{}:{}", self.host, usize::from(self.port) + index)
+    }
+}
+
+fn parse_http(text: &str) -> Result<HttpBase, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, for example 127.0.0.1:8080; got {text:?}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{port:?} is not a port from 1 to 65535"))?;
+    Ok(HttpBase {
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// A command line that cannot run (exit status 2).
@@ -206,6 +244,14 @@ pub enum ConfigError {
     Backoff { initial: Duration, max: Duration },
     #[error("-F {0}: no such client properties file")]
     ClientConfig(PathBuf),
+    #[error(
+        "--http {0}: with one port per process the last one would be past 65535; pick a lower port"
+    )]
+    HttpPorts(String),
+    #[error(
+        "the dataflow flags must not set --http: every process would bind the same port; use cluster --http HOST:PORT (process i gets PORT+i)"
+    )]
+    HttpFlag,
     #[error("-X expects key=value, got {0:?}")]
     ClientSetting(String),
     #[error("cannot make {path} absolute: {source}")]
@@ -219,6 +265,13 @@ impl Args {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         if let Some(flag) = find_timely_flag(&self.dataflow_args) {
             return Err(ConfigError::TimelyFlag(flag));
+        }
+        let sets_http = self.dataflow_args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == "--http" || a.starts_with("--http=")
+        });
+        if sets_http {
+            return Err(ConfigError::HttpFlag);
         }
         if self.backoff_max < self.backoff {
             return Err(ConfigError::Backoff {
@@ -279,6 +332,11 @@ impl Args {
             dataflow_args.extend(["-X".into(), setting.into()]);
         }
         dataflow_args.extend(self.dataflow_args);
+        if let Some(http) = &self.http
+            && usize::from(http.port) + processes - 1 > usize::from(u16::MAX)
+        {
+            return Err(ConfigError::HttpPorts(http.of(0)));
+        }
         Ok(Config {
             mode,
             processes,
@@ -294,6 +352,7 @@ impl Args {
             grace: self.grace,
             ssh_bin: self.ssh_bin,
             pid_dir: self.pid_dir,
+            http: self.http,
         })
     }
 }

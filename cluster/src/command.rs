@@ -64,6 +64,8 @@ pub struct JobShape<'a> {
     pub hostfile: Option<&'a Path>,
     /// The user's dataflow flags, passed through untouched after timely's.
     pub dataflow_args: &'a [OsString],
+    /// `--http`: process i serves on the base port + i.
+    pub http: Option<&'a crate::cli::HttpBase>,
 }
 
 /// The dataflow command of process `index`.
@@ -79,6 +81,10 @@ pub fn dataflow_command(shape: &JobShape<'_>, index: usize) -> LaunchCommand {
     if let Some(hostfile) = shape.hostfile {
         args.push("-h".into());
         args.push(hostfile.into());
+    }
+    if let Some(http) = shape.http {
+        args.push("--http".into());
+        args.push(http.of(index).into());
     }
     args.extend(shape.dataflow_args.iter().cloned());
     LaunchCommand {
@@ -247,6 +253,7 @@ mod tests {
             workers: 2,
             hostfile: Some(Path::new("/etc/rs/hosts")),
             dataflow_args: &extra,
+            http: None,
         };
         let lines: Vec<String> = (0..3)
             .map(|i| dataflow_command(&shape, i).to_shell_line())
@@ -262,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn each_process_gets_its_own_http_port() {
+        let http = crate::cli::HttpBase {
+            host: "0.0.0.0".into(),
+            port: 9300,
+        };
+        let shape = JobShape {
+            dataflow_bin: Path::new("dataflow"),
+            processes: 2,
+            workers: 1,
+            hostfile: Some(Path::new("hosts")),
+            dataflow_args: &[],
+            http: Some(&http),
+        };
+        assert_eq!(
+            dataflow_command(&shape, 1).to_shell_line(),
+            "dataflow -n 2 -p 1 -w 1 -h hosts --http 0.0.0.0:9301"
+        );
+    }
+
+    #[test]
     fn a_single_process_gets_no_hostfile() {
         let shape = JobShape {
             dataflow_bin: Path::new("dataflow"),
@@ -269,6 +296,7 @@ mod tests {
             workers: 4,
             hostfile: None,
             dataflow_args: &[],
+            http: None,
         };
         assert_eq!(
             dataflow_command(&shape, 0).to_shell_line(),
@@ -285,6 +313,7 @@ mod tests {
             workers: 1,
             hostfile: Some(Path::new("/etc/rs/hosts")),
             dataflow_args: &extra,
+            http: None,
         };
         let ssh = ssh_command(Path::new("ssh"), "node-b", &dataflow_command(&shape, 1));
         assert_eq!(ssh.program, "ssh");

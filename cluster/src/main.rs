@@ -31,6 +31,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(http) = &config.http {
+        for i in 0..config.processes {
+            let what = if i == 0 {
+                "the live page, /api and /metrics"
+            } else {
+                "/metrics"
+            };
+            eprintln!(
+                "cluster: process {i} serves {what} on http://{}/",
+                http.of(i)
+            );
+        }
+    }
     let shutdown = Shutdown::new();
     if let Err(e) = shutdown.install_signal_handlers() {
         eprintln!("cluster: warning: cannot handle Ctrl-C/SIGTERM, children will not be told: {e}");

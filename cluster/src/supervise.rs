@@ -243,6 +243,7 @@ pub fn commands(config: &Config, hostfile: Option<&Path>) -> Vec<LaunchCommand> 
         workers: config.workers,
         hostfile,
         dataflow_args: &config.dataflow_args,
+        http: config.http.as_ref(),
     };
     (0..config.processes)
         .map(|i| {

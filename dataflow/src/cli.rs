@@ -179,6 +179,18 @@ pub struct Args {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub progress_interval: Duration,
 
+    /// Serve the live page, the query API and Prometheus /metrics on ADDR (IP:PORT, for example
+    /// 127.0.0.1:8080; port 0 picks a free one). Process 0 serves / (the page), /events,
+    /// /api/state, /api/epochs?last=N, /api/progress?last=N and /metrics; every other process
+    /// serves its own /metrics. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+
+    /// With --http: when a bounded run (--until-end) ends, keep serving its final state until
+    /// Ctrl-C or SIGTERM instead of exiting.
+    #[arg(long, requires = "http")]
+    pub http_linger: bool,
+
     /// Timely: worker threads per process.
     #[arg(
         short = 'w',
@@ -257,6 +269,8 @@ pub enum ConfigError {
          <checkpoint-topic>.<job-id> must fit in 249 characters; got {0:?}"
     )]
     JobId(String),
+    #[error("--http {0:?} is not an IP address and port (for example 127.0.0.1:8080)")]
+    HttpAddr(String),
     #[error("--max-message-bytes must be positive")]
     MaxMessageBytes,
     #[error(transparent)]
@@ -293,6 +307,10 @@ pub struct Config {
     pub dlq_topic: String,
     pub rules: AlertRules,
     pub progress_interval: Option<Duration>,
+    /// `--http`: where to serve the page, the API and /metrics.
+    pub http: Option<String>,
+    /// `--http-linger`: keep serving after a bounded run.
+    pub http_linger: bool,
     /// This process's index and the process count.
     pub process: usize,
     pub processes: usize,
@@ -331,6 +349,11 @@ impl Args {
             return Err(ConfigError::JobId(job_id));
         }
         let settings = self.kafka.into_settings()?;
+        if let Some(addr) = &self.http
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::HttpAddr(addr.clone()));
+        }
         if self.max_message_bytes == 0 {
             return Err(ConfigError::MaxMessageBytes);
         }
@@ -389,6 +412,8 @@ impl Args {
             },
             progress_interval: (!self.progress_interval.is_zero())
                 .then_some(self.progress_interval),
+            http: self.http,
+            http_linger: self.http_linger,
             process: self.process,
             processes: self.processes,
             timely_args,
@@ -461,6 +486,14 @@ mod tests {
             None
         );
         assert!(parse(&["--lateness", "soon"]).is_err());
+        assert!(parse(&["--http", "localhost"]).is_err());
+        assert!(
+            parse(&["--http-linger"]).is_err(),
+            "--http-linger needs --http"
+        );
+        let served = parse(&["--http", "127.0.0.1:0", "--http-linger"]).unwrap();
+        assert_eq!(served.http.as_deref(), Some("127.0.0.1:0"));
+        assert!(served.http_linger);
     }
 
     #[test]

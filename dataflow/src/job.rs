@@ -60,6 +60,8 @@ pub enum JobError {
     /// A source stopped the job.
     #[error("{}", .0.message())]
     Stopped(Stop),
+    #[error(transparent)]
+    Http(#[from] retail_common::metrics::ServeError),
 }
 
 impl JobError {
@@ -92,6 +94,9 @@ pub struct Report {
     pub seconds: f64,
     pub records_per_sec: f64,
     pub interrupted: bool,
+    /// Where `--http` serves, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// Runs this process's part of the job until a bounded run ends or `shutdown` is set.
@@ -224,6 +229,14 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let saved = Arc::new(Mutex::new(Some(saved)));
     let stale = Arc::new(Mutex::new(Some(stale)));
     let metrics = Arc::new(Metrics::default());
+    let (http, hub) = match &config.http {
+        Some(addr) => {
+            let resumed = source_config.resume.as_ref().map(|r| &r.partitions);
+            let (local, hub) = crate::http::serve_job(&config, addr, &metrics, resumed)?;
+            (Some(local), hub)
+        }
+        None => (None, None),
+    };
     let failure: Arc<Mutex<Option<WriteError>>> = Arc::new(Mutex::new(None));
     info!(builtin = %builtin_features(), "librdkafka features");
     {
@@ -259,11 +272,15 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     Arc::clone(&shutdown),
                     Arc::clone(&metrics),
                 );
-                Some(opened.unwrap_or_else(|e| {
+                let mut writer = opened.unwrap_or_else(|e| {
                     *failure.lock().unwrap() = Some(e);
                     shutdown.store(true, Ordering::Relaxed);
                     writer::Writer::empty(&job, None, Arc::clone(&shutdown), Arc::clone(&metrics))
-                }))
+                });
+                if let Some(publisher) = &hub {
+                    writer.show_on(publisher.clone());
+                }
+                Some(writer)
             } else {
                 None
             };
@@ -356,6 +373,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         seconds,
         records_per_sec: messages as f64 / seconds.max(1e-9),
         interrupted: shutdown.load(Ordering::Relaxed),
+        http,
     })
 }
 

@@ -10,11 +10,13 @@
 //! - [`state`]: the current value of every aggregate, as the writer keeps it.
 //! - [`checkpoint`]: what is committed, for exactly-once output across restarts.
 //! - [`job`]: wires them together and runs one process of the job.
+//! - [`http`]: `--http`: the live page, the query API and `/metrics`.
 
 pub mod aggregate;
 pub mod checkpoint;
 pub mod cli;
 pub mod epoch;
+pub mod http;
 pub mod job;
 pub mod parse;
 pub mod retention;

@@ -22,8 +22,15 @@ fn main() -> ExitCode {
         }
     };
     let shutdown = Arc::new(AtomicBool::new(false));
+    // Set once a bounded run is over and --http-linger keeps serving its final state.
+    let lingering = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
+    let over = Arc::clone(&lingering);
     if let Err(e) = ctrlc::set_handler(move || {
+        if over.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Relaxed);
+            return;
+        }
         if flag.swap(true, Ordering::Relaxed) {
             // A second Ctrl-C means now.
             std::process::exit(i32::from(exit::INTERRUPTED));
@@ -34,12 +41,24 @@ fn main() -> ExitCode {
     }) {
         eprintln!("warning: cannot install the Ctrl-C handler: {e}");
     }
-    match job::run(config, shutdown) {
+    let linger = config.http_linger;
+    match job::run(config, Arc::clone(&shutdown)) {
         Ok(report) => {
             eprintln!(
                 "{}",
                 serde_json::to_string(&report).expect("report serialises")
             );
+            if let Some(addr) = report
+                .http
+                .as_ref()
+                .filter(|_| linger && !report.interrupted)
+            {
+                lingering.store(true, Ordering::Relaxed);
+                eprintln!("the final state stays on http://{addr}/ until Ctrl-C");
+                while !shutdown.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
             if report.interrupted {
                 ExitCode::from(exit::INTERRUPTED)
             } else {

@@ -126,6 +126,22 @@ pub struct Metrics {
     pub lag: AtomicI64,
     /// Why a source stopped the job (the first reason).
     pub fatal: Mutex<Option<Stop>>,
+    /// Each partition read by this process, as of its worker's last activation (`/metrics`).
+    pub partitions: Mutex<BTreeMap<i32, PartitionGauges>>,
+    /// Dead letters by reason, added once per activation (`/metrics`).
+    pub dead_reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What `/metrics` shows of one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionGauges {
+    /// Records read (including re-read ones a resumed job drops).
+    pub read: u64,
+    /// Records between the position and the partition's last stable offset, when known.
+    pub lag: Option<i64>,
+    /// Start of the earliest epoch the partition may still add to (seconds since 1970), once it
+    /// has shown a record.
+    pub watermark_secs: Option<i64>,
 }
 
 /// Why a source stopped the job.
@@ -223,6 +239,8 @@ struct PartitionState {
     held: bool,
     /// Open invoices, with `--invoice-retention`.
     invoices: OpenInvoices,
+    /// Records read so far (for `/metrics`).
+    read: u64,
 }
 
 impl PartitionState {
@@ -239,6 +257,7 @@ impl PartitionState {
             last_message: Instant::now(),
             held: false,
             invoices: OpenInvoices::default(),
+            read: 0,
         }
     }
 }
@@ -703,7 +722,16 @@ impl Reader {
             .replayed
             .fetch_add(tally.replayed, Ordering::Relaxed);
         metrics.bytes.fetch_add(tally.bytes, Ordering::Relaxed);
-        self.report_lag(metrics);
+        if !tally.dead_reasons.is_empty() {
+            let mut reasons = metrics
+                .dead_reasons
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for reason in tally.dead_reasons {
+                *reasons.entry(reason).or_default() += 1;
+            }
+        }
+        self.report_lag(metrics, &config.clock);
         tally.handled
     }
 
@@ -751,20 +779,33 @@ impl Reader {
         Some(low.max(current))
     }
 
-    fn report_lag(&mut self, metrics: &Metrics) {
+    /// Adds the change of this worker's lag to the process's, and records each partition's
+    /// read count, lag and watermark (one lock per activation).
+    fn report_lag(&mut self, metrics: &Metrics, clock: &EpochClock) {
         let last_stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
-        let lag: i64 = self
-            .parts
-            .iter()
-            .map(|s| {
-                let stable = last_stable.get(s.partition as usize).copied().unwrap_or(-1);
-                if s.done || stable < 0 {
-                    0
-                } else {
-                    (stable - s.next_offset).max(0)
-                }
-            })
-            .sum();
+        let mut gauges = metrics.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lag = 0;
+        for s in &self.parts {
+            let stable = last_stable.get(s.partition as usize).copied().unwrap_or(-1);
+            let behind = if s.done {
+                Some(0)
+            } else {
+                (stable >= 0).then(|| (stable - s.next_offset).max(0))
+            };
+            lag += behind.unwrap_or(0);
+            gauges.insert(
+                s.partition,
+                PartitionGauges {
+                    read: s.read,
+                    lag: behind,
+                    watermark_secs: s
+                        .clock
+                        .has_data()
+                        .then(|| clock.start_secs(s.clock.open_from(clock))),
+                },
+            );
+        }
+        drop(gauges);
         metrics
             .lag
             .fetch_add(lag - self.reported_lag, Ordering::Relaxed);
@@ -849,6 +890,8 @@ struct Tally {
     dead: u64,
     replayed: u64,
     bytes: u64,
+    /// The reason of each dead letter.
+    dead_reasons: Vec<String>,
 }
 
 /// Handles one message (or end of partition) of `state`'s partition: parses and validates it
@@ -880,6 +923,7 @@ fn handle(
         return;
     }
     tally.handled += 1;
+    state.read += 1;
     if state.caught_up
         && config
             .idle_timeout
@@ -929,6 +973,7 @@ fn handle(
         }
         Placed::Dead(letter, epoch) => {
             tally.dead += 1;
+            tally.dead_reasons.push(letter.reason.clone());
             Some((Parsed::Dead(letter), epoch))
         }
         Placed::Committed => None,

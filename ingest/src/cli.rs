@@ -133,6 +133,12 @@ pub struct Args {
     #[arg(long, value_name = "R", env = "INGEST_RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
+    /// Serve Prometheus /metrics on ADDR (IP:PORT, for example 127.0.0.1:9100; port 0 picks a
+    /// free one) while the run lasts: records published, rows rejected, delivery failures,
+    /// records in flight, process memory and CPU. Off unless given.
+    #[arg(long, value_name = "ADDR", env = "INGEST_HTTP")]
+    pub http: Option<String>,
+
     /// Kafka topic to publish to.
     #[arg(
         long,
@@ -227,6 +233,8 @@ pub struct Config {
     pub rejects: PathBuf,
     /// Records per second, or `None` for as fast as possible.
     pub rate: Option<f64>,
+    /// `--http`: where to serve `/metrics`.
+    pub http: Option<String>,
 }
 
 /// Where records come from.
@@ -341,6 +349,7 @@ impl Args {
             sink,
             rejects: self.rejects,
             rate: self.rate,
+            http: self.http,
         })
     }
 }

@@ -56,6 +56,9 @@ pub enum IngestError {
     BrokenPipe,
     #[error(transparent)]
     KafkaSetup(#[from] KafkaSetupError),
+    /// `--http` could not listen.
+    #[error(transparent)]
+    Http(retail_common::metrics::ServeError),
     #[error("cannot create the Kafka producer for {bootstrap}")]
     Producer {
         bootstrap: String,

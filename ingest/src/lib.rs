@@ -19,10 +19,12 @@ pub mod cli;
 pub mod csv_source;
 pub mod error;
 pub mod generate;
+pub mod metrics;
 pub mod pace;
 pub mod progress;
 pub mod publish;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -30,6 +32,7 @@ use serde::Serialize;
 
 pub use cli::{Args, Config};
 pub use error::IngestError;
+use metrics::IngestMetrics;
 
 use retail_common::Sale;
 
@@ -179,10 +182,18 @@ fn pump(
     progress: &mut Progress,
     mut pacer: Option<Pacer>,
     shutdown: &AtomicBool,
+    metrics: Option<&IngestMetrics>,
 ) -> Result<bool, IngestError> {
     let mut sale = blank_sale();
     let mut json = Vec::with_capacity(512);
+    let mut handled = 0u64;
     loop {
+        handled += 1;
+        if let Some(m) = metrics
+            && handled.is_multiple_of(metrics::STORE_EVERY)
+        {
+            store(m, records, sink);
+        }
         if shutdown.load(Ordering::Relaxed) {
             return Ok(true);
         }
@@ -216,6 +227,16 @@ fn pump(
     }
 }
 
+/// Stores the run's counts for `/metrics`.
+fn store(metrics: &IngestMetrics, records: &Records, sink: &Sink) {
+    metrics.published.store(sink.published(), Ordering::Relaxed);
+    metrics
+        .rejected
+        .store(records.counts().2, Ordering::Relaxed);
+    metrics.failed.store(sink.failed(), Ordering::Relaxed);
+    metrics.in_flight.store(sink.in_flight(), Ordering::Relaxed);
+}
+
 /// Runs one ingest: reads every record, publishes it, waits for the acknowledgements.
 ///
 /// `shutdown` (set by Ctrl-C) stops the reading; what was sent is still flushed and the
@@ -227,13 +248,26 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<Summary, IngestErro
     let mut records = Records::open(config)?;
     let mut sink = Sink::open(&config.sink)?;
     let mut progress = Progress::new(records.progress_unit(), config.rate.is_some());
+    let metrics = match &config.http {
+        Some(addr) => {
+            let m = Arc::new(IngestMetrics::default());
+            let local = metrics::serve(addr, &m).map_err(IngestError::Http)?;
+            eprintln!("http: metrics on http://{local}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
     let pumped = pump(
         &mut records,
         &mut sink,
         &mut progress,
         config.rate.map(Pacer::new),
         shutdown,
+        metrics.as_deref(),
     );
+    if let Some(m) = &metrics {
+        store(m, &records, &sink);
+    }
     if let Ok(true) = pumped {
         tracing::warn!("interrupted: waiting for the messages already sent");
     }
@@ -254,6 +288,11 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<Summary, IngestErro
         }
     };
     let outcome = finished?;
+    if let Some(m) = &metrics {
+        m.published.store(outcome.published, Ordering::Relaxed);
+        m.failed.store(outcome.failed, Ordering::Relaxed);
+        m.in_flight.store(0, Ordering::Relaxed);
+    }
     let (_, read, rejected) = records.counts();
     let lossy_utf8_rows = match records {
         Records::Csv(source, rejects) => {

@@ -310,6 +310,22 @@ impl Sink {
         }
     }
 
+    /// Records that could not be delivered so far.
+    pub fn failed(&self) -> u64 {
+        match self {
+            Sink::Kafka(kafka) => kafka.counter().failed.load(Ordering::Relaxed),
+            Sink::Lines(_) => 0,
+        }
+    }
+
+    /// Records sent and not yet acknowledged.
+    pub fn in_flight(&self) -> i64 {
+        match self {
+            Sink::Kafka(kafka) => i64::from(kafka.producer.in_flight_count()),
+            Sink::Lines(_) => 0,
+        }
+    }
+
     /// The topic, for the summary.
     pub fn topic(&self) -> Option<&str> {
         match self {

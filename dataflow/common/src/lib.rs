@@ -10,10 +10,12 @@
 //! - [`time`]: the accepted InvoiceDate forms and the ISO-8601 form written out.
 //! - [`record`]: the typed record, its JSON wire format and its validation.
 //! - [`kafka`]: client settings shared by the binaries (`-b`, `-X key=value`, topic creation).
+//! - [`metrics`]: the Prometheus registry helpers, process metrics and the `/metrics` server.
 
 pub mod exit;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
 pub mod money;
 pub mod record;
 pub mod time;

@@ -332,6 +332,8 @@ pub struct Commit {
     /// Entries of older runs of the job, to delete.
     pub stale: Vec<String>,
     pub checkpoint: Checkpoint,
+    /// Run once the commit is confirmed (`--http` shows it then).
+    pub after: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Commit {
@@ -366,6 +368,7 @@ impl Commit {
         self.alerts.extend(later.alerts);
         self.stale.extend(later.stale);
         self.checkpoint = later.checkpoint;
+        self.after.extend(later.after);
     }
 }
 
@@ -408,6 +411,9 @@ impl Committer {
                         out.commit(&commit.batches, &commit.entries(), &commit.checkpoint)
                     {
                         break Err(e);
+                    }
+                    for confirmed in commit.after {
+                        confirmed();
                     }
                 };
                 if let Err(e) = result {

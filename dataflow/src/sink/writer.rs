@@ -29,6 +29,7 @@ use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
+use crate::http::{Publisher, Update};
 use crate::parse::DeadLetter;
 use crate::source::Metrics;
 
@@ -152,6 +153,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     /// The output directory, for errors.
     dir: PathBuf,
+    /// `--http`: where confirmed commits are queued to be shown.
+    http: Option<Publisher>,
 }
 
 impl Writer {
@@ -179,7 +182,16 @@ impl Writer {
             failed: false,
             metrics,
             dir: config.output_dir.clone(),
+            http: None,
         }
+    }
+
+    /// Shows every confirmed commit on `hub` (`--http`).
+    pub fn show_on(&mut self, publisher: Publisher) {
+        if let Some(c) = &self.checkpoint {
+            publisher.set_run(c.run);
+        }
+        self.http = Some(publisher);
     }
 
     fn committed(&self) -> Option<u64> {
@@ -196,6 +208,7 @@ impl Writer {
         let mut next = self.checkpoint.clone().unwrap_or_default();
         let mut saved_changes = Vec::new();
         let mut batches = Vec::new();
+        let mut update = self.http.as_ref().map(|_| Update::begin());
         for (epoch, items) in closed {
             // Only the restored state arrives at committed epochs; the writer holds it already.
             if self.committed().is_some_and(|c| epoch <= c) {
@@ -219,7 +232,11 @@ impl Writer {
             // An entry's old value (-1) goes before its new one (+1).
             saved.sort_by_key(|(_, _, r)| *r);
             saved_changes.extend(saved.into_iter().map(|(entry, _, r)| (entry, r)));
-            batches.push(self.renderer.render(epoch, updates, dead));
+            let batch = self.renderer.render(epoch, updates, dead);
+            if let Some(u) = &mut update {
+                u.add(&batch, &self.renderer.state);
+            }
+            batches.push(batch);
         }
         let Some(last) = batches.last().map(|b| (b.epoch, b.label.clone())) else {
             return Ok(());
@@ -256,8 +273,15 @@ impl Writer {
             };
             next.seal(last.0, last.1, files, state);
         }
+        // Shown once committed: after the Kafka transaction, or now that the files are written.
+        let mut show = update.zip(self.http.clone()).map(|(mut u, hub)| {
+            u.close(state, &next.partitions);
+            move || hub.publish(u)
+        });
         if let Some(kafka) = &mut self.kafka {
+            let after = show.take().map(|f| Box::new(f) as Box<dyn FnOnce() + Send>);
             let commit = Commit {
+                after: after.into_iter().collect(),
                 batches,
                 saved: saved_changes,
                 alerts,
@@ -268,6 +292,9 @@ impl Writer {
                 self.failed = true;
                 return Err(e.into());
             }
+        }
+        if let Some(show) = show {
+            show();
         }
         if checkpoints {
             self.checkpoint = Some(next);
@@ -290,6 +317,9 @@ impl Writer {
         }
         if let Some(jsonl) = &mut self.jsonl {
             jsonl.finish(state).map_err(output_error(&self.dir))?;
+        }
+        if let Some(publisher) = &self.http {
+            publisher.finish();
         }
         Ok(())
     }

@@ -12,19 +12,23 @@
 //!   kills its whole process group, waiting for a child, publishing with `ingest`;
 //! - [`files`]: a run's output folder (listing, byte-for-byte comparison, `summary.json`, JSON
 //!   lines) and waiting for a file to contain a text;
-//! - [`net`]: free loopback ports and the hostfiles of multi-process jobs.
+//! - [`net`]: free loopback ports and the hostfiles of multi-process jobs;
+//! - [`http`]: GETs to `--http` servers and their `/metrics` checked and parsed by real
+//!   Prometheus parsers.
 //!
 //! Everything is re-exported at the root: a suite's `tests/common/mod.rs` says
 //! `pub use retail_testkit::*;` and adds only what is its own.
 
 pub mod broker;
 pub mod files;
+pub mod http;
 pub mod net;
 pub mod places;
 pub mod process;
 
 pub use broker::*;
 pub use files::*;
+pub use http::*;
 pub use net::*;
 pub use places::*;
 pub use process::*;

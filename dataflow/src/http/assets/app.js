@@ -1,0 +1,182 @@
+// The live page: one EventSource on /events; every event carries the whole view as of a
+// committed epoch (state, last epochs, latest alerts, progress, health), rendered here with no
+// library. When the stream drops, the numbers are cleared and the page says so: a shop must
+// not read stale figures as current ones.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const NONE = "\u2014";
+
+// Money arrives as integer thousandths; shown as their exact shortest decimal, as
+// retail-stream writes amounts everywhere ("12.5", "-3.075").
+function money(milli) {
+  if (milli === null || milli === undefined) return NONE;
+  const negative = milli < 0;
+  const digits = String(Math.abs(milli)).padStart(4, "0");
+  const whole = digits.slice(0, -3);
+  const frac = digits.slice(-3).replace(/0+$/, "");
+  return (negative ? "-" : "") + whole + (frac ? "." + frac : "");
+}
+
+function count(n) {
+  return n === null || n === undefined ? NONE : String(n);
+}
+
+function text(id, value) {
+  $(id).textContent = value;
+}
+
+function cell(tr, value, numeric) {
+  const td = document.createElement("td");
+  td.textContent = value;
+  if (numeric) td.className = "n";
+  tr.appendChild(td);
+  return td;
+}
+
+function rows(id, items, fill) {
+  const body = $(id);
+  body.replaceChildren();
+  items.forEach((item, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.testid = id + "-row";
+    fill(tr, item, i);
+    body.appendChild(tr);
+  });
+}
+
+function list(id, items, render) {
+  const ul = $(id);
+  ul.replaceChildren();
+  for (const item of items) {
+    const li = document.createElement("li");
+    li.dataset.testid = id + "-item";
+    li.textContent = render(item);
+    ul.appendChild(li);
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attrs) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+// Revenue as bars (left scale) and lines as a line (right scale), one slot per epoch.
+function chart(epochs) {
+  const el = $("chart");
+  el.replaceChildren();
+  text("chart-count", String(epochs.length));
+  if (!epochs.length) return;
+  const W = 800, H = 220, top = 12, bottom = 22, left = 4;
+  const slot = (W - left) / epochs.length;
+  const maxRevenue = Math.max(1, ...epochs.map((e) => e.revenue_milli));
+  const maxLines = Math.max(1, ...epochs.map((e) => e.lines));
+  const y = (v, max) => top + (H - top - bottom) * (1 - Math.max(0, v) / max);
+  const points = [];
+  epochs.forEach((e, i) => {
+    const x = left + i * slot;
+    const bar = svg("rect", {
+      class: "bar", x: x + slot * 0.15, width: Math.max(1, slot * 0.7),
+      y: y(e.revenue_milli, maxRevenue), height: H - bottom - y(e.revenue_milli, maxRevenue),
+    });
+    const title = svg("title", {});
+    title.textContent = `${e.epoch}: revenue ${money(e.revenue_milli)}, ${e.lines} lines`;
+    bar.appendChild(title);
+    el.appendChild(bar);
+    points.push(`${x + slot / 2},${y(e.lines, maxLines)}`);
+  });
+  el.appendChild(svg("polyline", { class: "line", points: points.join(" ") }));
+  const first = svg("text", { class: "axis", x: left, y: H - 6 });
+  first.textContent = epochs[0].epoch;
+  const last = svg("text", { class: "axis", x: W - 4, y: H - 6, "text-anchor": "end" });
+  last.textContent = epochs[epochs.length - 1].epoch;
+  el.append(first, last);
+  text("chart-scale", `highest: revenue ${money(maxRevenue)}, ${maxLines} lines`);
+}
+
+function render(view, state) {
+  const s = view.state;
+  const status = $("status");
+  status.dataset.state = state;
+  status.textContent = state === "finished" ? "run complete: final state" : "live";
+  document.body.classList.remove("error");
+  if (!s) {
+    status.textContent = "waiting for the first committed epoch";
+    return;
+  }
+  const h = view.health;
+  text("last-epoch", s.epoch);
+  text("last-commit-at", h.last_commit_at || NONE);
+  text("total-revenue", money(s.totals.revenue_milli));
+  text("total-lines", count(s.totals.lines));
+  text("total-units", count(s.totals.units));
+  text("total-invoices", count(s.totals.invoices));
+  text("total-customers", count(s.totals.customers));
+  text("total-epochs", count(s.epochs));
+  const row = view.epochs.length ? view.epochs[view.epochs.length - 1] : null;
+  text("epoch-label", row ? row.epoch : NONE);
+  text("epoch-revenue", row ? money(row.revenue_milli) : NONE);
+  text("epoch-lines", row ? count(row.lines) : NONE);
+  text("epoch-invoices", row ? count(row.invoices) : NONE);
+  rows("epoch-top", row ? row.top_products.slice(0, 5) : [], (tr, p) => {
+    cell(tr, p.stock_code);
+    cell(tr, money(p.revenue_milli), true);
+  });
+  rows("top-products", s.top_products.slice(0, 10), (tr, p, i) => {
+    cell(tr, String(i + 1));
+    cell(tr, p.stock_code);
+    cell(tr, money(p.revenue_milli), true);
+  });
+  const countries = Object.entries(s.by_country)
+    .sort((a, b) => b[1].revenue_milli - a[1].revenue_milli);
+  rows("countries", countries, (tr, [name, c]) => {
+    cell(tr, name);
+    cell(tr, count(c.lines), true);
+    cell(tr, money(c.revenue_milli), true);
+  });
+  chart(view.epochs);
+  list("alerts", view.alerts, (a) => {
+    const what = a.invoice ? `invoice ${a.invoice}` : a.customer ? `customer ${a.customer}` : a.key;
+    const value = a.value_milli !== undefined ? ` (${money(a.value_milli)})` : "";
+    return `${a.rule}: ${what}${value}, epoch ${a.opened_in}`;
+  });
+  text("open-alerts", count(s.alerts));
+  const p = view.progress;
+  text("records-per-sec", String(Math.round(h.records_per_sec)));
+  text("records-read", count(h.records_read));
+  text("late-lines", count(h.late_lines));
+  text("watermark", (p && p.eventTime.watermark) || NONE);
+  const reasons = Object.entries(h.dead_letters);
+  list("dead-letters", reasons.length ? reasons : [["none", 0]], ([r, n]) => `${r}: ${n}`);
+  rows("lag", h.partitions, (tr, part) => {
+    cell(tr, String(part.partition));
+    cell(tr, part.lag === null ? "?" : String(part.lag), true);
+    cell(tr, String(part.read), true);
+  });
+}
+
+// The stream dropped (the job stopped, or the network): no number stays on screen.
+function lost() {
+  const status = $("status");
+  status.dataset.state = "error";
+  status.textContent = "connection to the job lost: figures hidden until it is back";
+  document.body.classList.add("error");
+  for (const el of document.querySelectorAll("b[id], #last-commit-at, #open-alerts, #epoch-label, #chart-count")) {
+    el.textContent = NONE;
+  }
+  for (const id of ["epoch-top", "top-products", "countries", "alerts", "dead-letters", "lag", "chart", "chart-scale"]) {
+    $(id).replaceChildren();
+  }
+}
+
+function connect() {
+  const events = new EventSource("/events");
+  events.addEventListener("epoch", (e) => render(JSON.parse(e.data), "live"));
+  events.addEventListener("finished", (e) => render(JSON.parse(e.data), "finished"));
+  events.onerror = lost;
+}
+
+connect();

@@ -1,0 +1,640 @@
+//! What the page and the query API show: the committed results, handed over by the writer.
+//!
+//! The writer builds an [`Update`] per commit (one [`EpochView`] per closed epoch, rendered from
+//! the same state and with the same shaping as `summary.json`) and hands it to the [`Hub`] once
+//! the commit is confirmed: by the Kafka commit thread after its transaction, or right after
+//! the files are written when the job does not commit to Kafka. So nothing shown here can be
+//! taken back by a crash. The HTTP threads read the hub under a short lock and render outside
+//! it; a worker never waits for a reader.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::checkpoint::Resume;
+use crate::epoch::EpochClock;
+use crate::sink::Batch;
+use crate::source::Metrics;
+use crate::state::State;
+
+/// Epoch rows kept for `/api/epochs` and the chart.
+pub const KEEP_EPOCHS: usize = 1000;
+/// Progress entries kept for `/api/progress`.
+pub const KEEP_PROGRESS: usize = 200;
+/// Latest alerts kept for the page.
+const KEEP_ALERTS: usize = 20;
+/// SSE events kept for readers that fall behind (older ones are skipped, not waited for).
+const KEEP_EVENTS: usize = 64;
+
+/// One closed epoch as committed: its row and the state after it.
+#[derive(Clone, Debug)]
+pub struct EpochView {
+    pub epoch: u64,
+    pub label: String,
+    /// The epoch's row as `epochs.jsonl` last holds it (`{"epoch": label, ...value}`).
+    pub row: Option<Value>,
+    /// The state after the epoch, shaped like `summary.json` plus `epoch`.
+    pub state: Value,
+    /// Alerts the epoch opened, with their rule.
+    pub alerts: Vec<Value>,
+    /// Lines and dead letters of the epoch: the records it took in.
+    pub input_rows: u64,
+    /// State entries the writer holds after the epoch.
+    pub state_entries: usize,
+}
+
+/// What one commit makes visible.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub epochs: Vec<EpochView>,
+    /// Each partition's next offset and watermark state after the commit.
+    pub positions: BTreeMap<i32, Resume>,
+    /// The alerts open after the commit, each with its `key` (built once per commit: they
+    /// can be many).
+    pub open_alerts: Value,
+    /// When the writer began rendering the commit.
+    pub started: Instant,
+}
+
+impl Update {
+    /// An empty update begun now.
+    pub fn begin() -> Update {
+        Update {
+            epochs: Vec::new(),
+            positions: BTreeMap::new(),
+            open_alerts: Value::Null,
+            started: Instant::now(),
+        }
+    }
+
+    /// Adds a rendered epoch and the writer's state after it.
+    pub fn add(&mut self, batch: &Batch, state: &State) {
+        let mut row = None;
+        let mut alerts = Vec::new();
+        for change in &batch.changes {
+            if change.stream != "epochs" && change.stream != "alerts" {
+                continue;
+            }
+            let Ok(line) = serde_json::from_str::<Value>(&change.line) else {
+                continue;
+            };
+            if change.stream == "epochs" && change.key == batch.label {
+                row = line.get("value").filter(|v| !v.is_null()).map(|v| {
+                    let mut v = v.clone();
+                    v["epoch"] = Value::from(batch.label.clone());
+                    v
+                });
+            } else if change.stream == "alerts" && line["diff"].as_i64() == Some(1) {
+                let mut alert = line["alert"].clone();
+                alert["key"] = line["key"].clone();
+                alert["opened_in"] = Value::from(batch.label.clone());
+                alerts.push(alert);
+            }
+        }
+        let lines = row.as_ref().and_then(|r| r["lines"].as_u64()).unwrap_or(0);
+        self.epochs.push(EpochView {
+            epoch: batch.epoch,
+            label: batch.label.clone(),
+            row,
+            state: state_json(state, &batch.label),
+            alerts,
+            input_rows: lines + batch.dead.len() as u64,
+            state_entries: state_entries(state),
+        });
+    }
+
+    /// Completes the update with what holds after its last epoch.
+    pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>) {
+        self.positions = positions.clone();
+        self.open_alerts = open_alerts(state);
+    }
+}
+
+/// The state in the shape of `summary.json`, plus the epoch it is as of.
+pub fn state_json(state: &State, label: &str) -> Value {
+    let mut v = state.summary();
+    v["epoch"] = Value::from(label);
+    v
+}
+
+/// The open alerts, each with its `key`.
+fn open_alerts(state: &State) -> Value {
+    Value::Array(
+        state
+            .alerts
+            .iter()
+            .map(|(key, alert)| {
+                let mut a = alert.clone();
+                a["key"] = Value::from(key.clone());
+                a
+            })
+            .collect(),
+    )
+}
+
+/// Entries of the writer's state: totals, countries, ranked products, open alerts and
+/// dead-letter reasons.
+fn state_entries(state: &State) -> usize {
+    1 + state.by_country.len()
+        + state.top_products.len()
+        + state.alerts.len()
+        + state.dead_letters.len()
+}
+
+/// The metrics the hub updates as commits are confirmed.
+#[derive(Clone, Debug)]
+pub struct CommitMetrics {
+    pub epochs: Counter,
+    pub duration: Histogram,
+    pub state_entries: Gauge,
+}
+
+impl Default for CommitMetrics {
+    fn default() -> Self {
+        CommitMetrics {
+            epochs: Counter::default(),
+            // 1 ms to about 33 s.
+            duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 16,
+            )),
+            state_entries: Gauge::default(),
+        }
+    }
+}
+
+/// What is shown, as of the last confirmed commit.
+struct Shown {
+    /// Bumped by every change; SSE readers wait for it to move.
+    seq: u64,
+    /// The SSE events, newest last, with their sequence number.
+    events: VecDeque<(u64, String)>,
+    state: Option<Value>,
+    /// Epoch rows by label (labels sort as times).
+    epochs: BTreeMap<String, Value>,
+    progress: VecDeque<Value>,
+    alerts: VecDeque<Value>,
+    /// Last committed position and watermark state of each partition.
+    positions: BTreeMap<i32, Resume>,
+    last_commit: Option<(String, SystemTime)>,
+    last_at: Option<Instant>,
+    /// Records this process had read at the last commit, and the rate since the one before.
+    read_at_commit: (Instant, u64),
+    read_rate: f64,
+    batches: u64,
+    finished: bool,
+}
+
+/// The committed results the server shows, and the readers of the event stream.
+pub struct Hub {
+    shown: Mutex<Shown>,
+    changed: Condvar,
+    clock: EpochClock,
+    topic: String,
+    job_id: String,
+    run_id: AtomicU64,
+    source: Arc<Metrics>,
+    metrics: CommitMetrics,
+}
+
+impl Hub {
+    pub fn new(
+        clock: EpochClock,
+        topic: String,
+        job_id: String,
+        source: Arc<Metrics>,
+        resumed: &BTreeMap<i32, Resume>,
+        metrics: CommitMetrics,
+    ) -> Hub {
+        let shown = Shown {
+            positions: resumed.clone(),
+            read_at_commit: (Instant::now(), 0),
+            read_rate: 0.0,
+            seq: 0,
+            events: VecDeque::new(),
+            state: None,
+            epochs: BTreeMap::new(),
+            progress: VecDeque::new(),
+            alerts: VecDeque::new(),
+            last_commit: None,
+            last_at: None,
+            batches: 0,
+            finished: false,
+        };
+        Hub {
+            shown: Mutex::new(shown),
+            changed: Condvar::new(),
+            clock,
+            topic,
+            job_id,
+            run_id: AtomicU64::new(0),
+            source,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a confirmed commit visible: one event per epoch in it, and a progress entry.
+    pub fn publish(&self, update: Update) {
+        let Some(last) = update.epochs.last() else {
+            return;
+        };
+        let now = Instant::now();
+        let took = now.duration_since(update.started);
+        self.metrics.duration.observe(took.as_secs_f64());
+        self.metrics.epochs.inc_by(update.epochs.len() as u64);
+        self.metrics.state_entries.set(last.state_entries as i64);
+        let lags = self.lags();
+        let mut shown = self.lock();
+        let since = shown.last_at.map(|t| now.duration_since(t));
+        let mut positions = shown.positions.clone();
+        positions.extend(update.positions.clone());
+        let progress = self.progress(&shown, &update, &positions, took, since, &lags);
+        shown.last_at = Some(now);
+        shown.positions = positions;
+        let read = self
+            .source
+            .messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (then, before) = shown.read_at_commit;
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            shown.read_rate = round((read - before) as f64 / secs);
+        }
+        shown.read_at_commit = (now, read);
+        for view in &update.epochs {
+            if let Some(row) = &view.row {
+                shown.epochs.insert(view.label.clone(), row.clone());
+            }
+            while shown.epochs.len() > KEEP_EPOCHS {
+                shown.epochs.pop_first();
+            }
+            for alert in &view.alerts {
+                shown.alerts.push_back(alert.clone());
+                if shown.alerts.len() > KEEP_ALERTS {
+                    shown.alerts.pop_front();
+                }
+            }
+            let mut state = view.state.clone();
+            if std::ptr::eq(view, last) {
+                state["open_alerts"] = update.open_alerts.clone();
+            }
+            shown.state = Some(state);
+            shown.batches += 1;
+            shown.last_commit = Some((view.label.clone(), SystemTime::now()));
+            let event = self.view(&shown, Some(&progress), 60);
+            push_event(&mut shown, "epoch", &event);
+        }
+        shown.progress.push_back(progress);
+        while shown.progress.len() > KEEP_PROGRESS {
+            shown.progress.pop_front();
+        }
+        drop(shown);
+        self.changed.notify_all();
+    }
+
+    /// The run is over and its final state is shown: readers are told so.
+    pub fn finish(&self) {
+        let mut shown = self.lock();
+        shown.finished = true;
+        let progress = shown.progress.back().cloned();
+        let event = self.view(&shown, progress.as_ref(), 60);
+        push_event(&mut shown, "finished", &event);
+        drop(shown);
+        self.changed.notify_all();
+    }
+
+    /// Per partition, the lag this process last saw.
+    fn lags(&self) -> BTreeMap<i32, Option<i64>> {
+        let gauges = self
+            .source
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        gauges.iter().map(|(p, g)| (*p, g.lag)).collect()
+    }
+
+    /// A progress entry for a commit, in the shape of Spark's `StreamingQueryProgress`.
+    fn progress(
+        &self,
+        shown: &Shown,
+        update: &Update,
+        positions: &BTreeMap<i32, Resume>,
+        took: Duration,
+        since: Option<Duration>,
+        lags: &BTreeMap<i32, Option<i64>>,
+    ) -> Value {
+        let rows: u64 = update.epochs.iter().map(|e| e.input_rows).sum();
+        let per_sec = |d: Duration| {
+            let secs = d.as_secs_f64();
+            if secs > 0.0 { rows as f64 / secs } else { 0.0 }
+        };
+        let offsets = |m: &BTreeMap<i32, Resume>| {
+            let by_partition: serde_json::Map<String, Value> = m
+                .iter()
+                .map(|(p, r)| (p.to_string(), Value::from(r.offset)))
+                .collect();
+            json!({ &self.topic: by_partition })
+        };
+        let watermark = positions
+            .values()
+            .filter(|r| r.clock.has_data())
+            .map(|r| r.clock.open_from(&self.clock))
+            .min()
+            .map(|e| self.clock.label(e).to_string());
+        let known: Vec<i64> = lags.values().filter_map(|l| *l).collect();
+        let lag: serde_json::Map<String, Value> = lags
+            .iter()
+            .map(|(p, l)| (p.to_string(), l.map_or(Value::Null, Value::from)))
+            .collect();
+        let last = update.epochs.last().expect("an update has epochs");
+        let input_per_sec = since.map_or(0.0, per_sec);
+        let processed_per_sec = per_sec(took);
+        json!({
+            "id": self.job_id,
+            "runId": self.run_id.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+            "name": "retail-stream",
+            "timestamp": iso_now(),
+            "batchId": shown.batches + update.epochs.len() as u64 - 1,
+            "epoch": last.label,
+            "epochs": update.epochs.iter().map(|e| e.label.clone()).collect::<Vec<_>>(),
+            "numInputRows": rows,
+            "inputRowsPerSecond": round(input_per_sec),
+            "processedRowsPerSecond": round(processed_per_sec),
+            "durationMs": { "triggerExecution": took.as_millis() as u64 },
+            "eventTime": { "watermark": watermark },
+            "stateOperators": [{
+                "operatorName": "writer",
+                "numRowsTotal": last.state_entries,
+            }],
+            "sources": [{
+                "description": format!("KafkaSource[Subscribe[{}]]", self.topic),
+                "startOffset": offsets(&shown.positions),
+                "endOffset": offsets(positions),
+                "numInputRows": rows,
+                "inputRowsPerSecond": round(input_per_sec),
+                "processedRowsPerSecond": round(processed_per_sec),
+                "metrics": {
+                    "consumerLag": lag,
+                    "maxOffsetsBehindLatest": known.iter().max().copied(),
+                    "avgOffsetsBehindLatest": (!known.is_empty())
+                        .then(|| round(known.iter().sum::<i64>() as f64 / known.len() as f64)),
+                },
+            }],
+            "sink": { "description": "retail-stream writer (JSON lines, Kafka)" },
+        })
+    }
+
+    /// What one SSE event carries: the state, the last `epochs` epoch rows, the latest alerts,
+    /// the latest progress and the health of this process's source.
+    fn view(&self, shown: &Shown, progress: Option<&Value>, epochs: usize) -> Value {
+        let rows: Vec<&Value> = shown.epochs.values().rev().take(epochs).rev().collect();
+        json!({
+            "state": shown.state,
+            "epochs": rows,
+            "alerts": shown.alerts.iter().rev().collect::<Vec<_>>(),
+            "progress": progress,
+            "health": self.health(shown),
+            "finished": shown.finished,
+        })
+    }
+
+    /// The source's health as this process sees it, and the last commit.
+    fn health(&self, shown: &Shown) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let partitions: Vec<Value> = self
+            .source
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, g)| {
+                json!({
+                    "partition": p,
+                    "read": g.read,
+                    "lag": g.lag,
+                    "watermark": g.watermark_secs.map(label_secs),
+                })
+            })
+            .collect();
+        let dead = self
+            .source
+            .dead_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        json!({
+            "records_read": self.source.messages.load(Relaxed),
+            "records_per_sec": shown.read_rate,
+            "late_lines": self.source.late.load(Relaxed),
+            "dead_letters": dead,
+            "partitions": partitions,
+            "last_epoch": shown.last_commit.as_ref().map(|(l, _)| l.clone()),
+            "last_commit_at": shown.last_commit.as_ref().map(|(_, t)| iso(*t)),
+            "epochs_committed": shown.batches,
+        })
+    }
+
+    /// The current view, for a reader that just connected.
+    pub fn current(&self) -> (u64, String) {
+        let shown = self.lock();
+        let progress = shown.progress.back().cloned();
+        let name = if shown.finished { "finished" } else { "epoch" };
+        (
+            shown.seq,
+            event_text(name, &self.view(&shown, progress.as_ref(), 60)),
+        )
+    }
+
+    /// Events after `seq`, waiting up to `wait` for one; `None` when nothing came.
+    pub fn events_after(&self, seq: u64, wait: Duration) -> Option<(u64, Vec<String>)> {
+        let shown = self.lock();
+        let (shown, _) = self
+            .changed
+            .wait_timeout_while(shown, wait, |s| s.seq <= seq)
+            .unwrap_or_else(|e| e.into_inner());
+        if shown.seq <= seq {
+            return None;
+        }
+        let events = shown
+            .events
+            .iter()
+            .filter(|(s, _)| *s > seq)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Some((shown.seq, events))
+    }
+
+    /// `/api/state`: the last committed state (with its open alerts), `None` before the first
+    /// commit.
+    pub fn state(&self) -> Option<Value> {
+        self.lock().state.clone()
+    }
+
+    /// `/api/epochs`: the last `n` epoch rows, oldest first.
+    pub fn epochs(&self, n: usize) -> Value {
+        let shown = self.lock();
+        let rows: Vec<&Value> = shown.epochs.values().rev().take(n).rev().collect();
+        json!(rows)
+    }
+
+    /// `/api/progress`: the last `n` progress entries, oldest first.
+    pub fn progress_entries(&self, n: usize) -> Value {
+        let shown = self.lock();
+        let skip = shown.progress.len().saturating_sub(n);
+        json!(shown.progress.iter().skip(skip).collect::<Vec<_>>())
+    }
+
+    /// The commit metrics the hub updates, for the registry.
+    pub fn metrics(&self) -> &CommitMetrics {
+        &self.metrics
+    }
+
+    /// Records the run number (as the checkpoint has it) for the progress entries.
+    pub fn set_run(&self, run: u64) {
+        self.run_id.store(run, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Appends an SSE event (and drops the oldest past [`KEEP_EVENTS`]).
+fn push_event(shown: &mut Shown, name: &str, data: &Value) {
+    shown.seq += 1;
+    let seq = shown.seq;
+    shown.events.push_back((seq, event_text(name, data)));
+    while shown.events.len() > KEEP_EVENTS {
+        shown.events.pop_front();
+    }
+}
+
+/// One server-sent event: its name and its JSON on one `data:` line.
+fn event_text(name: &str, data: &Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn iso(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+fn iso_now() -> String {
+    iso(SystemTime::now())
+}
+
+/// Seconds since 1970 in the labels' form.
+fn label_secs(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| {
+            t.naive_utc()
+                .format(retail_common::time::WIRE_FORMAT)
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Alert, Output, Sums};
+    use crate::sink::Renderer;
+
+    fn sums(lines: i64, revenue_milli: i64) -> Sums {
+        Sums {
+            lines,
+            revenue_milli,
+            ..Sums::default()
+        }
+    }
+
+    #[test]
+    fn a_published_commit_shows_each_epoch_its_state_and_a_progress_entry() {
+        let clock = EpochClock {
+            epoch_secs: 3600,
+            lateness_epochs: 0,
+        };
+        let mut renderer = Renderer {
+            clock,
+            state: State::default(),
+        };
+        let hub = Hub::new(
+            clock,
+            "sales".into(),
+            "job".into(),
+            Arc::new(Metrics::default()),
+            &BTreeMap::new(),
+            CommitMetrics::default(),
+        );
+        let mut update = Update::begin();
+        for (epoch, lines) in [(1u64, 2i64), (2, 3)] {
+            let total = sums(lines + if epoch == 2 { 2 } else { 0 }, 1000 * epoch as i64);
+            let mut outputs = vec![
+                (Output::Totals(total), 1),
+                (
+                    Output::Epoch(epoch, sums(lines, 500), vec![("A".into(), 500)]),
+                    1,
+                ),
+            ];
+            if epoch == 2 {
+                outputs.push((Output::Totals(sums(2, 1000)), -1));
+                let alert = Alert::LargeInvoice {
+                    invoice: "9".into(),
+                    value_milli: 7,
+                };
+                outputs.push((Output::Alert(alert), 1));
+            }
+            let batch = renderer.render(epoch, outputs, vec![]);
+            update.add(&batch, &renderer.state);
+        }
+        update.close(&renderer.state, &BTreeMap::new());
+        hub.publish(update);
+
+        let state = hub.state().expect("a state");
+        assert_eq!(state["epoch"], "1970-01-01T02:00:00");
+        assert_eq!(state["totals"]["lines"], 5);
+        assert_eq!(state["epochs"], 2);
+        assert_eq!(state["open_alerts"][0]["rule"], "large_invoice");
+        assert_eq!(state["open_alerts"][0]["key"], "large_invoice/9");
+        let rows = hub.epochs(10);
+        assert_eq!(rows.as_array().unwrap().len(), 2);
+        assert_eq!(rows[1]["epoch"], "1970-01-01T02:00:00");
+        assert_eq!(rows[1]["lines"], 3);
+        assert_eq!(hub.epochs(1)[0], rows[1]);
+        let progress = hub.progress_entries(5);
+        assert_eq!(progress.as_array().unwrap().len(), 1);
+        assert_eq!(progress[0]["numInputRows"], 5);
+        assert_eq!(progress[0]["batchId"], 1);
+        assert_eq!(
+            progress[0]["epochs"],
+            json!(["1970-01-01T01:00:00", "1970-01-01T02:00:00"])
+        );
+        // One event per epoch; the second names the alert it opened.
+        let (seq, events) = hub.events_after(0, Duration::ZERO).expect("events");
+        assert_eq!(seq, 2);
+        assert_eq!(events.len(), 2);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.starts_with("event: epoch\ndata: {"))
+        );
+        assert!(events[1].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
+        assert!(hub.events_after(2, Duration::from_millis(10)).is_none());
+        hub.finish();
+        let (_, events) = hub
+            .events_after(2, Duration::ZERO)
+            .expect("the finished event");
+        assert!(events[0].starts_with("event: finished\n"));
+        assert_eq!(hub.metrics().epochs.get(), 2);
+    }
+}

@@ -1,0 +1,141 @@
+//! `--http` servers seen from a test: plain GETs, waiting for a path to be served, and
+//! `/metrics` checked by promtool and parsed by the Python client's parser (the venv
+//! `.cache/venv-metrics`, or `$METRICS_PYTHON`; `scripts/test` prepares it).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::places::workspace_root;
+
+/// A GET over plain HTTP/1.0: status and body.
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response from {addr}{path}: {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    (status, body.to_owned())
+}
+
+/// A GET that must succeed with JSON.
+pub fn get_json(addr: &str, path: &str) -> Value {
+    let (status, body) = get(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// Waits until `addr` answers `path` with 200.
+pub fn wait_until_served(addr: &str, path: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}{path} not served within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The Prometheus text at `addr`, checked by promtool and parsed by the Python client's
+/// parser: family name -> {type, samples}.
+pub fn scrape(addr: &str) -> Value {
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool cannot run ({e}): install Debian's prometheus package")
+        });
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics refused /metrics of {addr}:\n{}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let python = std::env::var("METRICS_PYTHON").map_or_else(
+        |_| workspace_root().join(".cache/venv-metrics/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "no {}: python3 -m venv .cache/venv-metrics && .cache/venv-metrics/bin/pip install -r \
+         dataflow/tests/metrics/requirements.txt (scripts/test does)",
+        python.display()
+    );
+    let mut parser = Command::new(&python)
+        .arg(workspace_root().join("dataflow/tests/metrics/parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "prometheus_client cannot parse /metrics of {addr}:\n{}\n{text}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    serde_json::from_slice(&parsed.stdout).unwrap()
+}
+
+/// The samples named `sample` of family `family`: labels and value.
+pub fn samples(metrics: &Value, family: &str, sample: &str) -> Vec<(Value, f64)> {
+    let f = metrics
+        .get(family)
+        .unwrap_or_else(|| panic!("no metric {family} in {metrics}"));
+    f["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s[0] == sample)
+        .map(|s| (s[1].clone(), s[2].as_f64().unwrap()))
+        .collect()
+}
+
+/// The sum of a family's samples named `sample`.
+pub fn total(metrics: &Value, family: &str, sample: &str) -> f64 {
+    samples(metrics, family, sample)
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}

@@ -1,0 +1,116 @@
+// Reads the job's live page in headless Chromium for dataflow/tests/http.rs, which compares
+// what it prints with the job's own files. One JSON object per line on stdout.
+//
+//   node page.mjs final URL SCREENSHOT  waits for the final state; prints the page's figures
+//   node page.mjs live URL              prints two readings of a live page that differ
+//   node page.mjs lost URL              prints {"ready":..} once figures show, then waits for
+//                                       the error state (the test stops the job) and prints
+//                                       what the page shows then
+//
+// Chromium is the system's ($CHROMIUM, default /usr/bin/chromium), driven by playwright-core.
+import { chromium } from "playwright-core";
+import { existsSync } from "node:fs";
+
+const [mode, url, screenshot] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+if (!mode || !url) {
+  console.error("usage: node page.mjs final|live|lost URL [SCREENSHOT]");
+  process.exit(2);
+}
+if (!existsSync(executablePath)) {
+  console.error(`no Chromium at ${executablePath}: install Debian's chromium or set CHROMIUM`);
+  process.exit(2);
+}
+
+const TIMEOUT = 60_000;
+
+// Every figure the page shows, as text.
+async function read(page) {
+  return page.evaluate(() => {
+    const t = (id) => document.querySelector(`[data-testid="${id}"]`).textContent.trim();
+    const table = (id) =>
+      [...document.querySelectorAll(`[data-testid="${id}"] tr`)].map((tr) =>
+        [...tr.querySelectorAll("td")].map((td) => td.textContent.trim()));
+    const items = (id) =>
+      [...document.querySelectorAll(`[data-testid="${id}"] li`)].map((li) => li.textContent.trim());
+    return {
+      status: document.querySelector('[data-testid="status"]').dataset.state,
+      status_text: t("status"),
+      last_epoch: t("last-epoch"),
+      total_revenue: t("total-revenue"),
+      total_lines: t("total-lines"),
+      total_units: t("total-units"),
+      total_invoices: t("total-invoices"),
+      total_customers: t("total-customers"),
+      total_epochs: t("total-epochs"),
+      epoch_label: t("epoch-label"),
+      epoch_revenue: t("epoch-revenue"),
+      epoch_lines: t("epoch-lines"),
+      epoch_invoices: t("epoch-invoices"),
+      epoch_top: table("epoch-top"),
+      top_products: table("top-products"),
+      countries: table("countries"),
+      alerts: items("alerts"),
+      open_alerts: t("open-alerts"),
+      records_read: t("records-read"),
+      late_lines: t("late-lines"),
+      dead_letters: items("dead-letters"),
+      lag: table("lag"),
+      chart_bars: document.querySelectorAll('[data-testid="chart"] rect').length,
+    };
+  });
+}
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  chromiumSandbox: false,
+  args: [
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+  ],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.on("pageerror", (e) => {
+    console.error(`page error: ${e.message}`);
+    failed = true;
+  });
+  await page.goto(url);
+  const state = (s) =>
+    page.waitForSelector(`[data-testid="status"][data-state="${s}"]`, { timeout: TIMEOUT });
+  if (mode === "final") {
+    await state("finished");
+    console.log(JSON.stringify(await read(page)));
+    if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  } else if (mode === "live") {
+    await state("live");
+    const first = await read(page);
+    await page.waitForFunction(
+      (before) => document.querySelector('[data-testid="last-epoch"]').textContent !== before,
+      first.last_epoch,
+      { timeout: TIMEOUT },
+    );
+    const second = await read(page);
+    console.log(JSON.stringify({ first, second }));
+  } else if (mode === "lost") {
+    await page.waitForFunction(
+      () => ["live", "finished"].includes(document.querySelector('[data-testid="status"]').dataset.state),
+      null,
+      { timeout: TIMEOUT },
+    );
+    console.log(JSON.stringify({ ready: await read(page) }));
+    await state("error");
+    console.log(JSON.stringify({ lost: await read(page) }));
+    if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  } else {
+    throw new Error(`unknown mode ${mode}`);
+  }
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
