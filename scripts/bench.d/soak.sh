@@ -133,6 +133,23 @@ out = {
     "second_half_mean_kb": round(my), "epochs": len(keys), "missing_epoch_gaps": len(gaps),
 }
 json.dump(out, open(results, "w"), indent=1)
+# A small plot of the RSS series beside the results (SVG, no plotting library needed).
+W, H, pad = 600, 200, 30
+t_max = max(t for t, _ in samples) or 1
+r_max = max(r for _, r in samples) * 1.1
+points = " ".join(f"{pad + (W - 2 * pad) * t / t_max:.1f},{H - pad - (H - 2 * pad) * r / r_max:.1f}"
+                  for t, r in samples)
+svg = f'''<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">
+<rect width="{W}" height="{H}" fill="white"/>
+<line x1="{pad}" y1="{H - pad}" x2="{W - pad}" y2="{H - pad}" stroke="#888"/>
+<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{H - pad}" stroke="#888"/>
+<polyline fill="none" stroke="#2563eb" stroke-width="1.5" points="{points}"/>
+<text x="{pad}" y="{pad - 8}">dataflow RSS (MB), ingest --live --rate 20000, --epoch 1s --invoice-retention 1m; max {r_max / 1.1 / 1024:.0f} MB</text>
+<text x="{pad}" y="{H - 10}">0</text><text x="{W - pad - 40}" y="{H - 10}">{t_max // 60} min</text>
+<text x="2" y="{H - pad}">0</text><text x="2" y="{pad + 4}">{r_max / 1024:.0f}</text>
+</svg>
+'''
+open(results.replace(".json", ".svg"), "w").write(svg)
 print(f"live soak: {len(keys)} epochs, {len(gaps)} gaps; RSS second half mean {my / 1024:.0f} MB, "
       f"slope {slope * 60 / 1024:+.2f} MB/min; peak {max(r for _, r in samples) / 1024:.0f} MB")
 print(f"results: {results}")
