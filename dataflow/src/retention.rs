@@ -191,13 +191,10 @@ impl OpenInvoices {
         self.texts.expire(open_from, retention, |t| t, closed);
     }
 
-    /// How many invoices are open.
-    pub fn len(&self) -> usize {
+    /// How many invoices are open (for the tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.numbers.open.len() + self.texts.open.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
