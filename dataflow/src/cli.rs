@@ -111,11 +111,13 @@ pub struct Args {
     #[arg(long, default_value_t = 65_536)]
     pub max_message_bytes: usize,
 
-    /// Flow control: a partition that has reached more than this many epochs past the oldest
-    /// epoch still open (beyond --lateness) waits until the job catches up. Keeps memory
-    /// bounded when partitions are read unevenly, e.g. a replay of a backlog.
-    #[arg(long, default_value_t = 16, value_name = "EPOCHS")]
-    pub read_ahead: u64,
+    /// Flow control: when the records this process has read for epochs that are still open
+    /// exceed this size (message bytes, e.g. 64MiB or 1GB), partitions ahead of the oldest open
+    /// epoch (beyond --lateness) wait until it closes; the partitions holding it back are
+    /// always read. Bounds memory when partitions are read unevenly, e.g. a replayed backlog,
+    /// without slowing a job that is not. 0 holds every partition to the oldest open epoch.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_buffered: u64,
 
     /// Directory for the JSON-lines files and summary.json.
     #[arg(short = 'o', long, env = "DATAFLOW_OUTPUT_DIR", default_value = "out")]
@@ -248,6 +250,12 @@ fn parse_retention(text: &str) -> Result<OrOff, String> {
     }
 }
 
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{text:?} is not a size such as 64MiB, 500MB or 1GiB: {e}"))
+}
+
 fn parse_money(text: &str) -> Result<Milli, String> {
     Milli::parse(text).map_err(|e| format!("{text:?}: {e}"))
 }
@@ -289,8 +297,8 @@ pub struct Config {
     pub clock: EpochClock,
     pub idle_timeout: Option<Duration>,
     pub max_message_bytes: usize,
-    /// See `--read-ahead`.
-    pub read_ahead: u64,
+    /// See `--max-buffered` (bytes).
+    pub max_buffered: u64,
     /// `--invoice-retention` in whole epochs (`None`: off).
     pub retention: Option<u64>,
     pub group_id: String,
@@ -388,7 +396,7 @@ impl Args {
             clock,
             idle_timeout: self.idle_timeout.0,
             max_message_bytes: self.max_message_bytes,
-            read_ahead: self.read_ahead,
+            max_buffered: self.max_buffered,
             retention: self
                 .invoice_retention
                 .0

@@ -21,6 +21,7 @@ use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 use crate::aggregate::{self, Alert, Revenue, Saved, Text};
 use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
+use crate::flow::Buffered;
 use crate::parse::Parsed;
 use crate::retention::RestoredInvoice;
 use crate::sink::console::group;
@@ -188,6 +189,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         let (watch, done, bounded) = (Arc::clone(&watch), Arc::clone(&done), config.until_end);
         std::thread::spawn(move || watch_partitions(&settings, &topic, &watch, &done, bounded));
     }
+    let buffered = Arc::new(Buffered::new(config.max_buffered));
     let source_config = Arc::new(SourceConfig {
         settings: config.settings.clone(),
         topic: config.topic.clone(),
@@ -198,7 +200,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         clock: config.clock,
         idle_timeout: config.idle_timeout,
         max_message_bytes: config.max_message_bytes,
-        read_ahead: config.read_ahead,
+        buffered: Arc::clone(&buffered),
         group_id: config.group_id.clone(),
         retention: config.retention,
         rules: config.rules,
@@ -295,7 +297,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 let (state, restored) = scope.new_collection::<Saved, isize>();
                 // How far the whole dataflow has got: the source's flow control reads it.
                 let probe = ProbeHandle::new();
-                let parsed = kafka_source(scope, source_config, metrics, shutdown, probe.clone());
+                let (parsed, wake) =
+                    kafka_source(scope, source_config, metrics, shutdown, probe.clone());
                 // Lines and closed invoices go to the aggregates; dead letters, positions and the
                 // source's state straight to the writer.
                 #[allow(clippy::result_large_err)]
@@ -328,7 +331,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                         unreachable!("lines and closings were split off")
                     }
                 });
-                writer::write(outputs.concat(dead), writer, failure, &probe);
+                writer::write(outputs.concat(dead), writer, failure, &probe, wake);
                 state
             });
             if let (0, Some(at)) = (index, restored_at)

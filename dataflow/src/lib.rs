@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`cli`]: flags (ours and timely's) and the validated configuration.
 //! - [`source`]: Kafka partitions to timely: assignment, flow control, new partitions.
+//! - [`flow`]: the memory budget of flow control (`--max-buffered`).
 //! - [`parse`]: what one message becomes: a line at its epoch, or a dead letter.
 //! - [`epoch`]: event time to epochs, per-partition watermarks and lateness.
 //! - [`aggregate`]: the differential-dataflow aggregates and alert rules.
@@ -16,6 +17,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod cli;
 pub mod epoch;
+pub mod flow;
 pub mod http;
 pub mod job;
 pub mod parse;

@@ -19,13 +19,18 @@
 //! backstop timer, so an idle job parks instead of spinning a core.
 //!
 //! Flow control: each partition has its own librdkafka queue, read the furthest behind first.
-//! A partition whose latest epoch runs more than `--read-ahead` epochs (beyond the lateness)
-//! past the dataflow's frontier is left unread until the frontier catches up, and librdkafka
-//! stops fetching it once its queue is full. Records of epochs that cannot close yet are what
-//! the aggregates would have to hold, so this bounds memory by the read-ahead rather than by
-//! how unevenly the partitions are read.
+//! While what the process has read for open epochs is over `--max-buffered` (see [`flow`]), a
+//! partition whose latest epoch is past the dataflow's frontier (beyond the lateness) is left
+//! unread, and librdkafka stops fetching it once its queue is full; the source parks until the
+//! writer sees the frontier move. Records of epochs that cannot close yet are what the
+//! aggregates have to hold, so this bounds memory by the budget rather than by how unevenly the
+//! partitions are read, and costs nothing while they are read evenly.
+//!
+//! [`flow`]: crate::flow
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
@@ -41,12 +46,13 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
-use timely::scheduling::SyncActivator;
+use timely::scheduling::{Activator, SyncActivator};
 use tracing::{debug, info, warn};
 
 use crate::aggregate::{AlertRules, Closing, Saved};
 use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
+use crate::flow::Buffered;
 use crate::parse::{self, Parsed, Placed, Rules};
 use crate::retention::{Closed, OpenInvoices, RestoredInvoice};
 use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
@@ -55,8 +61,6 @@ use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
 const BUDGET: usize = 8192;
 /// How soon an idle source looks again even if librdkafka did not wake it.
 const BACKSTOP: Duration = Duration::from_millis(100);
-/// How soon a source with partitions held back by flow control looks at the frontier again.
-const HELD_RECHECK: Duration = Duration::from_millis(2);
 /// How often a worker that owns no partition looks whether the topic grew one for it.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -84,9 +88,9 @@ pub struct SourceConfig {
     /// A caught-up partition silent this long stops holding epochs open.
     pub idle_timeout: Option<Duration>,
     pub max_message_bytes: usize,
-    /// Flow control: how many epochs past the frontier (beyond the lateness) a partition may
-    /// run before it is left unread.
-    pub read_ahead: u64,
+    /// Flow control: what this process's sources have read for open epochs, against
+    /// `--max-buffered`.
+    pub buffered: Arc<Buffered>,
     pub group_id: String,
     /// `--invoice-retention` in epochs (`None`: invoices never close).
     pub retention: Option<u64>,
@@ -130,6 +134,10 @@ pub struct Metrics {
     pub partitions: Mutex<BTreeMap<i32, PartitionGauges>>,
     /// Dead letters by reason, added once per activation (`/metrics`).
     pub dead_reasons: Mutex<BTreeMap<String, u64>>,
+    /// Message bytes read for epochs still open, against `--max-buffered` (`/metrics`).
+    pub buffered: AtomicU64,
+    /// Partitions held back by flow control at each worker's last activation (`/metrics`).
+    pub held: AtomicI64,
 }
 
 /// What `/metrics` shows of one partition.
@@ -274,24 +282,49 @@ pub type Batches = Vec<(Parsed, u64, isize)>;
 type SourceOutput<'a> = OutputBuilderSession<'a, u64, CapacityContainerBuilder<Batches>>;
 type SourceLogic = Box<dyn FnMut(&mut SourceOutput<'_>)>;
 
-/// Builds the source operator for this worker.
+/// Wakes this worker's source, while flow control holds it back, when the dataflow's frontier
+/// moves (the writer sees it move), so a held source parks instead of polling the frontier.
+#[derive(Clone, Default)]
+pub struct ProgressWake {
+    held: Rc<Cell<bool>>,
+    source: Rc<RefCell<Option<Activator>>>,
+}
+
+impl ProgressWake {
+    /// The frontier moved: a held source looks again.
+    pub fn frontier_moved(&self) {
+        if self.held.get()
+            && let Some(source) = self.source.borrow().as_ref()
+        {
+            source.activate();
+        }
+    }
+}
+
+/// Builds the source operator for this worker; `progress` is the dataflow's frontier, and the
+/// returned [`ProgressWake`] is to be told when it moves.
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     config: Arc<SourceConfig>,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     progress: ProbeHandle<u64>,
-) -> Stream<'scope, u64, Batches> {
+) -> (Stream<'scope, u64, Batches>, ProgressWake) {
     let index = scope.index();
     let peers = scope.peers();
     let worker = scope.worker();
-    source(scope, "KafkaSource", move |mut cap, info| {
+    let wake_on_progress = ProgressWake::default();
+    let progress_wake = wake_on_progress.clone();
+    let stream = source(scope, "KafkaSource", move |mut cap, info| {
         if let Some(r) = &config.resume {
             // Committed epochs are in the restored state; nothing is added to them.
             cap.downgrade(&(r.committed + 1));
         }
         let owned = owned_partitions(config.partitions, index, peers);
         let activator = scope.activator_for(info.address.clone());
+        progress_wake
+            .source
+            .replace(Some(scope.activator_for(info.address.clone())));
         if owned.is_empty() {
             // Nothing to read: release the capability at once so epochs can close. A live job
             // keeps watching: should the topic grow a partition this worker owns, it cannot
@@ -346,12 +379,13 @@ pub fn kafka_source<'scope>(
                 cap = None;
                 return;
             }
-            // Epochs before the dataflow's frontier are complete everywhere; a partition may
-            // run `read_ahead` epochs (beyond the lateness) past it.
-            let limit = progress.with_frontier(|f| f.first().copied()).map(|f| {
-                f.saturating_add(config.clock.lateness_epochs)
-                    .saturating_add(config.read_ahead)
-            });
+            // Epochs before the dataflow's frontier are complete everywhere. Over the budget,
+            // a partition may not run past it (beyond the lateness).
+            let frontier = progress.with_frontier(|f| f.first().copied());
+            let over = config.buffered.update(frontier, []);
+            let limit = frontier
+                .filter(|_| over)
+                .map(|f| f.saturating_add(config.clock.lateness_epochs));
             if !config.until_end {
                 let now = config.watch.load(Ordering::Relaxed);
                 if now > reader.known {
@@ -359,7 +393,18 @@ pub fn kafka_source<'scope>(
                 }
             }
             let held = reader.hold_back(limit);
-            let handled = reader.poll_into(&config, *c.time(), limit, &mut batches, &metrics);
+            progress_wake.held.set(held > 0);
+            metrics.held.fetch_add(
+                held - std::mem::replace(&mut reader.reported_held, held),
+                Ordering::Relaxed,
+            );
+            let mut read = BTreeMap::new();
+            let handled =
+                reader.poll_into(&config, *c.time(), limit, &mut batches, &mut read, &metrics);
+            config.buffered.update(frontier, read);
+            metrics
+                .buffered
+                .store(config.buffered.bytes(), Ordering::Relaxed);
             if let Some(message) = reader.undecodable.take() {
                 // librdkafka would fetch the same batch for ever: stop the whole job instead.
                 metrics.stop_job(Stop::Undecodable(message), &shutdown);
@@ -391,13 +436,13 @@ pub fn kafka_source<'scope>(
             }
             if handled == BUDGET {
                 activator.activate();
-            } else if held {
-                activator.activate_after(HELD_RECHECK);
             } else {
+                // A held source is woken when the frontier moves (see `ProgressWake`).
                 activator.activate_after(BACKSTOP);
             }
         }) as SourceLogic
-    })
+    });
+    (stream, wake_on_progress)
 }
 
 /// One worker's consumer and the state of its partitions.
@@ -418,6 +463,8 @@ struct Reader {
     last_stable: Arc<Mutex<Vec<i64>>>,
     worker: usize,
     reported_lag: i64,
+    /// Partitions held back as last reported.
+    reported_held: i64,
     /// Next offset last reported downstream, per owned partition (same order as `parts`).
     reported: Vec<i64>,
     /// Set when a fetched batch cannot be decoded: what to tell the user.
@@ -531,6 +578,7 @@ impl Reader {
             last_stable,
             worker,
             reported_lag: 0,
+            reported_held: 0,
             reported: Vec::new(),
             undecodable: None,
         };
@@ -603,9 +651,9 @@ impl Reader {
     }
 
     /// Flow control: marks the open partitions whose latest epoch is past `limit` as held
-    /// (they are not read until they are within it again). Returns whether any is held.
-    fn hold_back(&mut self, limit: Option<u64>) -> bool {
-        let mut held = false;
+    /// (they are not read until they are within it again). Returns how many are held.
+    fn hold_back(&mut self, limit: Option<u64>) -> i64 {
+        let mut held = 0;
         for state in self.parts.iter_mut().filter(|s| !s.done) {
             let ahead = is_past(state, limit);
             if state.held && !ahead {
@@ -614,19 +662,21 @@ impl Reader {
                 state.last_message = Instant::now();
             }
             state.held = ahead;
-            held |= ahead;
+            held += i64::from(ahead);
         }
         held
     }
 
     /// Drains available messages into per-epoch batches, the partitions furthest behind
-    /// first and none past `limit`; returns how many it handled.
+    /// first and none past `limit`, adding each epoch's message bytes to `read`; returns how
+    /// many it handled.
     fn poll_into(
         &mut self,
         config: &SourceConfig,
         frontier: u64,
         limit: Option<u64>,
         batches: &mut BTreeMap<u64, Batches>,
+        read: &mut BTreeMap<u64, u64>,
         metrics: &Metrics,
     ) -> usize {
         let place = Placing {
@@ -732,6 +782,7 @@ impl Reader {
             }
         }
         self.report_lag(metrics, &config.clock);
+        read.append(&mut tally.read);
         tally.handled
     }
 
@@ -890,6 +941,8 @@ struct Tally {
     dead: u64,
     replayed: u64,
     bytes: u64,
+    /// Message bytes filed under each epoch (flow control).
+    read: BTreeMap<u64, u64>,
     /// The reason of each dead letter.
     dead_reasons: Vec<String>,
 }
@@ -979,7 +1032,10 @@ fn handle(
         Placed::Committed => None,
     };
     match item {
-        Some((item, epoch)) => batches.entry(epoch).or_default().push((item, epoch, 1)),
+        Some((item, epoch)) => {
+            *tally.read.entry(epoch).or_default() += payload.len() as u64;
+            batches.entry(epoch).or_default().push((item, epoch, 1));
+        }
         // Re-read after a restart: its effect is in the restored state already.
         None => tally.replayed += 1,
     }

@@ -261,6 +261,8 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
         "retail_stream_epochs_committed",
         "retail_stream_commit_duration_seconds",
         "retail_stream_state_entries",
+        "retail_stream_buffered_bytes",
+        "retail_stream_partitions_held",
         "process_resident_memory_bytes",
         "process_cpu_seconds",
     ] {

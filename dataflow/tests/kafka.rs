@@ -56,8 +56,8 @@ fn same_results_for_any_parallelism(
     let procs = root.join("n2w2");
     dataflow_cluster(topic, &procs, 2, 2, &flags);
     // The tightest flow control only delays reading: the outputs are the same.
-    let held = root.join("w2-read-ahead-0");
-    run_ok(dataflow(topic, &held, &flags).args(["-w", "2", "--read-ahead", "0"]));
+    let held = root.join("w2-max-buffered-0");
+    run_ok(dataflow(topic, &held, &flags).args(["-w", "2", "--max-buffered", "0"]));
     assert_same_outputs(&one, &three);
     assert_same_outputs(&one, &procs);
     assert_same_outputs(&one, &held);
@@ -283,4 +283,9 @@ fn bad_flags_exit_2_before_anything_starts() {
         2,
     );
     assert!(text(&out.stderr).contains("out of range"));
+    let out = run(
+        Command::new(binary("dataflow")).args(["--max-buffered", "lots"]),
+        2,
+    );
+    assert!(text(&out.stderr).contains("64MiB"));
 }

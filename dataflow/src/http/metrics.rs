@@ -72,6 +72,22 @@ impl Collector for SourceCollector {
             lines.metric_type(),
         )?)?;
 
+        let buffered = ConstGauge::new(m.buffered.load(Relaxed) as i64);
+        buffered.encode(encoder.encode_descriptor(
+            "retail_stream_buffered_bytes",
+            "Message bytes read for epochs still open (flow control holds partitions back \
+             above --max-buffered)",
+            None,
+            buffered.metric_type(),
+        )?)?;
+        let held = ConstGauge::new(m.held.load(Relaxed));
+        held.encode(encoder.encode_descriptor(
+            "retail_stream_partitions_held",
+            "Partitions flow control leaves unread until the oldest open epoch closes",
+            None,
+            held.metric_type(),
+        )?)?;
+
         let mut family = encoder.encode_descriptor(
             "retail_stream_consumer_lag",
             "Records between the job's position and the partition's last stable offset",

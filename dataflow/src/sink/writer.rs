@@ -31,7 +31,7 @@ use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
 use crate::http::{Publisher, Update};
 use crate::parse::DeadLetter;
-use crate::source::Metrics;
+use crate::source::{Metrics, ProgressWake};
 
 /// Why the writer could not write.
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +71,28 @@ impl Emit {
 
 /// Adds the writer to the end of the dataflow: every item is exchanged to worker 0, stashed
 /// by epoch, and written once the frontier passes its epoch. Only worker 0 has a `writer`; a
-/// failure is left in `failure` and stops further writing.
+/// failure is left in `failure` and stops further writing. Every worker's writer tells `wake`
+/// when the frontier moves.
 pub fn write<'scope>(
     items: Stream<'scope, u64, Vec<Emit>>,
     writer: Option<Writer>,
     failure: Arc<Mutex<Option<WriteError>>>,
     probe: &ProbeHandle<u64>,
+    wake: ProgressWake,
 ) {
     let mut writer = writer;
     let mut stash: BTreeMap<u64, Vec<Emit>> = BTreeMap::new();
     let mut finished = false;
+    let mut seen = Some(0);
     items.probe_with(probe).sink(
         Exchange::new(|_: &Emit| 0),
         "Writer",
         move |(input, frontier)| {
+            let now = frontier.frontier().first().copied();
+            if now != seen {
+                seen = now;
+                wake.frontier_moved();
+            }
             input.for_each(|_, data| {
                 for item in data.drain(..) {
                     stash.entry(item.time()).or_default().push(item);
