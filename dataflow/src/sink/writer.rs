@@ -29,6 +29,7 @@ use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
+use crate::flow::Buffered;
 use crate::http::{Publisher, Update};
 use crate::parse::DeadLetter;
 use crate::source::{Metrics, ProgressWake};
@@ -163,6 +164,8 @@ pub struct Writer {
     dir: PathBuf,
     /// `--http`: where confirmed commits are queued to be shown.
     http: Option<Publisher>,
+    /// Flow control: told which epochs are committed.
+    buffered: Option<Arc<Buffered>>,
 }
 
 impl Writer {
@@ -191,7 +194,15 @@ impl Writer {
             metrics,
             dir: config.output_dir.clone(),
             http: None,
+            buffered: None,
         }
+    }
+
+    /// Tells flow control (`--max-buffered`) as each commit is confirmed, so that what waits
+    /// to be committed counts against the budget.
+    pub fn release_on_commit(&mut self, buffered: Arc<Buffered>) {
+        buffered.hold_until_committed();
+        self.buffered = Some(buffered);
     }
 
     /// Shows every confirmed commit on `hub` (`--http`).
@@ -286,10 +297,17 @@ impl Writer {
             u.close(state, &next.partitions);
             move || hub.publish(u)
         });
+        let mut release = self.buffered.clone().map(|b| move || b.committed(last.0));
         if let Some(kafka) = &mut self.kafka {
-            let after = show.take().map(|f| Box::new(f) as Box<dyn FnOnce() + Send>);
+            let mut after: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+            if let Some(show) = show.take() {
+                after.push(Box::new(show));
+            }
+            if let Some(release) = release.take() {
+                after.push(Box::new(release));
+            }
             let commit = Commit {
-                after: after.into_iter().collect(),
+                after,
                 batches,
                 saved: saved_changes,
                 alerts,
@@ -303,6 +321,9 @@ impl Writer {
         }
         if let Some(show) = show {
             show();
+        }
+        if let Some(release) = release {
+            release();
         }
         if checkpoints {
             self.checkpoint = Some(next);
