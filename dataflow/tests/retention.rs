@@ -96,6 +96,35 @@ fn closing_invoices_changes_no_total_and_keeps_only_open_ones() {
         .filter(|r| r["diff"] == -1 && r["alert"]["rule"] == "large_invoice")
         .count();
     assert!(settled > 0, "no large invoice was settled");
+    // Cancellation bursts are settled once their epoch is more than the retention behind an
+    // epoch with outputs; each exactly once, and none that is still within it stays behind.
+    let alerts = read_jsonl(&on, "alerts");
+    let minute = |label: &serde_json::Value| {
+        let t = chrono::NaiveDateTime::parse_from_str(label.as_str().unwrap(), "%Y-%m-%dT%H:%M:%S");
+        t.unwrap().and_utc().timestamp() / 60
+    };
+    let bursts = |diff: i64| -> Vec<&serde_json::Value> {
+        alerts
+            .iter()
+            .filter(|r| r["diff"] == diff && r["alert"]["rule"] == "cancellation_burst")
+            .collect()
+    };
+    let (raised, withdrawn) = (bursts(1), bursts(-1));
+    assert!(!withdrawn.is_empty(), "no cancellation burst was settled");
+    for w in &withdrawn {
+        assert!(
+            minute(&w["epoch"]) - minute(&w["alert"]["epoch"]) > 5,
+            "settled early: {w}"
+        );
+        let same = |r: &&&serde_json::Value| r["key"] == w["key"];
+        assert_eq!(raised.iter().filter(same).count(), 1, "{w}");
+        assert_eq!(withdrawn.iter().filter(same).count(), 1, "{w}");
+    }
+    let last = alerts.iter().map(|r| minute(&r["epoch"])).max().unwrap();
+    for r in &raised {
+        let open = !withdrawn.iter().any(|w| w["key"] == r["key"]);
+        assert_eq!(open, last - minute(&r["alert"]["epoch"]) <= 5, "{r}");
+    }
     let letters = read_jsonl(&on, "dlq");
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["reason"], "invoice_closed");

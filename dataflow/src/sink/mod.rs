@@ -20,12 +20,13 @@ pub mod writer;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use differential_dataflow::consolidation::consolidate;
 use serde_json::{Value, json};
 
-use crate::aggregate::{Output, Sums};
+use crate::aggregate::{Alert, Output, Sums};
 use crate::epoch::EpochClock;
 use crate::parse::DeadLetter;
 pub use crate::state::State;
@@ -186,6 +187,33 @@ impl Renderer {
         }
     }
 
+    /// The open `cancellation_burst` alerts of epochs more than `retention` epochs before
+    /// `epoch`. Under `--invoice-retention` they are settled like the alerts of closed invoices,
+    /// so the open alerts do not grow with history. (A burst is final once its epoch closes.)
+    pub fn expired_bursts(&self, epoch: u64, retention: u64) -> Vec<Alert> {
+        const PREFIX: &str = "cancellation_burst/";
+        let Some(horizon) = epoch.checked_sub(retention) else {
+            return Vec::new();
+        };
+        // Keys hold the epoch's fixed-width label, so they sort by epoch.
+        let end = format!("{PREFIX}{}", self.clock.label(horizon));
+        let range = (Bound::Included(PREFIX), Bound::Excluded(end.as_str()));
+        self.state
+            .alerts
+            .range::<str, _>(range)
+            .filter_map(|(_, v)| {
+                let label = v.get("epoch")?.as_str()?;
+                let start =
+                    chrono::NaiveDateTime::parse_from_str(label, "%Y-%m-%dT%H:%M:%S").ok()?;
+                Some(Alert::CancellationBurst {
+                    epoch: self.clock.epoch_of(start.and_utc().timestamp()),
+                    customer: v.get("customer")?.as_str()?.into(),
+                    lines: v.get("lines")?.as_i64()?,
+                })
+            })
+            .collect()
+    }
+
     fn apply(&mut self, o: &Output, diff: isize, key: &str, value: &Value) {
         let s = &mut self.state;
         match o {
@@ -224,7 +252,6 @@ pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Alert;
 
     fn renderer() -> Renderer {
         Renderer {
@@ -234,6 +261,43 @@ mod tests {
             },
             state: State::default(),
         }
+    }
+
+    #[test]
+    fn bursts_behind_the_retention_horizon_are_settled_once() {
+        let mut r = renderer();
+        let burst = |epoch, customer: &str| Alert::CancellationBurst {
+            epoch,
+            customer: customer.into(),
+            lines: 7,
+        };
+        let raised = vec![
+            (Output::Alert(burst(10, "b")), 1),
+            (Output::Alert(burst(10, "a")), 1),
+            (Output::Alert(burst(12, "a")), 1),
+        ];
+        r.render(12, raised, vec![]);
+        // Epoch 14 with a retention of 4 epochs: nothing is more than 4 epochs old yet.
+        assert!(r.expired_bursts(14, 4).is_empty());
+        assert!(r.expired_bursts(3, 4).is_empty());
+        // At 15, epoch 10 is 5 behind: both of its bursts go, the one of epoch 12 stays.
+        let expired = r.expired_bursts(15, 4);
+        assert_eq!(expired, [burst(10, "a"), burst(10, "b")]);
+        let settle = expired
+            .into_iter()
+            .map(|a| (Output::Alert(a), -1))
+            .collect();
+        let batch = r.render(15, settle, vec![]);
+        assert_eq!(batch.changes.len(), 2);
+        assert!(
+            batch
+                .changes
+                .iter()
+                .all(|c| c.line.contains(r#""diff":-1"#))
+        );
+        assert_eq!(r.state.alerts.len(), 1);
+        assert!(r.expired_bursts(16, 4).is_empty());
+        assert_eq!(r.expired_bursts(17, 4), [burst(12, "a")]);
     }
 
     #[test]

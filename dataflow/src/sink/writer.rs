@@ -166,6 +166,8 @@ pub struct Writer {
     http: Option<Publisher>,
     /// Flow control: told which epochs are committed.
     buffered: Option<Arc<Buffered>>,
+    /// `--invoice-retention` in epochs: cancellation bursts older than this are settled.
+    retention: Option<u64>,
 }
 
 impl Writer {
@@ -195,6 +197,7 @@ impl Writer {
             dir: config.output_dir.clone(),
             http: None,
             buffered: None,
+            retention: config.retention,
         }
     }
 
@@ -246,6 +249,14 @@ impl Writer {
                     Emit::Position(p, offset, clock, _) => next.position(p, offset, clock),
                     Emit::Saved(entry, t, r) => saved.push((entry, t, r)),
                 }
+            }
+            // Bursts behind the retention horizon are settled at the next epoch with outputs
+            // (a choice of epochs that depends on the data only, never on timing).
+            if let Some(retention) = self.retention
+                && !updates.is_empty()
+            {
+                let expired = self.renderer.expired_bursts(epoch, retention);
+                updates.extend(expired.into_iter().map(|a| (Output::Alert(a), -1)));
             }
             consolidate_updates(&mut saved);
             // An entry's old value (-1) goes before its new one (+1).
