@@ -1,21 +1,16 @@
 //! Flow control by memory: what the sources of one process have read for epochs that are still
 //! open, against `--max-buffered`.
 //!
-//! Records of an open epoch are what the aggregates and the writer must hold until it closes,
-//! and on process 0 what it closed is held again until its commit is confirmed (queued for the
-//! Kafka transaction, then in the producer). Every worker's source adds the message bytes it
-//! files under each epoch and, at each activation, forgets the epochs that the dataflow's
-//! frontier has passed and, where the writer runs, that are committed. Only while the total is
+//! Records of an open epoch are what the aggregates and the writer must hold until it closes.
+//! Every worker's source adds the message bytes it files under each epoch and, at each
+//! activation, forgets the epochs the dataflow's frontier has passed. Only while the total is
 //! over the budget does a source hold back its partitions that are ahead of the oldest open
 //! epoch (see `source`); the partitions at that epoch are always read, so the frontier keeps
-//! moving, commits follow, and the total comes down. A job whose partitions are read evenly and
-//! whose commits keep up never waits.
+//! moving and the total comes down. A job whose partitions are read evenly never waits.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use timely::scheduling::SyncActivator;
 
 /// The message bytes read by one process for each open epoch.
 #[derive(Debug)]
@@ -24,11 +19,6 @@ pub struct Buffered {
     ledger: Mutex<Ledger>,
     /// The total as of the last update, for `/metrics` and the sources' checks.
     total: AtomicU64,
-    /// The first epoch whose commit is not confirmed yet, where the writer runs (`u64::MAX`
-    /// elsewhere: only the frontier releases epochs).
-    unconfirmed: AtomicU64,
-    /// The sources of this process, woken when a commit is confirmed.
-    sources: Mutex<Vec<SyncActivator>>,
 }
 
 #[derive(Debug, Default)]
@@ -44,59 +34,18 @@ impl Buffered {
             limit,
             ledger: Mutex::new(Ledger::default()),
             total: AtomicU64::new(0),
-            unconfirmed: AtomicU64::new(u64::MAX),
-            sources: Mutex::new(Vec::new()),
         }
-    }
-
-    /// This process writes the outputs: epochs stay counted until their commit is confirmed.
-    pub fn hold_until_committed(&self) {
-        self.unconfirmed.fetch_min(0, Ordering::Relaxed);
-    }
-
-    /// The commits through `epoch` are confirmed: their epochs are released and the sources
-    /// look again.
-    pub fn committed(&self, epoch: u64) {
-        let next = epoch.saturating_add(1);
-        let before = self.unconfirmed.load(Ordering::Relaxed);
-        if before == u64::MAX || next <= before {
-            return;
-        }
-        self.unconfirmed.store(next, Ordering::Relaxed);
-        for source in self
-            .sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = source.activate();
-        }
-    }
-
-    /// Wakes `source` whenever a commit is confirmed.
-    pub fn wake_on_commit(&self, source: SyncActivator) {
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(source);
     }
 
     /// Forgets the epochs before `frontier` (every epoch when it is `None`: the dataflow is
-    /// done) that are committed where that is tracked, adds `read` (epoch, bytes) and returns
-    /// whether the total is over the budget.
+    /// done), adds `read` (epoch, bytes) and returns whether the total is over the budget.
     pub fn update(
         &self,
         frontier: Option<u64>,
         read: impl IntoIterator<Item = (u64, u64)>,
     ) -> bool {
-        let unconfirmed = self.unconfirmed.load(Ordering::Relaxed);
-        let release = match frontier {
-            Some(f) => Some(f.min(unconfirmed)),
-            None if unconfirmed == u64::MAX => None,
-            None => Some(unconfirmed),
-        };
         let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        let closed = match release {
+        let closed = match frontier {
             Some(f) => {
                 let open = ledger.by_epoch.split_off(&f);
                 std::mem::replace(&mut ledger.by_epoch, open)
@@ -134,24 +83,6 @@ mod tests {
         assert_eq!(b.bytes(), 41);
         assert!(!b.update(None, [(9, 7)]));
         assert_eq!(b.bytes(), 7);
-    }
-
-    #[test]
-    fn where_the_writer_runs_epochs_stay_counted_until_committed() {
-        let b = Buffered::new(50);
-        b.hold_until_committed();
-        assert!(b.update(Some(0), [(1, 40), (2, 30)]));
-        // Closed, not committed yet: still held.
-        assert!(b.update(Some(3), []));
-        b.committed(1);
-        assert!(!b.update(Some(3), []));
-        assert_eq!(b.bytes(), 30);
-        // Committed beyond the frontier: the frontier still counts.
-        b.committed(9);
-        assert!(!b.update(Some(2), [(2, 5)]));
-        assert_eq!(b.bytes(), 35);
-        assert!(!b.update(None, []));
-        assert_eq!(b.bytes(), 0);
     }
 
     #[test]

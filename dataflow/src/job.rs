@@ -282,7 +282,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 if let Some(publisher) = &hub {
                     writer.show_on(publisher.clone());
                 }
-                writer.release_on_commit(Arc::clone(&buffered));
                 Some(writer)
             } else {
                 None

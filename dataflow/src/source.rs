@@ -353,7 +353,6 @@ pub fn kafka_source<'scope>(
             }) as SourceLogic;
         }
         let wake = worker.sync_activator_for(info.address.to_vec());
-        config.buffered.wake_on_commit(wake.clone());
         let mut reader = match Reader::open(&config, &owned, index, wake) {
             Ok(reader) => reader,
             Err(e) => {

@@ -29,7 +29,6 @@ use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
-use crate::flow::Buffered;
 use crate::http::{Publisher, Update};
 use crate::parse::DeadLetter;
 use crate::source::{Metrics, ProgressWake};
@@ -164,8 +163,6 @@ pub struct Writer {
     dir: PathBuf,
     /// `--http`: where confirmed commits are queued to be shown.
     http: Option<Publisher>,
-    /// Flow control: told which epochs are committed.
-    buffered: Option<Arc<Buffered>>,
     /// `--invoice-retention` in epochs: cancellation bursts older than this are settled.
     retention: Option<u64>,
 }
@@ -196,16 +193,8 @@ impl Writer {
             metrics,
             dir: config.output_dir.clone(),
             http: None,
-            buffered: None,
             retention: config.retention,
         }
-    }
-
-    /// Tells flow control (`--max-buffered`) as each commit is confirmed, so that what waits
-    /// to be committed counts against the budget.
-    pub fn release_on_commit(&mut self, buffered: Arc<Buffered>) {
-        buffered.hold_until_committed();
-        self.buffered = Some(buffered);
     }
 
     /// Shows every confirmed commit on `hub` (`--http`).
@@ -308,17 +297,10 @@ impl Writer {
             u.close(state, &next.partitions);
             move || hub.publish(u)
         });
-        let mut release = self.buffered.clone().map(|b| move || b.committed(last.0));
         if let Some(kafka) = &mut self.kafka {
-            let mut after: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-            if let Some(show) = show.take() {
-                after.push(Box::new(show));
-            }
-            if let Some(release) = release.take() {
-                after.push(Box::new(release));
-            }
+            let after = show.take().map(|f| Box::new(f) as Box<dyn FnOnce() + Send>);
             let commit = Commit {
-                after,
+                after: after.into_iter().collect(),
                 batches,
                 saved: saved_changes,
                 alerts,
@@ -332,9 +314,6 @@ impl Writer {
         }
         if let Some(show) = show {
             show();
-        }
-        if let Some(release) = release {
-            release();
         }
         if checkpoints {
             self.checkpoint = Some(next);
