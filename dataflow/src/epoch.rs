@@ -54,6 +54,12 @@ impl EpochClock {
     pub fn label(&self, epoch: u64) -> EpochLabel {
         EpochLabel(self.start_secs(epoch))
     }
+
+    /// The epoch a [`label`](Self::label) names, if it is one.
+    pub fn epoch_of_label(&self, label: &str) -> Option<u64> {
+        let start = retail_common::time::parse_wire(label)?;
+        Some(self.epoch_of(start.and_utc().timestamp()))
+    }
 }
 
 /// Displays an epoch by its start time, `YYYY-MM-DDTHH:MM:SS`.
@@ -156,6 +162,14 @@ mod tests {
             epoch_secs: 3600,
             lateness_epochs,
         }
+    }
+
+    #[test]
+    fn a_label_names_its_epoch() {
+        let c = clock(0);
+        let label = c.label(359_000).to_string();
+        assert_eq!(c.epoch_of_label(&label), Some(359_000));
+        assert_eq!(c.epoch_of_label("not a label"), None);
     }
 
     #[test]

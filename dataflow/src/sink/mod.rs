@@ -59,6 +59,9 @@ pub struct Batch {
     pub alerts_open: usize,
 }
 
+/// How the keys of `cancellation_burst` alerts begin: then the epoch's label and the customer.
+const BURST_KEYS: &str = "cancellation_burst/";
+
 /// Stream and key of an output row, and its rendered value.
 fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
     match o {
@@ -97,7 +100,7 @@ fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
             } = a
             {
                 let label = clock.label(*epoch).to_string();
-                key = format!("cancellation_burst/{label}/{customer}");
+                key = format!("{BURST_KEYS}{label}/{customer}");
                 obj.insert("epoch".into(), Value::from(label));
             }
             ("alerts", key, Value::Object(obj))
@@ -191,22 +194,18 @@ impl Renderer {
     /// `epoch`. Under `--invoice-retention` they are settled like the alerts of closed invoices,
     /// so the open alerts do not grow with history. (A burst is final once its epoch closes.)
     pub fn expired_bursts(&self, epoch: u64, retention: u64) -> Vec<Alert> {
-        const PREFIX: &str = "cancellation_burst/";
         let Some(horizon) = epoch.checked_sub(retention) else {
             return Vec::new();
         };
         // Keys hold the epoch's fixed-width label, so they sort by epoch.
-        let end = format!("{PREFIX}{}", self.clock.label(horizon));
-        let range = (Bound::Included(PREFIX), Bound::Excluded(end.as_str()));
+        let end = format!("{BURST_KEYS}{}", self.clock.label(horizon));
+        let range = (Bound::Included(BURST_KEYS), Bound::Excluded(end.as_str()));
         self.state
             .alerts
             .range::<str, _>(range)
             .filter_map(|(_, v)| {
-                let label = v.get("epoch")?.as_str()?;
-                let start =
-                    chrono::NaiveDateTime::parse_from_str(label, "%Y-%m-%dT%H:%M:%S").ok()?;
                 Some(Alert::CancellationBurst {
-                    epoch: self.clock.epoch_of(start.and_utc().timestamp()),
+                    epoch: self.clock.epoch_of_label(v.get("epoch")?.as_str()?)?,
                     customer: v.get("customer")?.as_str()?.into(),
                     lines: v.get("lines")?.as_i64()?,
                 })
