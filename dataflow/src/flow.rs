@@ -10,15 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The message bytes read by one process for each open epoch.
 #[derive(Debug)]
 pub struct Buffered {
     limit: u64,
     ledger: Mutex<Ledger>,
-    /// The total as of the last update, for `/metrics` and the sources' checks.
-    total: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -33,17 +30,12 @@ impl Buffered {
         Buffered {
             limit,
             ledger: Mutex::new(Ledger::default()),
-            total: AtomicU64::new(0),
         }
     }
 
     /// Forgets the epochs before `frontier` (every epoch when it is `None`: the dataflow is
-    /// done), adds `read` (epoch, bytes) and returns whether the total is over the budget.
-    pub fn update(
-        &self,
-        frontier: Option<u64>,
-        read: impl IntoIterator<Item = (u64, u64)>,
-    ) -> bool {
+    /// done), adds `read` (epoch, bytes) and returns the bytes read for open epochs.
+    pub fn update(&self, frontier: Option<u64>, read: impl IntoIterator<Item = (u64, u64)>) -> u64 {
         let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
         let closed = match frontier {
             Some(f) => {
@@ -57,13 +49,12 @@ impl Buffered {
             *ledger.by_epoch.entry(epoch).or_default() += bytes;
             ledger.total += bytes;
         }
-        self.total.store(ledger.total, Ordering::Relaxed);
-        ledger.total > self.limit
+        ledger.total
     }
 
-    /// Bytes read for open epochs, as of the last update.
-    pub fn bytes(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+    /// Whether `bytes` read for open epochs are over the budget.
+    pub fn is_over(&self, bytes: u64) -> bool {
+        bytes > self.limit
     }
 }
 
@@ -74,22 +65,21 @@ mod tests {
     #[test]
     fn the_budget_counts_open_epochs_only() {
         let b = Buffered::new(100);
-        assert!(!b.update(Some(0), [(3, 60), (5, 40)]));
-        assert_eq!(b.bytes(), 100);
+        assert_eq!(b.update(Some(0), [(3, 60), (5, 40)]), 100);
+        assert!(!b.is_over(100));
         // Over the budget until the frontier passes enough epochs.
-        assert!(b.update(Some(0), [(5, 1)]));
-        assert!(b.update(Some(3), []));
-        assert!(!b.update(Some(4), []));
-        assert_eq!(b.bytes(), 41);
-        assert!(!b.update(None, [(9, 7)]));
-        assert_eq!(b.bytes(), 7);
+        assert!(b.is_over(b.update(Some(0), [(5, 1)])));
+        assert!(b.is_over(b.update(Some(3), [])));
+        assert_eq!(b.update(Some(4), []), 41);
+        assert!(!b.is_over(41));
+        assert_eq!(b.update(None, [(9, 7)]), 7);
     }
 
     #[test]
     fn a_zero_budget_is_over_with_anything_open() {
         let b = Buffered::new(0);
-        assert!(!b.update(Some(0), []));
-        assert!(b.update(Some(0), [(0, 1)]));
-        assert!(!b.update(Some(1), []));
+        assert!(!b.is_over(b.update(Some(0), [])));
+        assert!(b.is_over(b.update(Some(0), [(0, 1)])));
+        assert!(!b.is_over(b.update(Some(1), [])));
     }
 }

@@ -322,9 +322,7 @@ pub fn kafka_source<'scope>(
         }
         let owned = owned_partitions(config.partitions, index, peers);
         let activator = scope.activator_for(info.address.clone());
-        progress_wake
-            .source
-            .replace(Some(scope.activator_for(info.address.clone())));
+        progress_wake.source.replace(Some(activator.clone()));
         if owned.is_empty() {
             // Nothing to read: release the capability at once so epochs can close. A live job
             // keeps watching: should the topic grow a partition this worker owns, it cannot
@@ -382,7 +380,9 @@ pub fn kafka_source<'scope>(
             // Epochs before the dataflow's frontier are complete everywhere. Over the budget,
             // a partition may not run past it (beyond the lateness).
             let frontier = progress.with_frontier(|f| f.first().copied());
-            let over = config.buffered.update(frontier, []);
+            let over = config
+                .buffered
+                .is_over(config.buffered.update(frontier, []));
             let limit = frontier
                 .filter(|_| over)
                 .map(|f| f.saturating_add(config.clock.lateness_epochs));
@@ -401,10 +401,8 @@ pub fn kafka_source<'scope>(
             let mut read = BTreeMap::new();
             let handled =
                 reader.poll_into(&config, *c.time(), limit, &mut batches, &mut read, &metrics);
-            config.buffered.update(frontier, read);
-            metrics
-                .buffered
-                .store(config.buffered.bytes(), Ordering::Relaxed);
+            let buffered = config.buffered.update(frontier, read);
+            metrics.buffered.store(buffered, Ordering::Relaxed);
             if let Some(message) = reader.undecodable.take() {
                 // librdkafka would fetch the same batch for ever: stop the whole job instead.
                 metrics.stop_job(Stop::Undecodable(message), &shutdown);
