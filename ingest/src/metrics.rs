@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use retail_common::metrics::ServeError;
+use retail_common::metrics::{ServeError, encode_one};
 
 /// How many records the loop handles between two stores of its counts.
 pub const STORE_EVERY: u64 = 64;
@@ -46,21 +46,14 @@ impl Collector for IngestMetrics {
             ),
         ];
         for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
+            encode_one(&mut encoder, name, help, ConstCounter::new(value))?;
         }
-        let in_flight = ConstGauge::new(self.in_flight.load(Relaxed));
-        in_flight.encode(encoder.encode_descriptor(
+        encode_one(
+            &mut encoder,
             "retail_stream_ingest_in_flight",
             "Records sent and not yet acknowledged",
-            None,
-            in_flight.metric_type(),
-        )?)?;
+            ConstGauge::new(self.in_flight.load(Relaxed)),
+        )?;
         Ok(())
     }
 }

@@ -31,31 +31,39 @@ impl Collector for ProcessCollector {
             return Ok(());
         };
         let ticks = procfs::ticks_per_second() as f64;
-        let rss = ConstGauge::new((stat.rss * procfs::page_size()) as f64);
-        rss.encode(encoder.encode_descriptor(
+        encode_one(
+            &mut encoder,
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
-            None,
-            rss.metric_type(),
-        )?)?;
-        let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
-        cpu.encode(encoder.encode_descriptor(
+            ConstGauge::new((stat.rss * procfs::page_size()) as f64),
+        )?;
+        encode_one(
+            &mut encoder,
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds",
-            None,
-            cpu.metric_type(),
-        )?)?;
+            ConstCounter::new((stat.utime + stat.stime) as f64 / ticks),
+        )?;
         if let Ok(boot) = procfs::boot_time_secs() {
-            let start = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
-            start.encode(encoder.encode_descriptor(
+            encode_one(
+                &mut encoder,
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds",
-                None,
-                start.metric_type(),
-            )?)?;
+                ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks),
+            )?;
         }
         Ok(())
     }
+}
+
+/// Encodes one metric without labels (a `ConstCounter` or `ConstGauge` of a value read at
+/// scrape time) under `name`, with `help`.
+pub fn encode_one(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 /// A registry with the process metrics in it.

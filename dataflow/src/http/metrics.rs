@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::hub::CommitMetrics;
 use crate::source::Metrics;
+use retail_common::metrics::encode_one;
 
 /// The source's metrics, read at scrape time.
 #[derive(Debug)]
@@ -57,36 +58,32 @@ impl Collector for SourceCollector {
             ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
 
-        let late = ConstCounter::new(m.late.load(Relaxed));
-        late.encode(encoder.encode_descriptor(
+        encode_one(
+            &mut encoder,
             "retail_stream_late_lines",
             "Lines older than their partition's watermark, folded into the earliest open epoch",
-            None,
-            late.metric_type(),
-        )?)?;
-        let lines = ConstCounter::new(m.lines.load(Relaxed));
-        lines.encode(encoder.encode_descriptor(
+            ConstCounter::new(m.late.load(Relaxed)),
+        )?;
+        encode_one(
+            &mut encoder,
             "retail_stream_lines",
             "Valid sales lines read",
-            None,
-            lines.metric_type(),
-        )?)?;
+            ConstCounter::new(m.lines.load(Relaxed)),
+        )?;
 
-        let buffered = ConstGauge::new(m.buffered.load(Relaxed) as i64);
-        buffered.encode(encoder.encode_descriptor(
+        encode_one(
+            &mut encoder,
             "retail_stream_buffered_bytes",
             "Message bytes read for epochs still open (flow control holds partitions back \
              above --max-buffered)",
-            None,
-            buffered.metric_type(),
-        )?)?;
-        let held = ConstGauge::new(m.held.load(Relaxed));
-        held.encode(encoder.encode_descriptor(
+            ConstGauge::new(m.buffered.load(Relaxed) as i64),
+        )?;
+        encode_one(
+            &mut encoder,
             "retail_stream_partitions_held",
             "Partitions flow control leaves unread until the oldest open epoch closes",
-            None,
-            held.metric_type(),
-        )?)?;
+            ConstGauge::new(m.held.load(Relaxed)),
+        )?;
 
         let mut family = encoder.encode_descriptor(
             "retail_stream_consumer_lag",
