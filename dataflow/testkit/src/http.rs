@@ -59,27 +59,34 @@ pub fn wait_until_served(addr: &str, path: &str, timeout: Duration) {
     }
 }
 
-/// The Prometheus text at `addr`, checked by promtool and parsed by the Python client's
-/// parser: family name -> {type, samples}.
-pub fn scrape(addr: &str) -> Value {
-    let (status, text) = get(addr, "/metrics");
-    assert_eq!(status, 200, "{text}");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
+/// Runs `command` with `text` on its standard input and returns what it printed; `missing` says
+/// how to get the program when it cannot run.
+fn feed(command: &mut Command, text: &str, missing: &str) -> std::process::Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool cannot run ({e}): install Debian's prometheus package")
-        });
-    promtool
+        .unwrap_or_else(|e| panic!("{command:?} cannot run ({e}): {missing}"));
+    child
         .stdin
         .take()
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The Prometheus text at `addr`, checked by promtool and parsed by the Python client's
+/// parser: family name -> {type, samples}.
+pub fn scrape(addr: &str) -> Value {
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let checked = feed(
+        Command::new("promtool").args(["check", "metrics"]),
+        &text,
+        "install Debian's prometheus package",
+    );
     assert!(
         checked.status.success(),
         "promtool check metrics refused /metrics of {addr}:\n{}{}\n{text}",
@@ -96,20 +103,11 @@ pub fn scrape(addr: &str) -> Value {
          dataflow/tests/metrics/requirements.txt (scripts/test does)",
         python.display()
     );
-    let mut parser = Command::new(&python)
-        .arg(workspace_root().join("dataflow/tests/metrics/parse.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    parser
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let parsed = parser.wait_with_output().unwrap();
+    let parsed = feed(
+        Command::new(&python).arg(workspace_root().join("dataflow/tests/metrics/parse.py")),
+        &text,
+        "rebuild .cache/venv-metrics (scripts/test does)",
+    );
     assert!(
         parsed.status.success(),
         "prometheus_client cannot parse /metrics of {addr}:\n{}\n{text}",
