@@ -136,21 +136,52 @@ pub enum Saved {
     },
 }
 
+/// What identifies a [`Saved`] entry, as [`Saved::identity`] does, but without formatting it:
+/// a cheap key for keeping only the newest change of each entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SavedKey {
+    Measure(StatKey),
+    Seen(DistinctKey),
+    Product(Text),
+    Invoice(Text),
+    LineAlert(Alert),
+    Open(i32, Text),
+}
+
 impl Saved {
+    /// The entry's key: two entries with the same key have the same identity.
+    pub fn key(&self) -> SavedKey {
+        match self {
+            Saved::Measure(k, _) => SavedKey::Measure(k.clone()),
+            Saved::Seen(k) => SavedKey::Seen(k.clone()),
+            Saved::Product(p, _) => SavedKey::Product(p.clone()),
+            Saved::Invoice(i, _) => SavedKey::Invoice(i.clone()),
+            Saved::LineAlert(a) => SavedKey::LineAlert(a.clone()),
+            Saved::Open {
+                partition, invoice, ..
+            } => SavedKey::Open(*partition, invoice.clone()),
+        }
+    }
+
     /// The identity of the entry: a newer entry with the same identity replaces it.
+    pub fn identity(&self) -> String {
+        self.key().identity()
+    }
+}
+
+impl SavedKey {
+    /// The entry's identity as the state topic's keys spell it.
     pub fn identity(&self) -> String {
         fn json<T: Serialize>(v: &T) -> String {
             serde_json::to_string(v).expect("keys serialise")
         }
         match self {
-            Saved::Measure(k, _) => format!("measure:{}", json(k)),
-            Saved::Seen(k) => format!("seen:{}", json(k)),
-            Saved::Product(p, _) => format!("product:{}", json(p)),
-            Saved::Invoice(i, _) => format!("invoice:{}", json(i)),
-            Saved::LineAlert(a) => format!("line_alert:{}", json(a)),
-            Saved::Open {
-                partition, invoice, ..
-            } => format!("open:{partition}:{}", json(invoice)),
+            SavedKey::Measure(k) => format!("measure:{}", json(k)),
+            SavedKey::Seen(k) => format!("seen:{}", json(k)),
+            SavedKey::Product(p) => format!("product:{}", json(p)),
+            SavedKey::Invoice(i) => format!("invoice:{}", json(i)),
+            SavedKey::LineAlert(a) => format!("line_alert:{}", json(a)),
+            SavedKey::Open(partition, invoice) => format!("open:{partition}:{}", json(invoice)),
         }
     }
 }

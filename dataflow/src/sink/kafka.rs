@@ -26,7 +26,9 @@ use retail_common::kafka::ClientSettings;
 use serde_json::Value;
 
 use super::Batch;
-use crate::aggregate::Saved;
+use foldhash::HashMap;
+
+use crate::aggregate::{Saved, SavedKey};
 use crate::checkpoint::{self, Checkpoint};
 
 /// How long a transaction step may keep retrying while Kafka is unreachable.
@@ -321,14 +323,30 @@ fn retry(
     }
 }
 
+/// The state entries a commit writes: the newest change of each, so that commits coalescing
+/// while a transaction runs hold one change per entry however many epochs they span.
+#[derive(Debug, Default)]
+pub struct StateChanges(HashMap<SavedKey, Option<Saved>>);
+
+impl StateChanges {
+    /// Applies a change (an entry's old value, -1, must come before its new one, +1): the
+    /// entry is written, or deleted if its last change is a retraction.
+    pub fn apply(&mut self, entry: Saved, r: isize) {
+        let key = entry.key();
+        self.0.insert(key, (r > 0).then_some(entry));
+    }
+
+    fn absorb(&mut self, later: StateChanges) {
+        self.0.extend(later.0);
+    }
+}
+
 /// One commit for the output thread.
 pub struct Commit {
     pub batches: Vec<Batch>,
-    /// Changes of the saved state, epoch by epoch, each epoch's old values (-1) before its new
-    /// ones (+1).
-    pub saved: Vec<(Saved, isize)>,
+    pub saved: StateChanges,
     /// The writer's alerts that changed: key and new value (`None`: gone).
-    pub alerts: Vec<(String, Option<Value>)>,
+    pub alerts: BTreeMap<String, Option<Value>>,
     /// Entries of older runs of the job, to delete.
     pub stale: Vec<String>,
     pub checkpoint: Checkpoint,
@@ -341,9 +359,11 @@ impl Commit {
     fn entries(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let run = self.checkpoint.run;
         let mut keyed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        for (entry, r) in &self.saved {
-            let payload = (*r > 0).then(|| serde_json::to_vec(entry).expect("state serialises"));
-            keyed.insert(checkpoint::entry_key(run, &entry.identity()), payload);
+        for (key, entry) in &self.saved.0 {
+            let payload = entry
+                .as_ref()
+                .map(|e| serde_json::to_vec(e).expect("state serialises"));
+            keyed.insert(checkpoint::entry_key(run, &key.identity()), payload);
         }
         for (key, value) in &self.alerts {
             let payload = value
@@ -364,7 +384,7 @@ impl Commit {
     /// Adds a later commit to this one (while the previous transaction is still running).
     fn absorb(&mut self, later: Commit) {
         self.batches.extend(later.batches);
-        self.saved.extend(later.saved);
+        self.saved.absorb(later.saved);
         self.alerts.extend(later.alerts);
         self.stale.extend(later.stale);
         self.checkpoint = later.checkpoint;

@@ -24,7 +24,9 @@ use tracing::error;
 use super::Renderer;
 use super::console::ConsoleSink;
 use super::jsonl::JsonlSink;
-use super::kafka::{CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics};
+use super::kafka::{
+    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
+};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
@@ -217,7 +219,7 @@ impl Writer {
             return Ok(());
         }
         let mut next = self.checkpoint.clone().unwrap_or_default();
-        let mut saved_changes = Vec::new();
+        let mut saved_changes = StateChanges::default();
         let mut batches = Vec::new();
         let mut update = self.http.as_ref().map(|_| Update::begin());
         for (epoch, items) in closed {
@@ -250,7 +252,9 @@ impl Writer {
             consolidate_updates(&mut saved);
             // An entry's old value (-1) goes before its new one (+1).
             saved.sort_by_key(|(_, _, r)| *r);
-            saved_changes.extend(saved.into_iter().map(|(entry, _, r)| (entry, r)));
+            for (entry, _, r) in saved {
+                saved_changes.apply(entry, r);
+            }
             let batch = self.renderer.render(epoch, updates, dead);
             if let Some(u) = &mut update {
                 u.add(&batch, &self.renderer.state);
@@ -279,11 +283,11 @@ impl Writer {
             }
         }
         let checkpoints = self.checkpoint.is_some();
-        let mut alerts = Vec::new();
+        let mut alerts = BTreeMap::new();
         if checkpoints {
             for change in batches.iter().flat_map(|b| &b.changes) {
                 if change.stream == "alerts" {
-                    alerts.push((change.key.clone(), state.alerts.get(&change.key).cloned()));
+                    alerts.insert(change.key.clone(), state.alerts.get(&change.key).cloned());
                 }
             }
             let files = match &mut self.jsonl {
