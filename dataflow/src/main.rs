@@ -11,6 +11,12 @@ use dataflow::cli::Args;
 use dataflow::job;
 use retail_common::exit;
 
+/// jemalloc returns freed memory to the system on its own background thread: memory freed by
+/// one thread after another allocated it (librdkafka's fetches, timely's exchanges, the commit
+/// thread) does not pile up in per-thread arenas as it does with glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     retail_common::logging::init(true);

@@ -221,7 +221,7 @@ impl KafkaOut {
     pub fn commit(
         &self,
         batches: &[Batch],
-        entries: &[(String, Option<Vec<u8>>)],
+        entries: impl IntoIterator<Item = (String, Option<Vec<u8>>)>,
         checkpoint: &Checkpoint,
     ) -> Result<(), KafkaOutError> {
         let Some(CheckpointTopic { target, group }) = &self.checkpoint else {
@@ -240,7 +240,7 @@ impl KafkaOut {
             }
             for (key, payload) in entries {
                 let mut record = BaseRecord::to(&target.state_topic).key(key.as_bytes());
-                if let Some(p) = payload {
+                if let Some(p) = &payload {
                     record = record.payload(p.as_slice());
                 }
                 self.send(record)?;
@@ -355,30 +355,26 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// The state topic records of the commit: key and payload (`None` deletes).
-    fn entries(&self) -> Vec<(String, Option<Vec<u8>>)> {
+    /// The state topic records of the commit, key and payload (`None` deletes), made one at a
+    /// time as the transaction sends them. Their keys are distinct: one change per entry, and
+    /// stale keys belong to older runs.
+    fn entries(&self) -> impl Iterator<Item = (String, Option<Vec<u8>>)> + '_ {
         let run = self.checkpoint.run;
-        let mut keyed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        for (key, entry) in &self.saved.0 {
+        let stale = self.stale.iter().map(|k| (k.clone(), None));
+        let saved = self.saved.0.iter().map(move |(key, entry)| {
             let payload = entry
                 .as_ref()
                 .map(|e| serde_json::to_vec(e).expect("state serialises"));
-            keyed.insert(checkpoint::entry_key(run, &key.identity()), payload);
-        }
-        for (key, value) in &self.alerts {
+            (checkpoint::entry_key(run, &key.identity()), payload)
+        });
+        let alerts = self.alerts.iter().map(move |(key, value)| {
             let payload = value
                 .as_ref()
                 .map(|v| serde_json::to_vec(v).expect("alerts serialise"));
-            keyed.insert(
-                checkpoint::entry_key(run, &checkpoint::alert_identity(key)),
-                payload,
-            );
-        }
-        self.stale
-            .iter()
-            .map(|k| (k.clone(), None))
-            .chain(keyed)
-            .collect()
+            let identity = checkpoint::alert_identity(key);
+            (checkpoint::entry_key(run, &identity), payload)
+        });
+        stale.chain(saved).chain(alerts)
     }
 
     /// Adds a later commit to this one (while the previous transaction is still running).
@@ -428,7 +424,7 @@ impl Committer {
                     };
                     drop(guard);
                     if let Err(e) =
-                        out.commit(&commit.batches, &commit.entries(), &commit.checkpoint)
+                        out.commit(&commit.batches, commit.entries(), &commit.checkpoint)
                     {
                         break Err(e);
                     }
@@ -476,5 +472,65 @@ impl Committer {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Revenue;
+
+    fn invoice(number: &str, lines: i64) -> Saved {
+        Saved::Invoice(
+            number.into(),
+            Revenue {
+                lines,
+                revenue_milli: lines * 1_000,
+            },
+        )
+    }
+
+    fn commit(changes: Vec<(Saved, isize)>) -> Commit {
+        let mut saved = StateChanges::default();
+        for (entry, r) in changes {
+            saved.apply(entry, r);
+        }
+        Commit {
+            batches: Vec::new(),
+            saved,
+            alerts: BTreeMap::new(),
+            stale: vec!["3/invoice:\"9\"".to_owned()],
+            checkpoint: Checkpoint {
+                run: 7,
+                ..Checkpoint::default()
+            },
+            after: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn coalesced_commits_write_the_newest_change_of_each_entry_once() {
+        // Epoch 1 opens invoices 1 and 2; epoch 2 adds a line to 1, takes 2 out, opens 3.
+        let mut pending = commit(vec![(invoice("1", 1), 1), (invoice("2", 1), 1)]);
+        let mut later = commit(vec![
+            (invoice("1", 1), -1),
+            (invoice("2", 1), -1),
+            (invoice("1", 2), 1),
+            (invoice("3", 1), 1),
+        ]);
+        // Only a job's first commit deletes the entries of older runs.
+        later.stale.clear();
+        pending.absorb(later);
+        let written: Vec<(String, Option<Vec<u8>>)> = pending.entries().collect();
+        let json = |s: &Saved| Some(serde_json::to_vec(s).unwrap());
+        let expected = BTreeMap::from([
+            ("3/invoice:\"9\"".to_owned(), None),
+            ("7/invoice:\"1\"".to_owned(), json(&invoice("1", 2))),
+            ("7/invoice:\"2\"".to_owned(), None),
+            ("7/invoice:\"3\"".to_owned(), json(&invoice("3", 1))),
+        ]);
+        assert_eq!(written.len(), expected.len(), "each key once: {written:?}");
+        let keyed: BTreeMap<_, _> = written.into_iter().collect();
+        assert_eq!(keyed, expected);
     }
 }

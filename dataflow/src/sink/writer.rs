@@ -408,8 +408,7 @@ pub fn open_writer(
                 if let Some(j) = &mut writer.jsonl {
                     start.files = j.lengths().map_err(output_error(&config.output_dir))?;
                 }
-                let tombstones: Vec<_> = stale.into_iter().map(|k| (k, None)).collect();
-                kafka.commit(&[], &tombstones, &start)?;
+                kafka.commit(&[], stale.into_iter().map(|k| (k, None)), &start)?;
             }
             _ => writer.stale = stale,
         }
