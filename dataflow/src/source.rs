@@ -495,7 +495,7 @@ impl Reader {
                 // Read-ahead: fetches of up to 256 KB per partition (or one whole batch, if
                 // larger), refilled while less than 1 MB waits in the partition's queue. What a
                 // partition holds is its queue plus its decompressed batches, so these bound the
-                // consumer's memory: 1 MB fetches and a 2 MB queue cost 84 MiB more peak memory
+                // consumer's memory: 1 MB fetches and a 2 MB queue cost 86 MiB more peak memory
                 // on 10M records for 4% more speed. librdkafka's default is to postpone a fetch
                 // by a whole second once a queue is full, which left a busy worker idle for about
                 // 40% of a replay; 5 ms keeps the queues topped up instead.
