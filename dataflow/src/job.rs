@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Concat, OkErr};
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{ProbeHandle, Stream};
 use tracing::{info, warn};
@@ -321,7 +324,25 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 );
                 let mut outputs = built.outputs.inner.map(|(o, t, r)| Emit::Out(o, t, r));
                 if let Some(saved) = built.saved {
-                    outputs = outputs.concat(saved.inner.map(|(s, t, r)| Emit::Saved(s, t, r)));
+                    // Only the new values of changed entries (and the retractions of removed
+                    // ones) cross to the writer.
+                    let newest = saved
+                        .inner
+                        .unary::<CapacityContainerBuilder<Vec<Emit>>, _, _, _>(
+                            Pipeline,
+                            "NewestSaved",
+                            |_, _| {
+                                move |input, output| {
+                                    input.for_each(|cap, data| {
+                                        aggregate::drop_superseded(data);
+                                        output.session(&cap).give_iterator(
+                                            data.drain(..).map(|(s, t, r)| Emit::Saved(s, t, r)),
+                                        );
+                                    });
+                                }
+                            },
+                        );
+                    outputs = outputs.concat(newest);
                 }
                 let dead = other.map(|(item, t)| match item {
                     Parsed::Dead(letter) => Emit::Dead(letter, t),

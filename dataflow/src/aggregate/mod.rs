@@ -163,6 +163,30 @@ impl Saved {
         }
     }
 
+    /// Whether `other` is a value of the same entry (the same key).
+    pub fn same_entry(&self, other: &Saved) -> bool {
+        match (self, other) {
+            (Saved::Measure(a, _), Saved::Measure(b, _)) => a == b,
+            (Saved::Seen(a), Saved::Seen(b)) => a == b,
+            (Saved::Product(a, _), Saved::Product(b, _)) => a == b,
+            (Saved::Invoice(a, _), Saved::Invoice(b, _)) => a == b,
+            (Saved::LineAlert(a), Saved::LineAlert(b)) => a == b,
+            (
+                Saved::Open {
+                    partition: p,
+                    invoice: a,
+                    ..
+                },
+                Saved::Open {
+                    partition: q,
+                    invoice: b,
+                    ..
+                },
+            ) => p == q && a == b,
+            _ => false,
+        }
+    }
+
     /// The identity of the entry: a newer entry with the same identity replaces it.
     pub fn identity(&self) -> String {
         self.key().identity()
@@ -184,6 +208,23 @@ impl SavedKey {
             SavedKey::Open(partition, invoice) => format!("open:{partition}:{}", json(invoice)),
         }
     }
+}
+
+/// Leaves out each retraction of a state entry that the entry's new value follows at the same
+/// time. A checkpoint writes only an entry's newest value (a retraction alone deletes it), and
+/// `count_total` emits a key's old value right before its new one, so about half the changes
+/// need not travel to the writer at all. Any retraction left in is still correct.
+pub fn drop_superseded(changes: &mut Vec<(Saved, u64, isize)>) {
+    let superseded: Vec<bool> = changes
+        .iter()
+        .zip(changes.iter().skip(1).map(Some).chain([None]))
+        .map(|((entry, time, r), next)| {
+            *r < 0
+                && next.is_some_and(|(newer, t, n)| *n > 0 && t == time && newer.same_entry(entry))
+        })
+        .collect();
+    let mut flags = superseded.into_iter();
+    changes.retain(|_| !flags.next().unwrap_or(false));
 }
 
 /// What `--invoice-retention` takes out of the aggregates when an invoice closes.

@@ -401,3 +401,45 @@ fn closed_invoices_leave_the_state_and_settle_their_alerts_but_stay_counted() {
     );
     assert!(state.iter().any(|s| matches!(s, Saved::Measure(..))));
 }
+
+#[test]
+fn only_a_retraction_followed_by_its_entry_s_new_value_is_dropped() {
+    let invoice = |n: &str, lines| {
+        Saved::Invoice(
+            n.into(),
+            Revenue {
+                lines,
+                revenue_milli: 0,
+            },
+        )
+    };
+    let mut changes = vec![
+        // Changed at time 3: only the new value is needed.
+        (invoice("1", 1), 3, -1),
+        (invoice("1", 2), 3, 1),
+        // Removed: the retraction deletes it.
+        (invoice("2", 1), 3, -1),
+        // A new value at another time, or of another entry, supersedes nothing.
+        (invoice("3", 1), 3, -1),
+        (invoice("3", 2), 4, 1),
+        (invoice("4", 1), 3, -1),
+        (invoice("5", 1), 3, 1),
+        // An addition before a retraction stays as it is.
+        (invoice("6", 1), 3, 1),
+        (invoice("6", 1), 3, -1),
+    ];
+    drop_superseded(&mut changes);
+    assert_eq!(
+        changes,
+        vec![
+            (invoice("1", 2), 3, 1),
+            (invoice("2", 1), 3, -1),
+            (invoice("3", 1), 3, -1),
+            (invoice("3", 2), 4, 1),
+            (invoice("4", 1), 3, -1),
+            (invoice("5", 1), 3, 1),
+            (invoice("6", 1), 3, 1),
+            (invoice("6", 1), 3, -1),
+        ]
+    );
+}
