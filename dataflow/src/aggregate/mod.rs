@@ -165,26 +165,7 @@ impl Saved {
 
     /// Whether `other` is a value of the same entry (the same key).
     pub fn same_entry(&self, other: &Saved) -> bool {
-        match (self, other) {
-            (Saved::Measure(a, _), Saved::Measure(b, _)) => a == b,
-            (Saved::Seen(a), Saved::Seen(b)) => a == b,
-            (Saved::Product(a, _), Saved::Product(b, _)) => a == b,
-            (Saved::Invoice(a, _), Saved::Invoice(b, _)) => a == b,
-            (Saved::LineAlert(a), Saved::LineAlert(b)) => a == b,
-            (
-                Saved::Open {
-                    partition: p,
-                    invoice: a,
-                    ..
-                },
-                Saved::Open {
-                    partition: q,
-                    invoice: b,
-                    ..
-                },
-            ) => p == q && a == b,
-            _ => false,
-        }
+        self.key() == other.key()
     }
 
     /// The identity of the entry: a newer entry with the same identity replaces it.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
@@ -26,8 +27,6 @@ use retail_common::kafka::ClientSettings;
 use serde_json::Value;
 
 use super::Batch;
-use foldhash::HashMap;
-
 use crate::aggregate::{Saved, SavedKey};
 use crate::checkpoint::{self, Checkpoint};
 
