@@ -3,7 +3,8 @@
 //! One operator ([`derive`]) reads each batch of lines once and folds it into the input of
 //! every aggregate, summed per key. Each aggregate is then a `count_total` (or `distinct`)
 //! over those sums, so an epoch's work is proportional to the keys it touches, never to the
-//! history. The overall ranking follows the per-product sums ([`top`]); per-epoch statistics
+//! history; the per-invoice sums, with a key per invoice, are the same computation kept in a
+//! hash map ([`running`]). The overall ranking follows the per-product sums ([`top`]); per-epoch statistics
 //! are folded apart ([`per_epoch`]); alerts filter aggregates or single lines. All of them end as
 //! one collection of [`Output`] rows whose changes per epoch the sinks write.
 //!
@@ -17,6 +18,7 @@ pub mod alerts;
 pub mod derive;
 pub mod invoice;
 pub mod per_epoch;
+pub mod running;
 pub mod sums;
 pub mod top;
 
@@ -306,18 +308,16 @@ pub fn build<'scope>(
         .concat(restore(&restored, |s| match s {
             Saved::Invoice(i, m) => invoice::pack(&i).map(|n| (n, m)),
             _ => None,
-        }))
-        .arrange_by_self_named("Arrange: invoices by number")
-        .count_total();
+        }));
+    let numbered = running::running_sums(numbered, "Running sums: invoices by number");
     let named = derived
         .invoices
         .concat(retracted_named)
         .concat(restore(&restored, |s| match s {
             Saved::Invoice(i, m) if invoice::pack(&i).is_none() => Some((i, m)),
             _ => None,
-        }))
-        .arrange_by_self_named("Arrange: invoices by text")
-        .count_total();
+        }));
+    let named = running::running_sums(named, "Running sums: invoices by text");
     let seen = derived
         .customers
         .concat(restore(&restored, |s| match s {
