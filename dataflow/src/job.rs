@@ -322,7 +322,10 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     rules,
                     save,
                 );
-                let mut outputs = built.outputs.inner.map(|(o, t, r)| Emit::Out(o, t, r));
+                let mut outputs = built
+                    .outputs
+                    .inner
+                    .map(|(o, t, r)| Emit::Out(Box::new(o), t, r));
                 if let Some(saved) = built.saved {
                     // Only the new values of changed entries (and the retractions of removed
                     // ones) cross to the writer.
@@ -345,7 +348,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     outputs = outputs.concat(newest);
                 }
                 let dead = other.map(|(item, t)| match item {
-                    Parsed::Dead(letter) => Emit::Dead(letter, t),
+                    Parsed::Dead(letter) => Emit::Dead(Box::new(letter), t),
                     Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, t),
                     Parsed::Saved(entry, r) => Emit::Saved(entry, t, r),
                     Parsed::Line(_) | Parsed::Close(..) => {
@@ -416,7 +419,7 @@ fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
         if let Saved::LineAlert(a) = s
             && let Some(invoice) = a.invoice()
         {
-            alerts.entry(invoice).or_default().push(a.clone());
+            alerts.entry(invoice).or_default().push(Alert::clone(a));
         }
     }
     let mut open: BTreeMap<i32, Vec<RestoredInvoice>> = BTreeMap::new();

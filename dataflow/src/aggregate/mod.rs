@@ -118,16 +118,17 @@ pub enum Output {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Saved {
     /// Measures of the total or of a country, without the distinct counts (those come back
-    /// from the `Seen` entries).
-    Measure(StatKey, Sums),
+    /// from the `Seen` entries). Boxed, as the rare large variant: entries are held by the
+    /// hundred thousand while a checkpoint is written.
+    Measure(StatKey, Box<Sums>),
     /// A customer seen at least once.
     Seen(DistinctKey),
     /// Net revenue and lines of a product over all epochs.
     Product(Text, Revenue),
     /// Net value and lines of an invoice (its presence counts the invoice as seen).
     Invoice(Text, Revenue),
-    /// An alert raised by a single line.
-    LineAlert(Alert),
+    /// An alert raised by a single line (boxed, as `Measure`).
+    LineAlert(Box<Alert>),
     /// An invoice still open under `--invoice-retention`: the partition its lines come from
     /// and the latest epoch any of them was assigned to. Written by the source; with the
     /// invoice's `Invoice` entry it rebuilds the source's open invoices on resume.
@@ -146,7 +147,7 @@ pub enum SavedKey {
     Seen(DistinctKey),
     Product(Text),
     Invoice(Text),
-    LineAlert(Alert),
+    LineAlert(Box<Alert>),
     Open(i32, Text),
 }
 
@@ -339,7 +340,7 @@ pub fn build<'scope>(
     let stats = derived
         .measures
         .concat(restore(&restored, |s| match s {
-            Saved::Measure(k, m) => Some((k, m)),
+            Saved::Measure(k, m) => Some((k, *m)),
             _ => None,
         }))
         .concat(customers)
@@ -379,7 +380,7 @@ pub fn build<'scope>(
         .line_alerts
         .concat(settled)
         .concat(restore(&restored, |s| match s {
-            Saved::LineAlert(a) => Some((a, 1isize)),
+            Saved::LineAlert(a) => Some((*a, 1isize)),
             _ => None,
         }))
         .arrange_by_self_named("Arrange: line alerts")
@@ -402,11 +403,11 @@ pub fn build<'scope>(
         let measures = stats.map(|(key, s)| {
             Saved::Measure(
                 key,
-                Sums {
+                Box::new(Sums {
                     invoices: 0,
                     customers: 0,
                     ..s
-                },
+                }),
             )
         });
         measures
@@ -414,7 +415,7 @@ pub fn build<'scope>(
             .concat(products.map(|(p, s)| Saved::Product(p, s)))
             .concat(numbered.map(|(n, s)| Saved::Invoice(invoice::unpack(n), s)))
             .concat(named.map(|(i, s)| Saved::Invoice(i, s)))
-            .concat(line_alerts.map(Saved::LineAlert))
+            .concat(line_alerts.map(|a| Saved::LineAlert(Box::new(a))))
     });
     Built {
         outputs: totals.concat(epochs).concat(top_products).concat(alerts),

@@ -47,11 +47,12 @@ pub enum WriteError {
     Kafka(#[from] KafkaOutError),
 }
 
-/// What crosses from the aggregates and the source to the single writer.
+/// What crosses from the aggregates and the source to the single writer. Mostly state
+/// entries: the few large variants are boxed, so that an epoch's stash of items is small.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Emit {
-    Out(Output, u64, isize),
-    Dead(DeadLetter, u64),
+    Out(Box<Output>, u64, isize),
+    Dead(Box<DeadLetter>, u64),
     /// A partition's next offset and watermark state.
     Position(i32, i64, PartitionClock, u64),
     /// A change of the state a checkpoint keeps.
@@ -232,10 +233,10 @@ impl Writer {
             let mut saved = Vec::new();
             for item in items {
                 match item {
-                    Emit::Out(o, _, r) => updates.push((o, r)),
+                    Emit::Out(o, _, r) => updates.push((*o, r)),
                     Emit::Dead(d, _) => {
                         next.dead_letter(d.partition, d.offset);
-                        dead.push(d);
+                        dead.push(*d);
                     }
                     Emit::Position(p, offset, clock, _) => next.position(p, offset, clock),
                     Emit::Saved(entry, t, r) => saved.push((entry, t, r)),
