@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use retail_common::exit;
 use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 
-use crate::aggregate::{self, Alert, Revenue, Saved, Text};
+use crate::aggregate::{self, Alert, Saved, Text};
 use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
 use crate::flow::Buffered;
@@ -404,16 +404,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     })
 }
 
-/// The open invoices of a checkpoint's state, per partition: each `Open` entry with its
-/// invoice's accumulated value and the alerts its lines raised.
+/// The open invoices of a checkpoint's state, per partition: each `Open` entry with the
+/// alerts its invoice's lines raised.
 fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
-    let values: HashMap<&Text, Revenue> = saved
-        .iter()
-        .filter_map(|s| match s {
-            Saved::Invoice(i, m) => Some((i, *m)),
-            _ => None,
-        })
-        .collect();
     let mut alerts: HashMap<&Text, Vec<Alert>> = HashMap::new();
     for s in saved {
         if let Saved::LineAlert(a) = s
@@ -433,7 +426,6 @@ fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
             open.entry(*partition).or_default().push(RestoredInvoice {
                 invoice: invoice.clone(),
                 last: *last,
-                revenue: values.get(invoice).copied().unwrap_or_default(),
                 alerts: alerts.get(invoice).cloned().unwrap_or_default(),
             });
         }

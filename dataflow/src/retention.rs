@@ -2,9 +2,10 @@
 //!
 //! An invoice is open from its first line until its partition's earliest open epoch (the
 //! watermark) has moved more than the retention past the latest epoch any of its lines was
-//! assigned to. It then closes: the source takes its accumulated lines and value back out of
-//! the per-invoice arrangements and counts it as a closed invoice, so memory and the state
-//! topic hold only the invoices of the last retention period. A line behind the same horizon
+//! assigned to. It then closes: the source tells the per-invoice running sums to drop it and
+//! counts it as a closed invoice, so memory and the state topic hold only the invoices of the
+//! last retention period. Only the latest epoch of each open invoice is kept here (16 bytes
+//! a packed invoice); its value is in the running sums. A line behind the same horizon
 //! is a dead letter (`invoice_closed`, see [`crate::parse`]). Everything here follows the
 //! order of records within their own partition, so closings fall in the same epochs for any
 //! worker count and after any restart.
@@ -12,23 +13,15 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
-use differential_dataflow::difference::Semigroup;
 use foldhash::HashMap;
 
-use crate::aggregate::{Alert, Revenue, Text, invoice};
-
-/// What an open invoice keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Open {
-    /// The latest epoch any of its lines was assigned to.
-    last: u64,
-    revenue: Revenue,
-}
+use crate::aggregate::{Alert, Text, invoice};
 
 /// Open invoices under one kind of key.
 #[derive(Debug)]
 struct Keyed<K> {
-    open: HashMap<K, Open>,
+    /// Each open invoice's latest epoch any of its lines was assigned to.
+    open: HashMap<K, u64>,
     /// Invoices by the `last` epoch they had when filed; an entry whose invoice has moved on
     /// since is skipped when its epoch expires.
     by_last: BTreeMap<u64, Vec<K>>,
@@ -47,34 +40,21 @@ impl<K> Default for Keyed<K> {
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn add(
-        &mut self,
-        key: K,
-        epoch: u64,
-        revenue: Revenue,
-        alerts: impl Iterator<Item = Alert>,
-    ) -> Option<Moved> {
+    fn add(&mut self, key: K, epoch: u64, alerts: impl Iterator<Item = Alert>) -> Option<Moved> {
         for alert in alerts {
             self.alerts.entry(key.clone()).or_default().push(alert);
         }
         let moved = match self.open.get_mut(&key) {
-            Some(open) => {
-                open.revenue.plus_equals(&revenue);
-                if epoch <= open.last {
+            Some(last) => {
+                if epoch <= *last {
                     return None;
                 }
-                let from = Some(open.last);
-                open.last = epoch;
+                let from = Some(*last);
+                *last = epoch;
                 Moved { from, to: epoch }
             }
             None => {
-                self.open.insert(
-                    key.clone(),
-                    Open {
-                        last: epoch,
-                        revenue,
-                    },
-                );
+                self.open.insert(key.clone(), epoch);
                 Moved {
                     from: None,
                     to: epoch,
@@ -85,12 +65,12 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         Some(moved)
     }
 
-    fn restore(&mut self, key: K, last: u64, revenue: Revenue, alerts: Vec<Alert>) {
+    fn restore(&mut self, key: K, last: u64, alerts: Vec<Alert>) {
         self.by_last.entry(last).or_default().push(key.clone());
         if !alerts.is_empty() {
             self.alerts.insert(key.clone(), alerts);
         }
-        self.open.insert(key, Open { last, revenue });
+        self.open.insert(key, last);
     }
 
     fn expire(
@@ -107,14 +87,12 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
             }
             for key in entry.remove() {
                 // Filed again under a later epoch since: not expired yet.
-                if self.open.get(&key).is_some_and(|o| o.last == last)
-                    && let Some(open) = self.open.remove(&key)
-                {
+                if self.open.get(&key) == Some(&last) {
+                    self.open.remove(&key);
                     let alerts = self.alerts.remove(&key).unwrap_or_default();
                     closed.push(Closed {
                         invoice: text(key),
                         last,
-                        revenue: open.revenue,
                         alerts,
                     });
                 }
@@ -144,7 +122,6 @@ pub struct Moved {
 pub struct Closed {
     pub invoice: Text,
     pub last: u64,
-    pub revenue: Revenue,
     /// The alerts its lines raised, once per line.
     pub alerts: Vec<Alert>,
 }
@@ -154,7 +131,6 @@ pub struct Closed {
 pub struct RestoredInvoice {
     pub invoice: Text,
     pub last: u64,
-    pub revenue: Revenue,
     /// Its lines' alerts (once each: the restored alert set counts each once).
     pub alerts: Vec<Alert>,
 }
@@ -166,20 +142,19 @@ impl OpenInvoices {
         &mut self,
         invoice: &Text,
         epoch: u64,
-        revenue: Revenue,
         alerts: impl Iterator<Item = Alert>,
     ) -> Option<Moved> {
         match invoice::pack(invoice) {
-            Some(n) => self.numbers.add(n, epoch, revenue, alerts),
-            None => self.texts.add(invoice.clone(), epoch, revenue, alerts),
+            Some(n) => self.numbers.add(n, epoch, alerts),
+            None => self.texts.add(invoice.clone(), epoch, alerts),
         }
     }
 
     /// A restored open invoice (a resumed job).
     pub fn restore(&mut self, r: RestoredInvoice) {
         match invoice::pack(&r.invoice) {
-            Some(n) => self.numbers.restore(n, r.last, r.revenue, r.alerts),
-            None => self.texts.restore(r.invoice, r.last, r.revenue, r.alerts),
+            Some(n) => self.numbers.restore(n, r.last, r.alerts),
+            None => self.texts.restore(r.invoice, r.last, r.alerts),
         }
     }
 
@@ -202,13 +177,6 @@ impl OpenInvoices {
 mod tests {
     use super::*;
 
-    fn rev(lines: i64, revenue_milli: i64) -> Revenue {
-        Revenue {
-            lines,
-            revenue_milli,
-        }
-    }
-
     fn expire(open: &mut OpenInvoices, open_from: u64, retention: u64) -> Vec<Closed> {
         let mut closed = Vec::new();
         open.expire(open_from, retention, &mut closed);
@@ -220,10 +188,10 @@ mod tests {
         let mut open = OpenInvoices::default();
         let a: Text = "536365".into();
         assert_eq!(
-            open.add(&a, 10, rev(1, 500), std::iter::empty()),
+            open.add(&a, 10, std::iter::empty()),
             Some(Moved { from: None, to: 10 })
         );
-        assert_eq!(open.add(&a, 10, rev(1, 250), std::iter::empty()), None);
+        assert_eq!(open.add(&a, 10, std::iter::empty()), None);
         // Retention 3 epochs: open while the watermark is at most 13.
         assert!(expire(&mut open, 13, 3).is_empty());
         assert_eq!(open.len(), 1);
@@ -232,14 +200,13 @@ mod tests {
             vec![Closed {
                 invoice: a.clone(),
                 last: 10,
-                revenue: rev(2, 750),
                 alerts: vec![],
             }]
         );
         assert_eq!(open.len(), 0);
         // Its number coming back later opens a new invoice.
         assert_eq!(
-            open.add(&a, 20, rev(1, 1), std::iter::empty()),
+            open.add(&a, 20, std::iter::empty()),
             Some(Moved { from: None, to: 20 })
         );
     }
@@ -249,10 +216,10 @@ mod tests {
         let mut open = OpenInvoices::default();
         let a: Text = "A1".into();
         let b: Text = "B2".into();
-        open.add(&a, 5, rev(1, 100), std::iter::empty());
-        open.add(&b, 6, rev(1, 200), std::iter::empty());
+        open.add(&a, 5, std::iter::empty());
+        open.add(&b, 6, std::iter::empty());
         assert_eq!(
-            open.add(&a, 8, rev(1, 100), std::iter::empty()),
+            open.add(&a, 8, std::iter::empty()),
             Some(Moved {
                 from: Some(5),
                 to: 8
@@ -268,7 +235,6 @@ mod tests {
             vec![Closed {
                 invoice: a,
                 last: 8,
-                revenue: rev(2, 200),
                 alerts: vec![],
             }]
         );
@@ -285,14 +251,13 @@ mod tests {
         open.restore(RestoredInvoice {
             invoice: "X".into(),
             last: 4,
-            revenue: rev(3, 900),
             alerts: vec![alert.clone()],
         });
         // A later line raising the same alert: settled once per line.
-        open.add(&"X".into(), 4, rev(1, 1), std::iter::once(alert.clone()));
+        open.add(&"X".into(), 4, std::iter::once(alert.clone()));
         assert!(expire(&mut open, 6, 2).is_empty());
         let closed = expire(&mut open, 7, 2);
-        assert_eq!(closed[0].revenue, rev(4, 901));
+        assert_eq!(closed[0].last, 4);
         assert_eq!(closed[0].alerts, vec![alert.clone(), alert]);
     }
 }

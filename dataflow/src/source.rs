@@ -1008,10 +1008,7 @@ fn handle(
             let epoch = line.epoch;
             let alerts = config.retention.map(|_| config.rules.line_alerts(&line));
             if let Some(alerts) = alerts
-                && let Some(moved) =
-                    state
-                        .invoices
-                        .add(&line.invoice, epoch, line.revenue(), alerts)
+                && let Some(moved) = state.invoices.add(&line.invoice, epoch, alerts)
                 && config.save
             {
                 let open = |last| Saved::Open {
@@ -1074,7 +1071,6 @@ fn close_expired(
     for Closed {
         invoice,
         last,
-        revenue,
         alerts,
     } in closed
     {
@@ -1089,7 +1085,7 @@ fn close_expired(
             };
             batch.push((Parsed::Saved(open, -1), at, 1));
         }
-        batch.push((Parsed::Close(Closing::Invoice(invoice, revenue)), at, 1));
+        batch.push((Parsed::Close(Closing::Invoice(invoice)), at, 1));
     }
 }
 

@@ -22,7 +22,7 @@ pub mod running;
 pub mod sums;
 pub mod top;
 
-use differential_dataflow::difference::{Abelian, Semigroup};
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -214,8 +214,8 @@ pub fn drop_superseded(changes: &mut Vec<(Saved, u64, isize)>) {
 /// What `--invoice-retention` takes out of the aggregates when an invoice closes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Closing {
-    /// The invoice, with its accumulated lines and net value.
-    Invoice(Text, Revenue),
+    /// The invoice: its running sum (lines and net value) is dropped.
+    Invoice(Text),
     /// An alert one of its lines raised (once per such line): settled with the invoice.
     LineAlert(Alert),
 }
@@ -270,22 +270,15 @@ pub fn build<'scope>(
     save: bool,
 ) -> Built<'scope> {
     let derived = derive::derive(lines, rules);
-    // A closed invoice's accumulated value is taken back out of its arrangement (which then
-    // forgets the key) and it counts as one closed invoice of the total.
-    // (Its large-invoice alert goes with the arrangement's key; its lines' alerts are
-    // retracted one for each line that raised them.)
-    let retracted_numbers = closed.clone().explode(|c| match c {
-        Closing::Invoice(i, mut m) => {
-            m.negate();
-            invoice::pack(&i).map(|n| (n, m))
-        }
+    // A closed invoice leaves its running sums (which drop its value) and counts as one closed
+    // invoice of the total. (Its large-invoice alert goes with the sum's key; its lines'
+    // alerts are retracted one for each line that raised them.)
+    let closed_numbers = closed.clone().flat_map(|c| match c {
+        Closing::Invoice(i) => invoice::pack(&i),
         Closing::LineAlert(_) => None,
     });
-    let retracted_named = closed.clone().explode(|c| match c {
-        Closing::Invoice(i, mut m) if invoice::pack(&i).is_none() => {
-            m.negate();
-            Some((i, m))
-        }
+    let closed_named = closed.clone().flat_map(|c| match c {
+        Closing::Invoice(i) if invoice::pack(&i).is_none() => Some(i),
         _ => None,
     });
     let settled = closed.clone().explode(|c| match c {
@@ -305,20 +298,17 @@ pub fn build<'scope>(
     // counts distinct invoices without an arrangement of their own.
     let numbered = derived
         .invoice_numbers
-        .concat(retracted_numbers)
         .concat(restore(&restored, |s| match s {
             Saved::Invoice(i, m) => invoice::pack(&i).map(|n| (n, m)),
             _ => None,
         }));
-    let numbered = running::running_sums(numbered, "Running sums: invoices by number");
-    let named = derived
-        .invoices
-        .concat(retracted_named)
-        .concat(restore(&restored, |s| match s {
-            Saved::Invoice(i, m) if invoice::pack(&i).is_none() => Some((i, m)),
-            _ => None,
-        }));
-    let named = running::running_sums(named, "Running sums: invoices by text");
+    let numbered =
+        running::running_sums(numbered, closed_numbers, "Running sums: invoices by number");
+    let named = derived.invoices.concat(restore(&restored, |s| match s {
+        Saved::Invoice(i, m) if invoice::pack(&i).is_none() => Some((i, m)),
+        _ => None,
+    }));
+    let named = running::running_sums(named, closed_named, "Running sums: invoices by text");
     let seen = derived
         .customers
         .concat(restore(&restored, |s| match s {

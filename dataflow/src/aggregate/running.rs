@@ -22,13 +22,21 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-/// The updates of one epoch still to come, under a capability for that epoch.
-type Pending<K, R> = (Capability<u64>, Vec<(K, R)>);
+/// What one epoch brings, held under a capability for it until the frontier passes it: the
+/// keys' updates and the keys that close.
+struct Pending<K, R> {
+    cap: Capability<u64>,
+    updates: Vec<(K, R)>,
+    closes: Vec<K>,
+}
 
 /// The sum of each key's updates through each epoch, as changes: `(key, sum)` with -1 when an
-/// older sum leaves and +1 when a new one arrives. Zero sums are absent.
+/// older sum leaves and +1 when a new one arrives. Zero sums are absent. A key in `closes` at
+/// an epoch drops the sum it had before that epoch (its own updates at that epoch stay):
+/// `--invoice-retention` closes an invoice this way without keeping its value elsewhere.
 pub fn running_sums<'scope, K, R>(
     updates: VecCollection<'scope, u64, K, R>,
+    closes: VecCollection<'scope, u64, K>,
     name: &str,
 ) -> VecCollection<'scope, u64, (K, R), isize>
 where
@@ -36,53 +44,95 @@ where
     R: ExchangeData + Semigroup,
 {
     let by_key = Exchange::new(|(key, _, _): &(K, u64, R)| key.hashed());
+    let closing_by_key = Exchange::new(|(key, _, _): &(K, u64, isize)| key.hashed());
     updates
         .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(by_key, name, |_, _| {
-            let mut sums: HashMap<K, R> = HashMap::default();
-            // Updates of epochs the input frontier has not passed yet.
-            let mut pending: BTreeMap<u64, Pending<K, R>> = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for (key, time, diff) in data.drain(..) {
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                            .1
-                            .push((key, diff));
-                    }
-                });
-                while let Some(epoch) = pending.first_entry() {
-                    let time = *epoch.key();
-                    if frontier.less_equal(&time) {
-                        break;
-                    }
-                    let (cap, mut changes) = epoch.remove();
-                    // Sorted by key, each key's updates summed, zero sums gone.
-                    consolidate(&mut changes);
-                    let mut session = output.session(&cap);
-                    for (key, diff) in changes {
-                        match sums.entry(key) {
-                            Entry::Occupied(mut sum) => {
-                                session.give(((sum.key().clone(), sum.get().clone()), time, -1));
-                                sum.get_mut().plus_equals(&diff);
-                                if sum.get().is_zero() {
-                                    sum.remove();
-                                } else {
-                                    session.give(((sum.key().clone(), sum.get().clone()), time, 1));
-                                }
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
+            closes.inner,
+            by_key,
+            closing_by_key,
+            name,
+            |_, _| {
+                let mut sums: HashMap<K, R> = HashMap::default();
+                let mut pending: BTreeMap<u64, Pending<K, R>> = BTreeMap::new();
+                move |(input, frontier), (closing, closing_frontier), output| {
+                    input.for_each(|cap, data| {
+                        for (key, time, diff) in data.drain(..) {
+                            pending
+                                .entry(time)
+                                .or_insert_with(|| Pending::new(cap.delayed(&time, 0)))
+                                .updates
+                                .push((key, diff));
+                        }
+                    });
+                    closing.for_each(|cap, data| {
+                        for (key, time, _) in data.drain(..) {
+                            pending
+                                .entry(time)
+                                .or_insert_with(|| Pending::new(cap.delayed(&time, 0)))
+                                .closes
+                                .push(key);
+                        }
+                    });
+                    while let Some(epoch) = pending.first_entry() {
+                        let time = *epoch.key();
+                        if frontier.less_equal(&time) || closing_frontier.less_equal(&time) {
+                            break;
+                        }
+                        let Pending {
+                            cap,
+                            mut updates,
+                            closes,
+                        } = epoch.remove();
+                        let mut session = output.session(&cap);
+                        for key in closes {
+                            if let Some(old) = sums.remove(&key) {
+                                session.give(((key, old), time, -1));
                             }
-                            Entry::Vacant(absent) => {
-                                // Never zero: consolidation dropped zero sums.
-                                session.give(((absent.key().clone(), diff.clone()), time, 1));
-                                absent.insert(diff);
+                        }
+                        // Sorted by key, each key's updates summed, zero sums gone.
+                        consolidate(&mut updates);
+                        for (key, diff) in updates {
+                            match sums.entry(key) {
+                                Entry::Occupied(mut sum) => {
+                                    session.give((
+                                        (sum.key().clone(), sum.get().clone()),
+                                        time,
+                                        -1,
+                                    ));
+                                    sum.get_mut().plus_equals(&diff);
+                                    if sum.get().is_zero() {
+                                        sum.remove();
+                                    } else {
+                                        session.give((
+                                            (sum.key().clone(), sum.get().clone()),
+                                            time,
+                                            1,
+                                        ));
+                                    }
+                                }
+                                Entry::Vacant(absent) => {
+                                    // Never zero: consolidation dropped zero sums.
+                                    session.give(((absent.key().clone(), diff.clone()), time, 1));
+                                    absent.insert(diff);
+                                }
                             }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
         .as_collection()
+}
+
+impl<K, R> Pending<K, R> {
+    fn new(cap: Capability<u64>) -> Self {
+        Pending {
+            cap,
+            updates: Vec::new(),
+            closes: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,8 +157,9 @@ mod tests {
             let sink = Arc::clone(&sink);
             let mut input = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, updates) = scope.new_collection::<u64, i64>();
+                let (_, closes) = scope.new_collection::<u64, isize>();
                 let left = Arc::clone(&sink);
-                running_sums(updates.clone(), "Running").inspect(move |(d, t, r)| {
+                running_sums(updates.clone(), closes, "Running").inspect(move |(d, t, r)| {
                     left.lock().unwrap().0.push((*d, *t, *r));
                 });
                 updates
@@ -183,6 +234,55 @@ mod tests {
         assert_eq!(
             running,
             vec![((1, 5), 0, 1), ((1, 5), 2, -1), ((3, 7), 2, 1)]
+        );
+    }
+
+    /// `running_sums` alone, with keys closed at the given epochs.
+    fn with_closes(updates: &[(u64, u64, i64)], closes: &[(u64, u64)]) -> Vec<Change> {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        let (updates, closes) = (updates.to_vec(), closes.to_vec());
+        timely::execute(timely::Config::process(2), move |worker| {
+            let sink = Arc::clone(&sink);
+            let (mut input, mut close) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, updates) = scope.new_collection::<u64, i64>();
+                let (close, closes) = scope.new_collection::<u64, isize>();
+                running_sums(updates, closes, "Running").inspect(move |(d, t, r)| {
+                    sink.lock().unwrap().push((*d, *t, *r));
+                });
+                (input, close)
+            });
+            if worker.index() == 0 {
+                for (key, time, diff) in &updates {
+                    input.update_at(*key, *time, *diff);
+                }
+                for (key, time) in &closes {
+                    close.update_at(*key, *time, 1);
+                }
+            }
+        })
+        .expect("timely runs");
+        let mut changes = got.lock().unwrap().clone();
+        consolidate_updates(&mut changes);
+        changes
+    }
+
+    #[test]
+    fn a_closed_key_drops_its_earlier_sum_and_keeps_that_epoch_s_own_updates() {
+        // Key 1 closes at 3, where a new sum starts under the same key; key 2 closes at 2.
+        let updates = [(1, 0, 5), (1, 1, 2), (2, 0, 7), (1, 3, 4)];
+        let changes = with_closes(&updates, &[(1, 3), (2, 2), (9, 2)]);
+        assert_eq!(
+            changes,
+            vec![
+                ((1, 4), 3, 1),
+                ((1, 5), 0, 1),
+                ((1, 5), 1, -1),
+                ((1, 7), 1, 1),
+                ((1, 7), 3, -1),
+                ((2, 7), 0, 1),
+                ((2, 7), 2, -1),
+            ]
         );
     }
 }
