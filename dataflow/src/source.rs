@@ -492,16 +492,17 @@ impl Reader {
                 ("isolation.level", "read_committed"),
                 ("auto.offset.reset", "earliest"),
                 ("statistics.interval.ms", "1000"),
-                // Read-ahead: fetches of up to 256 KB per partition (or one whole batch, if
-                // larger), refilled while less than 1 MB waits in the partition's queue. What a
+                // Read-ahead: fetches of up to 128 KB per partition (or one whole batch, if
+                // larger), refilled while less than 512 KB waits in the partition's queue. What a
                 // partition holds is its queue plus its decompressed batches, so these bound the
-                // consumer's memory: 1 MB fetches and a 2 MB queue cost 86 MiB more peak memory
-                // on 10M records for 4% more speed. librdkafka's default is to postpone a fetch
-                // by a whole second once a queue is full, which left a busy worker idle for about
-                // 40% of a replay; 5 ms keeps the queues topped up instead.
+                // consumer's memory: 256 KB fetches and a 1 MB queue cost about 20 MiB more peak
+                // memory on 10M records, and were 6-7% faster only where the job outruns the
+                // broker (the bench topic without checkpoints). librdkafka's default is to
+                // postpone a fetch by a whole second once a queue is full, which left a busy
+                // worker idle for about 40% of a replay; 5 ms keeps the queues topped up instead.
                 ("fetch.max.bytes", "52428800"),
-                ("max.partition.fetch.bytes", "262144"),
-                ("queued.max.messages.kbytes", "1024"),
+                ("max.partition.fetch.bytes", "131072"),
+                ("queued.max.messages.kbytes", "512"),
                 ("fetch.queue.backoff.ms", "5"),
             ])
             .create_with_context(context)?;
