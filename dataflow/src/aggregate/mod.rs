@@ -260,7 +260,7 @@ fn one_each<'scope, K: Clone + 'static>(
 
 /// Builds every aggregate over `lines` (timestamps are epochs), starting from the `restored`
 /// state of a checkpoint; with `save`, also returns the state's changes. `closed` holds what
-/// `--invoice-retention` closes: the invoices leave the per-invoice arrangements (and their
+/// `--invoice-retention` closes: the invoices leave the per-invoice running sums (and their
 /// alerts the alert set) and are counted among the distinct invoices from then on.
 pub fn build<'scope>(
     lines: VecCollection<'scope, u64, Line>,

@@ -32,8 +32,9 @@ struct Pending<K, R> {
 
 /// The sum of each key's updates through each epoch, as changes: `(key, sum)` with -1 when an
 /// older sum leaves and +1 when a new one arrives. Zero sums are absent. A key in `closes` at
-/// an epoch drops the sum it had before that epoch (its own updates at that epoch stay):
-/// `--invoice-retention` closes an invoice this way without keeping its value elsewhere.
+/// an epoch drops the sum it had before that epoch (its own updates at that epoch stay; a
+/// close counts once, whatever its multiplicity): `--invoice-retention` closes an invoice this
+/// way without keeping its value elsewhere.
 pub fn running_sums<'scope, K, R>(
     updates: VecCollection<'scope, u64, K, R>,
     closes: VecCollection<'scope, u64, K>,
