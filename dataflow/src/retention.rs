@@ -20,8 +20,10 @@ use crate::aggregate::{Alert, Text, invoice};
 /// Open invoices under one kind of key.
 #[derive(Debug)]
 struct Keyed<K> {
-    /// Each open invoice's latest epoch any of its lines was assigned to.
-    open: HashMap<K, u64>,
+    /// Each open invoice's latest epoch any of its lines was assigned to. A B-tree: with
+    /// invoices opening and closing all the time a hash table's deleted slots eventually make
+    /// it double (see [`crate::aggregate::running`]).
+    open: BTreeMap<K, u64>,
     /// Invoices by the `last` epoch they had when filed; an entry whose invoice has moved on
     /// since is skipped when its epoch expires.
     by_last: BTreeMap<u64, Vec<K>>,
@@ -32,14 +34,14 @@ struct Keyed<K> {
 impl<K> Default for Keyed<K> {
     fn default() -> Self {
         Keyed {
-            open: HashMap::default(),
+            open: BTreeMap::new(),
             by_last: BTreeMap::new(),
             alerts: HashMap::default(),
         }
     }
 }
 
-impl<K: Hash + Eq + Clone> Keyed<K> {
+impl<K: Ord + Hash + Clone> Keyed<K> {
     fn add(&mut self, key: K, epoch: u64, alerts: impl Iterator<Item = Alert>) -> Option<Moved> {
         for alert in alerts {
             self.alerts.entry(key.clone()).or_default().push(alert);
