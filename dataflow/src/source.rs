@@ -12,7 +12,8 @@
 //! records it re-reads that belong to committed epochs (their effect is in the restored state)
 //! and the dead letters already committed. Positions go downstream at the latest epoch their
 //! partition has assigned, so the writer checkpoints a position only once every record before
-//! it belongs to a committed epoch.
+//! it belongs to a committed epoch. A partition's starting position goes out before anything is
+//! read from it, so every checkpoint holds every partition the job has read.
 //!
 //! The source never blocks its worker: it drains what librdkafka has fetched (up to a budget
 //! per activation), is woken by librdkafka when a queue becomes non-empty, and otherwise by a
@@ -398,6 +399,12 @@ pub fn kafka_source<'scope>(
                 held - std::mem::replace(&mut reader.reported_held, held),
                 Ordering::Relaxed,
             );
+            // Every partition's starting position (and a grown topic's new partitions') goes
+            // out before anything is read from it, at the current epoch: a checkpoint must never
+            // hold records of a partition without its position, or a restart would take the
+            // partition for a new one and read it all again.
+            let now_at = *c.time();
+            reader.queue_positions(now_at, &mut batches);
             let mut read = BTreeMap::new();
             let handled =
                 reader.poll_into(&config, *c.time(), limit, &mut batches, &mut read, &metrics);
@@ -408,15 +415,7 @@ pub fn kafka_source<'scope>(
                 metrics.stop_job(Stop::Undecodable(message), &shutdown);
                 return;
             }
-            let now_at = *c.time();
-            for (p, next, clock) in reader.moved_positions() {
-                // Valid as a checkpoint only once the latest epoch it has assigned is committed.
-                let at = clock.latest().max(now_at);
-                batches
-                    .entry(at)
-                    .or_default()
-                    .push((Parsed::Position(p, next, clock), at, 1));
-            }
+            reader.queue_positions(now_at, &mut batches);
             for (time, mut batch) in std::mem::take(&mut batches) {
                 output.session(&c.delayed(&time)).give_container(&mut batch);
             }
@@ -787,19 +786,22 @@ impl Reader {
         tally.handled
     }
 
-    /// Partitions whose position moved since the last call, with their next offset and clock.
-    fn moved_positions(&mut self) -> Vec<(i32, i64, PartitionClock)> {
+    /// Queues the position (next offset and clock) of each partition that moved since the last
+    /// call, or was never reported, at the latest epoch the partition has assigned.
+    fn queue_positions(&mut self, now: u64, batches: &mut BTreeMap<u64, Batches>) {
         if self.reported.len() != self.parts.len() {
             self.reported = vec![-1; self.parts.len()];
         }
-        let mut moved = Vec::new();
         for (state, reported) in self.parts.iter().zip(self.reported.iter_mut()) {
             if state.next_offset != *reported {
                 *reported = state.next_offset;
-                moved.push((state.partition, state.next_offset, state.clock.clone()));
+                // Valid as a checkpoint only once the latest epoch it has assigned is committed.
+                let at = state.clock.latest().max(now);
+                let position =
+                    Parsed::Position(state.partition, state.next_offset, state.clock.clone());
+                batches.entry(at).or_default().push((position, at, 1));
             }
         }
-        moved
     }
 
     /// The earliest epoch any owned partition may still add to, or `None` once every

@@ -185,6 +185,12 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
         run_ok(job(&topic, &chaos, &aggregates).args(["-w", "2"]));
     }
 
+    // Every checkpoint of every run, killed or not, could be resumed without reading a
+    // partition twice.
+    let job_id = |out: &Path| format!("{topic}-{}", out.file_name().unwrap().to_string_lossy());
+    assert_checkpoints_hold_every_partition(&job_id(&reference), &topic);
+    assert_checkpoints_hold_every_partition(&job_id(&chaos), &topic);
+
     // Committed outputs equal the uninterrupted run's, byte for byte.
     assert_same_outputs(&reference, &chaos);
     let (expected, actual) = (committed(&ref_aggregates), committed(&aggregates));

@@ -111,8 +111,8 @@ fn a_fenced_job_exits_75_and_the_restart_resumes() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("dataflow starts");
-    // Wait for its first commits.
-    wait_for_file(&out.join("totals.jsonl"), Duration::from_secs(60));
+    // Wait for its first committed checkpoint: the restart resumes from it or a later one.
+    wait_for_checkpoint(&job_id, Duration::from_secs(60));
 
     // Another instance claims the job's transactional id: the running one is fenced.
     let other: BaseProducer = ClientConfig::new()
@@ -145,4 +145,5 @@ fn a_fenced_job_exits_75_and_the_restart_resumes() {
     let sales = topic_sales(&topic);
     assert_eq!(sales.len(), 10_000);
     assert_eq!(comparable(&read_summary(&out)), fold(sales));
+    assert_checkpoints_hold_every_partition(&job_id, &topic);
 }

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 use retail_common::Sale;
@@ -121,4 +122,47 @@ pub fn comparable(summary: &Value) -> Value {
         "by_country": summary["by_country"],
         "top_products": summary["top_products"],
     })
+}
+
+/// The checkpoints job `job_id` committed for an epoch, oldest first.
+pub fn epoch_checkpoints(job_id: &str) -> Vec<Value> {
+    read_topic("retail-aggregates.checkpoints", true)
+        .iter()
+        .filter(|m| m.key() == Some(job_id.as_bytes()))
+        .filter_map(|m| m.payload())
+        .map(|p| serde_json::from_slice::<Value>(p).expect("a checkpoint"))
+        .filter(|c| c["epoch"].is_u64())
+        .collect()
+}
+
+/// Waits until job `job_id` has committed a checkpoint for an epoch.
+pub fn wait_for_checkpoint(job_id: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while epoch_checkpoints(job_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{job_id} committed no epoch within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that every checkpoint job `job_id` committed for an epoch holds a position for each
+/// of `topic`'s partitions: a partition missing from a checkpoint would be read again from its
+/// start by a restart, and its records counted twice.
+pub fn assert_checkpoints_hold_every_partition(job_id: &str, topic: &str) {
+    let partitions = partitions(topic) as usize;
+    let checkpoints = epoch_checkpoints(job_id);
+    assert!(
+        !checkpoints.is_empty(),
+        "no checkpoint of {job_id} with an epoch"
+    );
+    for checkpoint in checkpoints {
+        let held = checkpoint["partitions"].as_object().map_or(0, |p| p.len());
+        assert_eq!(
+            held, partitions,
+            "the checkpoint of epoch {} holds {held} of {partitions} partitions",
+            checkpoint["epoch"]
+        );
+    }
 }
