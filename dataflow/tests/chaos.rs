@@ -187,9 +187,8 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
 
     // Every checkpoint of every run, killed or not, could be resumed without reading a
     // partition twice.
-    let job_id = |out: &Path| format!("{topic}-{}", out.file_name().unwrap().to_string_lossy());
-    assert_checkpoints_hold_every_partition(&job_id(&reference), &topic);
-    assert_checkpoints_hold_every_partition(&job_id(&chaos), &topic);
+    assert_checkpoints_hold_every_partition(&job_id(&topic, &reference), &topic);
+    assert_checkpoints_hold_every_partition(&job_id(&topic, &chaos), &topic);
 
     // Committed outputs equal the uninterrupted run's, byte for byte.
     assert_same_outputs(&reference, &chaos);

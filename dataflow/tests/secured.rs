@@ -113,8 +113,7 @@ fn dataflow_via(via: Via, topic: &str, out: &Path, extra: &[&str]) -> Command {
         .arg(out)
         .env("RUST_LOG", "warn");
     if !extra.contains(&"--job-id") {
-        let job = format!("{topic}-{}", out.file_name().unwrap().to_string_lossy());
-        cmd.args(["--job-id", &job]);
+        cmd.args(["--job-id", &job_id(topic, out)]);
     }
     cmd.args(extra);
     cmd

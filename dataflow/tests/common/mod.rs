@@ -25,11 +25,15 @@ pub fn dataflow_job(topic: &str, job_id: &str, out: &Path) -> Command {
     cmd
 }
 
-/// The dataflow binary with the flags every bounded test run shares; the job id is unique to
-/// the output directory, so runs never resume one another's checkpoints.
+/// The job id of a test run over `topic` into `out`: unique to the output directory, so runs
+/// never resume one another's checkpoints.
+pub fn job_id(topic: &str, out: &Path) -> String {
+    format!("{topic}-{}", out.file_name().unwrap().to_string_lossy())
+}
+
+/// The dataflow binary with the flags every bounded test run shares, as job [`job_id`].
 pub fn dataflow(topic: &str, out: &Path, extra: &[&str]) -> Command {
-    let job_id = format!("{topic}-{}", out.file_name().unwrap().to_string_lossy());
-    let mut cmd = dataflow_job(topic, &job_id, out);
+    let mut cmd = dataflow_job(topic, &job_id(topic, out), out);
     cmd.args(["--until-end", "--progress-interval", "0"])
         .args(extra);
     cmd
