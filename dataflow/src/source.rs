@@ -364,8 +364,13 @@ pub fn kafka_source<'scope>(
                 }) as SourceLogic;
             }
         };
-        let mut cap = Some(cap);
+        // Every partition's starting position goes out before anything is read from it, at
+        // the first epoch (a grown topic's new partitions: when they are taken): a checkpoint
+        // must never hold records of a partition without its position, or a restart would take
+        // the partition for a new one and read it all again.
         let mut batches: BTreeMap<u64, Batches> = BTreeMap::new();
+        reader.queue_positions(*cap.time(), &mut batches);
+        let mut cap = Some(cap);
         Box::new(move |output: &mut SourceOutput<'_>| {
             let Some(c) = cap.as_mut() else { return };
             if shutdown.load(Ordering::Relaxed) {
@@ -391,6 +396,7 @@ pub fn kafka_source<'scope>(
                 let now = config.watch.load(Ordering::Relaxed);
                 if now > reader.known {
                     reader.grow(&config, now, index, peers, *c.time());
+                    reader.queue_positions(*c.time(), &mut batches);
                 }
             }
             let held = reader.hold_back(limit);
@@ -399,12 +405,6 @@ pub fn kafka_source<'scope>(
                 held - std::mem::replace(&mut reader.reported_held, held),
                 Ordering::Relaxed,
             );
-            // Every partition's starting position (and a grown topic's new partitions') goes
-            // out before anything is read from it, at the current epoch: a checkpoint must never
-            // hold records of a partition without its position, or a restart would take the
-            // partition for a new one and read it all again.
-            let now_at = *c.time();
-            reader.queue_positions(now_at, &mut batches);
             let mut read = BTreeMap::new();
             let handled =
                 reader.poll_into(&config, *c.time(), limit, &mut batches, &mut read, &metrics);
@@ -415,7 +415,7 @@ pub fn kafka_source<'scope>(
                 metrics.stop_job(Stop::Undecodable(message), &shutdown);
                 return;
             }
-            reader.queue_positions(now_at, &mut batches);
+            reader.queue_positions(*c.time(), &mut batches);
             for (time, mut batch) in std::mem::take(&mut batches) {
                 output.session(&c.delayed(&time)).give_container(&mut batch);
             }
