@@ -11,6 +11,8 @@ use dataflow::cli::Args;
 use dataflow::job;
 use retail_common::exit;
 
+mod c_heap;
+
 /// jemalloc returns freed memory to the system on its own background thread: memory freed by
 /// one thread after another allocated it (librdkafka's fetches, timely's exchanges, the commit
 /// thread) does not pile up in per-thread arenas as it does with glibc's malloc.
@@ -18,6 +20,7 @@ use retail_common::exit;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    c_heap::hold_mmap_threshold();
     let args = Args::parse();
     retail_common::logging::init(true);
     let config = match args.into_config() {
