@@ -6,7 +6,7 @@
 //! but it raises the threshold to the size of every such block freed: after the first fetch
 //! buffers come and go, later ones are carved out of the per-thread arenas, which keep the
 //! freed space. Holding the threshold at 128 KiB lowers the 10M-record run's peak RSS at
-//! `-w 2` from about 197 to 179 MiB for about 3% more CPU (README, "Memory").
+//! `-w 2` from about 197 to 179 MiB for about 3% more CPU (README, "Memory against history").
 //!
 //! This is the only module of the workspace that allows `unsafe` (one FFI call).
 
