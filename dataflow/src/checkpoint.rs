@@ -372,6 +372,9 @@ fn scan(
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "true"),
             ("isolation.level", "read_committed"),
+            // The end of a partition is found by an empty fetch, which the broker would
+            // otherwise hold for the default 500 ms: at every start, for every topic read.
+            ("fetch.wait.max.ms", "10"),
         ])
         .create_with_context(ReaderContext)
         .map_err(|source| KafkaSetupError::Client {

@@ -232,7 +232,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         None => (None, Vec::new()),
     };
     let saved = Arc::new(Mutex::new(Some(saved)));
-    let stale = Arc::new(Mutex::new(Some(stale)));
     let metrics = Arc::new(Metrics::default());
     let (http, hub) = match &config.http {
         Some(addr) => {
@@ -242,6 +241,27 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         }
         None => (None, None),
     };
+    // The writer (worker 0 of process 0) is ready before any worker starts: setting up its
+    // producer (and a fresh job's first commit) would otherwise hold worker 0 while the others
+    // read ahead, and every epoch closed after that would sort through what they read.
+    let writer = if writes {
+        let mut writer = writer::open_writer(
+            &config,
+            partitions,
+            dlq_partitions,
+            resume,
+            stale,
+            Arc::clone(&shutdown),
+            Arc::clone(&metrics),
+        )?;
+        if let Some(publisher) = hub {
+            writer.show_on(publisher);
+        }
+        Some(writer)
+    } else {
+        None
+    };
+    let writer = Arc::new(Mutex::new(writer));
     let failure: Arc<Mutex<Option<WriteError>>> = Arc::new(Mutex::new(None));
     info!(builtin = %builtin_features(), "librdkafka features");
     {
@@ -267,25 +287,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         timely::execute(timely_config, move |worker| {
             let index = worker.index();
             let writer = if index == 0 {
-                let stale = stale.lock().unwrap().take().unwrap_or_default();
-                let opened = writer::open_writer(
-                    &job,
-                    partitions,
-                    dlq_partitions,
-                    resume.clone(),
-                    stale,
-                    Arc::clone(&shutdown),
-                    Arc::clone(&metrics),
-                );
-                let mut writer = opened.unwrap_or_else(|e| {
-                    *failure.lock().unwrap() = Some(e);
-                    shutdown.store(true, Ordering::Relaxed);
-                    writer::Writer::empty(&job, None, Arc::clone(&shutdown), Arc::clone(&metrics))
-                });
-                if let Some(publisher) = &hub {
-                    writer.show_on(publisher.clone());
-                }
-                Some(writer)
+                writer.lock().unwrap().take()
             } else {
                 None
             };

@@ -139,30 +139,30 @@ pub enum Saved {
     },
 }
 
-/// What identifies a [`Saved`] entry, as [`Saved::identity`] does, but without formatting it:
-/// a cheap key for keeping only the newest change of each entry.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum SavedKey {
-    Measure(StatKey),
-    Seen(DistinctKey),
-    Product(Text),
-    Invoice(Text),
-    LineAlert(Box<Alert>),
-    Open(i32, Text),
+/// What identifies a [`Saved`] entry, borrowed from it: two entries with the same key are
+/// values of the same entry. Comparing and hashing it copies nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SavedKey<'a> {
+    Measure(&'a StatKey),
+    Seen(&'a DistinctKey),
+    Product(&'a Text),
+    Invoice(&'a Text),
+    LineAlert(&'a Alert),
+    Open(i32, &'a Text),
 }
 
 impl Saved {
-    /// The entry's key: two entries with the same key have the same identity.
-    pub fn key(&self) -> SavedKey {
+    /// The entry's key.
+    pub fn key(&self) -> SavedKey<'_> {
         match self {
-            Saved::Measure(k, _) => SavedKey::Measure(k.clone()),
-            Saved::Seen(k) => SavedKey::Seen(k.clone()),
-            Saved::Product(p, _) => SavedKey::Product(p.clone()),
-            Saved::Invoice(i, _) => SavedKey::Invoice(i.clone()),
-            Saved::LineAlert(a) => SavedKey::LineAlert(a.clone()),
+            Saved::Measure(k, _) => SavedKey::Measure(k),
+            Saved::Seen(k) => SavedKey::Seen(k),
+            Saved::Product(p, _) => SavedKey::Product(p),
+            Saved::Invoice(i, _) => SavedKey::Invoice(i),
+            Saved::LineAlert(a) => SavedKey::LineAlert(a),
             Saved::Open {
                 partition, invoice, ..
-            } => SavedKey::Open(*partition, invoice.clone()),
+            } => SavedKey::Open(*partition, invoice),
         }
     }
 
@@ -177,7 +177,7 @@ impl Saved {
     }
 }
 
-impl SavedKey {
+impl SavedKey<'_> {
     /// The entry's identity as the state topic's keys spell it.
     pub fn identity(&self) -> String {
         fn json<T: Serialize>(v: &T) -> String {

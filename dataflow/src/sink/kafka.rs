@@ -9,12 +9,13 @@
 //! the job's lag.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use foldhash::HashMap;
+use foldhash::HashSet;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
@@ -27,7 +28,7 @@ use retail_common::kafka::ClientSettings;
 use serde_json::Value;
 
 use super::Batch;
-use crate::aggregate::{Saved, SavedKey};
+use crate::aggregate::Saved;
 use crate::checkpoint::{self, Checkpoint};
 
 /// How long a transaction step may keep retrying while Kafka is unreachable.
@@ -325,18 +326,41 @@ fn retry(
 /// The state entries a commit writes: the newest change of each, so that commits coalescing
 /// while a transaction runs hold one change per entry however many epochs they span.
 #[derive(Debug, Default)]
-pub struct StateChanges(HashMap<SavedKey, Option<Saved>>);
+pub struct StateChanges(HashSet<Change>);
+
+/// An entry's newest change: its new value, or its deletion (`kept` false). Changes are equal,
+/// and hash alike, when they are changes of the same entry.
+#[derive(Debug)]
+struct Change {
+    entry: Saved,
+    kept: bool,
+}
+
+impl PartialEq for Change {
+    fn eq(&self, other: &Change) -> bool {
+        self.entry.same_entry(&other.entry)
+    }
+}
+
+impl Eq for Change {}
+
+impl Hash for Change {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.entry.key().hash(state);
+    }
+}
 
 impl StateChanges {
     /// Applies a change (an entry's old value, -1, must come before its new one, +1): the
     /// entry is written, or deleted if its last change is a retraction.
     pub fn apply(&mut self, entry: Saved, r: isize) {
-        let key = entry.key();
-        self.0.insert(key, (r > 0).then_some(entry));
+        self.0.replace(Change { entry, kept: r > 0 });
     }
 
     fn absorb(&mut self, later: StateChanges) {
-        self.0.extend(later.0);
+        for change in later.0 {
+            self.0.replace(change);
+        }
     }
 }
 
@@ -360,11 +384,9 @@ impl Commit {
     fn entries(&self) -> impl Iterator<Item = (String, Option<Vec<u8>>)> + '_ {
         let run = self.checkpoint.run;
         let stale = self.stale.iter().map(|k| (k.clone(), None));
-        let saved = self.saved.0.iter().map(move |(key, entry)| {
-            let payload = entry
-                .as_ref()
-                .map(|e| serde_json::to_vec(e).expect("state serialises"));
-            (checkpoint::entry_key(run, &key.identity()), payload)
+        let saved = self.saved.0.iter().map(move |Change { entry, kept }| {
+            let payload = kept.then(|| serde_json::to_vec(entry).expect("state serialises"));
+            (checkpoint::entry_key(run, &entry.identity()), payload)
         });
         let alerts = self.alerts.iter().map(move |(key, value)| {
             let payload = value

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use differential_dataflow::consolidation::consolidate_updates;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::Probe;
@@ -250,10 +249,10 @@ impl Writer {
                 let expired = self.renderer.expired_bursts(epoch, retention);
                 updates.extend(expired.into_iter().map(|a| (Output::Alert(a), -1)));
             }
-            consolidate_updates(&mut saved);
-            // An entry's old value (-1) goes before its new one (+1).
-            saved.sort_by_key(|(_, _, r)| *r);
-            for (entry, _, r) in saved {
+            // An entry's old value (-1) goes before its new one (+1). Each entry is kept by one
+            // worker and changes at most once an epoch, so nothing here needs consolidating.
+            let (gone, new): (Vec<_>, Vec<_>) = saved.into_iter().partition(|(_, _, r)| *r < 0);
+            for (entry, _, r) in gone.into_iter().chain(new) {
                 saved_changes.apply(entry, r);
             }
             let batch = self.renderer.render(epoch, updates, dead);
