@@ -127,18 +127,20 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let mut resume: Option<Restored> = None;
     let mut stale = Vec::new();
     if config.checkpoint {
+        // A state topic created just now holds nothing to read.
+        let mut state_created = false;
         if writes {
-            for topic in [
-                config.checkpoint_topic.clone(),
-                checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
-            ] {
-                config.settings.ensure_topic(
-                    &topic,
+            let ensure = |topic: &str| {
+                config.settings.ensure_topic_created(
+                    topic,
                     1,
                     &checkpoint::TOPIC_CONFIG,
                     METADATA_TIMEOUT,
-                )?;
-            }
+                )
+            };
+            ensure(&config.checkpoint_topic)?;
+            let state = checkpoint::state_topic(&config.checkpoint_topic, &config.job_id);
+            state_created = ensure(&state)?.1;
         }
         // Every process reads where its partitions resume; process 0 also reads the state (or,
         // on --reset, the entries of the old run to delete), and with invoice retention every
@@ -148,7 +150,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 &config.settings,
                 &config.checkpoint_topic,
                 &config.job_id,
-                writes || config.retention.is_some(),
+                (writes || config.retention.is_some()) && !state_created,
                 METADATA_TIMEOUT,
             )?;
             (resume, stale) = stored.restore(config.reset)?;

@@ -392,9 +392,23 @@ impl ClientSettings {
         config: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<i32, KafkaSetupError> {
+        Ok(self
+            .ensure_topic_created(topic, partitions, config, timeout)?
+            .0)
+    }
+
+    /// [`ClientSettings::ensure_topic`], also saying whether this call created the topic (it
+    /// is then empty).
+    pub fn ensure_topic_created(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(i32, bool), KafkaSetupError> {
         let metadata = self.metadata_client()?;
         if let Some(n) = count_partitions(&metadata, topic, timeout)? {
-            return Ok(n);
+            return Ok((n, false));
         }
         let admin: AdminClient<SetupContext> = self.client()?;
         let new_topic = NewTopic {
@@ -409,9 +423,11 @@ impl ClientSettings {
                 topic: topic.to_owned(),
                 detail: e.to_string(),
             })?;
+        let mut created = false;
         for result in results {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => created = true,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
                     return Err(KafkaSetupError::CreateTopic {
                         topic: topic.to_owned(),
@@ -424,7 +440,7 @@ impl ClientSettings {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(n) = count_partitions(&metadata, topic, timeout)? {
-                return Ok(n);
+                return Ok((n, created));
             }
             if std::time::Instant::now() > deadline {
                 return Err(KafkaSetupError::NoTopic {

@@ -19,6 +19,7 @@ use foldhash::HashSet;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, warn};
@@ -91,6 +92,20 @@ pub struct CheckpointTarget {
 struct CheckpointTopic {
     target: CheckpointTarget,
     group: ConsumerGroupMetadata,
+    /// The state topic's only partition, when it has one (as the job creates it): its records
+    /// then go there without hashing each key to choose.
+    state_partition: Option<i32>,
+}
+
+/// The partition of a topic that has exactly one, from metadata for that topic alone.
+fn single_partition(metadata: &Metadata) -> Option<i32> {
+    match metadata.topics() {
+        [topic] if topic.error().is_none() => match topic.partitions() {
+            [partition] => Some(partition.id()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 pub struct KafkaOut {
@@ -113,6 +128,9 @@ impl KafkaOut {
             ("enable.idempotence", "true".to_owned()),
             ("acks", "all".to_owned()),
             ("linger.ms", "5".to_owned()),
+            // Only failures are counted: a report for every record delivered would be work
+            // for nothing (a transaction's commit waits for its records either way).
+            ("delivery.report.only.error", "true".to_owned()),
         ];
         let mut target = None;
         if let Some(checkpoint) = checkpoint {
@@ -134,12 +152,24 @@ impl KafkaOut {
             target = Some(CheckpointTopic {
                 target: checkpoint,
                 group,
+                state_partition: None,
             });
         }
         let defaults: Vec<(&str, &str)> = defaults.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let producer: BaseProducer<DeliveryCounter> =
             settings.config(&defaults).create_with_context(context)?;
-        if target.is_some() {
+        if let Some(t) = &mut target {
+            // Connected first: initialising transactions while no broker is up waits for
+            // librdkafka's next look for the coordinator, half a second later. The first
+            // request goes through the bootstrap address and names the cluster's brokers; the
+            // second waits until a connection to one of them is up.
+            let metadata = || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&t.target.state_topic), Duration::from_secs(30))
+            };
+            let _ = metadata();
+            t.state_partition = metadata().ok().and_then(|m| single_partition(&m));
             retry("initialising transactions", || {
                 producer.init_transactions(Duration::from_secs(30))
             })?;
@@ -224,7 +254,12 @@ impl KafkaOut {
         entries: impl IntoIterator<Item = (String, Option<Vec<u8>>)>,
         checkpoint: &Checkpoint,
     ) -> Result<(), KafkaOutError> {
-        let Some(CheckpointTopic { target, group }) = &self.checkpoint else {
+        let Some(CheckpointTopic {
+            target,
+            group,
+            state_partition,
+        }) = &self.checkpoint
+        else {
             for batch in batches {
                 self.send_batch(batch)?;
             }
@@ -242,6 +277,9 @@ impl KafkaOut {
                 let mut record = BaseRecord::to(&target.state_topic).key(key.as_bytes());
                 if let Some(p) = &payload {
                     record = record.payload(p.as_slice());
+                }
+                if let Some(partition) = *state_partition {
+                    record = record.partition(partition);
                 }
                 self.send(record)?;
             }
