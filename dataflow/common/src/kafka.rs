@@ -11,6 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
 
 /// Default bootstrap address: the broker `scripts/kafka up` and `docker compose` start.
 pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
@@ -276,11 +277,16 @@ pub fn count_partitions(
             }
         }
     };
-    Ok(metadata
+    Ok(partitions_in(&metadata, topic))
+}
+
+/// Number of partitions of `topic` in `metadata`, or `None` if it is not there (or not usable).
+pub fn partitions_in(metadata: &Metadata, topic: &str) -> Option<i32> {
+    metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len() as i32))
+        .map(|t| t.partitions().len() as i32)
 }
 
 /// Context of the set-up clients: keeps the first error that retrying cannot cure (refused

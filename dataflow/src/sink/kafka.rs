@@ -19,12 +19,11 @@ use foldhash::HashSet;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, warn};
 
-use retail_common::kafka::ClientSettings;
+use retail_common::kafka::{ClientSettings, partitions_in};
 
 use serde_json::Value;
 
@@ -92,20 +91,9 @@ pub struct CheckpointTarget {
 struct CheckpointTopic {
     target: CheckpointTarget,
     group: ConsumerGroupMetadata,
-    /// The state topic's only partition, when it has one (as the job creates it): its records
-    /// then go there without hashing each key to choose.
-    state_partition: Option<i32>,
-}
-
-/// The partition of a topic that has exactly one, from metadata for that topic alone.
-fn single_partition(metadata: &Metadata) -> Option<i32> {
-    match metadata.topics() {
-        [topic] if topic.error().is_none() => match topic.partitions() {
-            [partition] => Some(partition.id()),
-            _ => None,
-        },
-        _ => None,
-    }
+    /// The state topic has a single partition (as the job creates it): its records then go to
+    /// partition 0 without hashing each key to choose.
+    state_single_partition: bool,
 }
 
 pub struct KafkaOut {
@@ -152,7 +140,7 @@ impl KafkaOut {
             target = Some(CheckpointTopic {
                 target: checkpoint,
                 group,
-                state_partition: None,
+                state_single_partition: false,
             });
         }
         let defaults: Vec<(&str, &str)> = defaults.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -169,7 +157,8 @@ impl KafkaOut {
                     .fetch_metadata(Some(&t.target.state_topic), Duration::from_secs(30))
             };
             let _ = metadata();
-            t.state_partition = metadata().ok().and_then(|m| single_partition(&m));
+            t.state_single_partition =
+                metadata().is_ok_and(|m| partitions_in(&m, &t.target.state_topic) == Some(1));
             retry("initialising transactions", || {
                 producer.init_transactions(Duration::from_secs(30))
             })?;
@@ -257,7 +246,7 @@ impl KafkaOut {
         let Some(CheckpointTopic {
             target,
             group,
-            state_partition,
+            state_single_partition,
         }) = &self.checkpoint
         else {
             for batch in batches {
@@ -278,8 +267,8 @@ impl KafkaOut {
                 if let Some(p) = &payload {
                     record = record.payload(p.as_slice());
                 }
-                if let Some(partition) = *state_partition {
-                    record = record.partition(partition);
+                if *state_single_partition {
+                    record = record.partition(0);
                 }
                 self.send(record)?;
             }
