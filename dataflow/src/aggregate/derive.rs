@@ -140,9 +140,14 @@ pub fn derive<'scope>(
             let mut customers = customers.activate();
             let mut line_alerts = line_alerts.activate();
             let mut parts = parts.activate();
-            input.for_each(|cap, data| {
-                for (line, t, r) in data.drain(..) {
-                    fold.add(line, t, r, &rules);
+            // All the containers of one time (stamp) that arrived since the last activation fold
+            // together: the source's batches reach this operator in containers of a few dozen
+            // lines, too few to share many invoices, products or customers.
+            input.for_each_stamp(|cap, data| {
+                for container in data {
+                    for (line, t, r) in container.drain(..) {
+                        fold.add(line, t, r, &rules);
+                    }
                 }
                 measures
                     .session(&cap)
