@@ -7,6 +7,7 @@
 //! product leave as one update. The updates are the same collections the lines would make one
 //! by one, summed: results are unchanged, only the work shrinks.
 
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use differential_dataflow::difference::{Multiply, Semigroup};
@@ -18,7 +19,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 
-use super::per_epoch::{EpochPart, PartsBuilder};
+use super::per_epoch::EpochPart;
 use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text, Updates, invoice};
 
 /// The inputs of the aggregates, each already summed per key and time within a batch.
@@ -72,7 +73,8 @@ struct Fold {
     products: Folded<Text, Revenue>,
     customers: Folded<DistinctKey, isize>,
     line_alerts: Folded<Alert, isize>,
-    parts: PartsBuilder,
+    /// Cancellation lines per customer (per-epoch statistics only).
+    cancellations: Folded<Text, i64>,
 }
 
 impl Fold {
@@ -84,12 +86,46 @@ impl Fold {
             products: Folded::new(),
             customers: Folded::new(),
             line_alerts: Folded::new(),
-            parts: PartsBuilder::default(),
+            cancellations: Folded::new(),
         }
     }
 
+    /// What the batch adds to each epoch's own statistics, read off the folds before they are
+    /// drained: a line's epoch is its time, so the per-epoch sums, products and invoices are
+    /// the folds' entries at that time.
+    fn epoch_parts(&mut self) -> Updates<EpochPart> {
+        fn part(parts: &mut BTreeMap<u64, EpochPart>, t: u64) -> &mut EpochPart {
+            parts.entry(t).or_insert_with(|| EpochPart {
+                epoch: t,
+                ..EpochPart::default()
+            })
+        }
+        let mut parts = BTreeMap::new();
+        for ((key, t), sums) in &self.measures.0 {
+            if *key == StatKey::Total {
+                part(&mut parts, *t).sums = *sums;
+            }
+        }
+        for ((code, t), revenue) in &self.products.0 {
+            let products = &mut part(&mut parts, *t).products;
+            products.push((code.clone(), revenue.revenue_milli));
+        }
+        for (number, t) in self.invoice_numbers.0.keys() {
+            part(&mut parts, *t).invoice_numbers.push(*number);
+        }
+        for (invoice, t) in self.invoices.0.keys() {
+            part(&mut parts, *t).invoices.push(invoice.clone());
+        }
+        for ((customer, t), lines) in self.cancellations.0.drain() {
+            part(&mut parts, t).cancellations.push((customer, lines));
+        }
+        parts.into_iter().map(|(t, part)| (part, t, 1)).collect()
+    }
+
     fn add(&mut self, line: Line, t: u64, r: isize, rules: &AlertRules) {
-        self.parts.add(&line, r);
+        if let Some(customer) = line.customer.as_ref().filter(|_| line.is_cancellation()) {
+            self.cancellations.add(customer.clone(), t, r as i64);
+        }
         for alert in rules.line_alerts(&line) {
             self.line_alerts.add(alert, t, r);
         }
@@ -149,6 +185,7 @@ pub fn derive<'scope>(
                         fold.add(line, t, r, &rules);
                     }
                 }
+                parts.session(&cap).give_container(&mut fold.epoch_parts());
                 measures
                     .session(&cap)
                     .give_container(&mut fold.measures.drain());
@@ -167,7 +204,6 @@ pub fn derive<'scope>(
                 line_alerts
                     .session(&cap)
                     .give_container(&mut fold.line_alerts.drain());
-                parts.session(&cap).give_container(&mut fold.parts.finish());
             });
         }
     });

@@ -16,7 +16,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use super::{Alert, AlertRules, Line, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text, Updates};
+use super::{Alert, AlertRules, Output, Ranked, Sums, TOP_PRODUCTS_PER_EPOCH, Text, Updates};
 use crate::epoch::take_closed;
 
 /// What one batch of one worker contributes to one epoch.
@@ -26,6 +26,8 @@ pub struct EpochPart {
     pub sums: Sums,
     /// Net revenue per product.
     pub products: Vec<(Text, i64)>,
+    /// Invoices whose number packs into a `u64` ([`super::invoice::pack`]), and the others.
+    pub invoice_numbers: Vec<u64>,
     pub invoices: Vec<Text>,
     /// Cancellation lines per customer.
     pub cancellations: Vec<(Text, i64)>,
@@ -36,6 +38,7 @@ pub struct EpochPart {
 struct Accumulator {
     sums: Sums,
     products: HashMap<Text, i64>,
+    invoice_numbers: HashSet<u64>,
     invoices: HashSet<Text>,
     cancellations: HashMap<Text, i64>,
 }
@@ -47,6 +50,7 @@ impl Accumulator {
         for (product, revenue) in part.products {
             *self.products.entry(product).or_default() += revenue;
         }
+        self.invoice_numbers.extend(part.invoice_numbers);
         self.invoices.extend(part.invoices);
         for (customer, lines) in part.cancellations {
             *self.cancellations.entry(customer).or_default() += lines;
@@ -57,7 +61,7 @@ impl Accumulator {
     /// revenue, ties by stock code), then its cancellation bursts by customer.
     fn finish(self, epoch: u64, rules: &AlertRules) -> Vec<Output> {
         let mut sums = self.sums;
-        sums.invoices = self.invoices.len() as i64;
+        sums.invoices = (self.invoice_numbers.len() + self.invoices.len()) as i64;
         let mut products: Vec<(Text, i64)> = self.products.into_iter().collect();
         products.sort_by(|a, b| (-a.1, &a.0).cmp(&(-b.1, &b.0)));
         products.truncate(TOP_PRODUCTS_PER_EPOCH);
@@ -69,46 +73,6 @@ impl Accumulator {
         bursts.sort();
         std::iter::once(Output::Epoch(epoch, sums, products as Ranked))
             .chain(bursts.into_iter().map(Output::Alert))
-            .collect()
-    }
-}
-
-/// Folds the lines of a batch into one part per epoch.
-#[derive(Default)]
-pub struct PartsBuilder {
-    by_epoch: BTreeMap<u64, Accumulator>,
-}
-
-impl PartsBuilder {
-    /// Adds a line entering with count `diff` (positive for lines read).
-    pub fn add(&mut self, line: &Line, diff: isize) {
-        use differential_dataflow::difference::{Multiply, Semigroup};
-        let acc = self.by_epoch.entry(line.epoch).or_default();
-        acc.sums.plus_equals(&line.sums().multiply(&diff));
-        *acc.products.entry(line.stock_code.clone()).or_default() +=
-            line.value_milli() * diff as i64;
-        if !acc.invoices.contains(&line.invoice) {
-            acc.invoices.insert(line.invoice.clone());
-        }
-        if let Some(customer) = line.customer.as_ref().filter(|_| line.is_cancellation()) {
-            *acc.cancellations.entry(customer.clone()).or_default() += diff as i64;
-        }
-    }
-
-    /// The parts so far, each at its epoch's time; starts over empty.
-    pub fn finish(&mut self) -> Updates<EpochPart> {
-        std::mem::take(&mut self.by_epoch)
-            .into_iter()
-            .map(|(epoch, acc)| {
-                let part = EpochPart {
-                    epoch,
-                    sums: acc.sums,
-                    products: acc.products.into_iter().collect(),
-                    invoices: acc.invoices.into_iter().collect(),
-                    cancellations: acc.cancellations.into_iter().collect(),
-                };
-                (part, epoch, 1)
-            })
             .collect()
     }
 }
