@@ -313,13 +313,14 @@ pub const TOPIC_CONFIG: [(&str, &str); 3] = [
     ("min.cleanable.dirty.ratio", "0.1"),
 ];
 
-/// Reads the latest committed checkpoint of `job_id` from `topic` and, with `entries`, the
-/// job's entries from its state topic.
+/// Reads the latest committed checkpoint of `job_id` from `topic` and, if `entries` says so
+/// once that is done, the job's entries from its state topic (the caller may create the state
+/// topic meanwhile: `entries` is when to have finished).
 pub fn read(
     settings: &ClientSettings,
     topic: &str,
     job_id: &str,
-    entries: bool,
+    entries: impl FnOnce() -> Result<bool, CheckpointError>,
     timeout: Duration,
 ) -> Result<Stored, CheckpointError> {
     let mut stored = Stored::default();
@@ -329,7 +330,7 @@ pub fn read(
             stored.checkpoint = payload.map(<[u8]>::to_vec);
         }
     })?;
-    if entries {
+    if entries()? {
         scan(
             settings,
             &state_topic(topic, job_id),

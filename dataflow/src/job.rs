@@ -127,34 +127,47 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     let mut resume: Option<Restored> = None;
     let mut stale = Vec::new();
     if config.checkpoint {
-        // A state topic created just now holds nothing to read.
-        let mut state_created = false;
+        let ensure = |topic: &str| {
+            config.settings.ensure_topic_created(
+                topic,
+                1,
+                &checkpoint::TOPIC_CONFIG,
+                METADATA_TIMEOUT,
+            )
+        };
         if writes {
-            let ensure = |topic: &str| {
-                config.settings.ensure_topic_created(
-                    topic,
-                    1,
-                    &checkpoint::TOPIC_CONFIG,
-                    METADATA_TIMEOUT,
-                )
-            };
             ensure(&config.checkpoint_topic)?;
-            let state = checkpoint::state_topic(&config.checkpoint_topic, &config.job_id);
-            state_created = ensure(&state)?.1;
         }
+        let state = checkpoint::state_topic(&config.checkpoint_topic, &config.job_id);
         // Every process reads where its partitions resume; process 0 also reads the state (or,
         // on --reset, the entries of the old run to delete), and with invoice retention every
-        // process reads it for its partitions' open invoices.
-        if writes || !config.reset {
-            let stored = checkpoint::read(
-                &config.settings,
-                &config.checkpoint_topic,
-                &config.job_id,
-                (writes || config.retention.is_some()) && !state_created,
-                METADATA_TIMEOUT,
-            )?;
-            (resume, stale) = stored.restore(config.reset)?;
-        }
+        // process reads it for its partitions' open invoices. Process 0 creates the job's state
+        // topic while it reads the shared checkpoint topic; a state topic created just now holds
+        // nothing to read.
+        std::thread::scope(|scope| -> Result<(), JobError> {
+            let creating = writes.then(|| scope.spawn(|| ensure(&state)));
+            let created = || -> Result<bool, CheckpointError> {
+                match creating.map(|thread| thread.join()) {
+                    Some(Ok(created)) => Ok(created?.1),
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                    None => Ok(false),
+                }
+            };
+            if writes || !config.reset {
+                let read_entries = writes || config.retention.is_some();
+                let stored = checkpoint::read(
+                    &config.settings,
+                    &config.checkpoint_topic,
+                    &config.job_id,
+                    || Ok(!created()? && read_entries),
+                    METADATA_TIMEOUT,
+                )?;
+                (resume, stale) = stored.restore(config.reset)?;
+            } else {
+                created()?;
+            }
+            Ok(())
+        })?;
         if let Some(r) = &resume {
             let differences = r
                 .checkpoint
