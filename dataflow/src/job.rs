@@ -163,8 +163,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     METADATA_TIMEOUT,
                 )?;
                 (resume, stale) = stored.restore(config.reset)?;
-            } else {
-                created()?;
             }
             Ok(())
         })?;
