@@ -6,7 +6,8 @@
 //! contended for it; jemalloc returns a block freed on another thread in batches. jemalloc
 //! keeps freed pages for reuse for a while before it returns them to the system: librdkafka's
 //! large fetch and decompression buffers come and go, so that delay is held at one second
-//! instead of ten, which keeps the peak where it was with glibc's malloc.
+//! instead of ten. On 10M records at default flags the peak is then within 8 MiB of glibc's
+//! malloc (165 against 157 MiB); with ten seconds it was 15-30 MiB above it.
 //!
 //! This is the only module of the workspace that allows `unsafe` (one allocator setting).
 
