@@ -12,6 +12,7 @@
 //! - [`checkpoint`]: what is committed, for exactly-once output across restarts.
 //! - [`job`]: wires them together and runs one process of the job.
 //! - [`http`]: `--http`: the live page, the query API and `/metrics`.
+//! - [`native`]: the calls into C that the safe wrappers do not offer (the only `unsafe`).
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -20,6 +21,8 @@ pub mod epoch;
 pub mod flow;
 pub mod http;
 pub mod job;
+#[allow(unsafe_code)]
+pub mod native;
 pub mod parse;
 pub mod retention;
 pub mod sink;

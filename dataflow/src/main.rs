@@ -11,17 +11,15 @@ use dataflow::cli::Args;
 use dataflow::job;
 use retail_common::exit;
 
-mod heap;
-
 /// jemalloc returns freed memory to the system on its own background thread: memory freed by
 /// one thread after another allocated it (librdkafka's fetches, timely's exchanges, the commit
 /// thread) does not pile up in per-thread arenas as it does with glibc's malloc. It is the
-/// process's `malloc` too (see [`heap`]).
+/// process's `malloc` too (see [`dataflow::native::heap`]).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    heap::set_decay();
+    dataflow::native::heap::set_decay();
     let args = Args::parse();
     retail_common::logging::init(true);
     let config = match args.into_config() {

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
@@ -54,6 +54,7 @@ use crate::aggregate::{AlertRules, Closing, Saved};
 use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
 use crate::flow::Buffered;
+use crate::native::fetch::{BatchQueue, Fetched};
 use crate::parse::{self, Parsed, Placed, Rules};
 use crate::retention::{Closed, OpenInvoices, RestoredInvoice};
 use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
@@ -446,7 +447,7 @@ pub fn kafka_source<'scope>(
 struct Reader {
     consumer: Arc<BaseConsumer<LagContext>>,
     /// Each owned partition's own queue (same order as `parts`).
-    queues: Vec<Option<PartitionQueue<LagContext>>>,
+    queues: Vec<Option<OwnQueue>>,
     topic: String,
     parts: Vec<PartitionState>,
     /// Position in `parts` of each partition number.
@@ -692,8 +693,8 @@ impl Reader {
         while tally.handled < BUDGET {
             let (p, polled) = match self.consumer.poll(Duration::ZERO) {
                 None => break,
-                Some(Ok(m)) => (m.partition(), Ok(m)),
-                Some(Err(KafkaError::PartitionEOF(p))) => (p, Err(KafkaError::PartitionEOF(p))),
+                Some(Ok(m)) => (m.partition(), Some(m)),
+                Some(Err(KafkaError::PartitionEOF(p))) => (p, None),
                 Some(Err(e)) if is_undecodable(&e) => {
                     // Not tied to one partition here: name where each owned one stands.
                     let at: Vec<String> = self
@@ -716,9 +717,15 @@ impl Reader {
                 }
             };
             if let Some(i) = self.slot.get(p as usize).copied().flatten() {
+                let fetched = polled.as_ref().map(|m| Fetched {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key(),
+                    payload: m.payload(),
+                });
                 handle(
                     &mut self.parts[i],
-                    polled,
+                    fetched,
                     &place,
                     &mut tally,
                     batches,
@@ -730,33 +737,48 @@ impl Reader {
         // at different speeds stay aligned.
         let mut order: Vec<usize> = (0..self.parts.len()).collect();
         order.sort_by_key(|&i| (self.parts[i].clock.has_data(), self.parts[i].clock.latest()));
+        let worker = self.worker;
         for i in order {
-            let Some(queue) = &self.queues[i] else {
+            let Some(OwnQueue { batches: queue, .. }) = &mut self.queues[i] else {
                 continue;
             };
             let state = &mut self.parts[i];
-            while tally.handled < BUDGET && !state.done && !is_past(state, limit) {
-                match queue.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Err(e)) if is_undecodable(&e) => {
-                        // The batch starts at the partition's next offset: everything before
-                        // it was delivered through this queue.
-                        let at = format!(
-                            "partition {} at offset {}",
-                            state.partition, state.next_offset
-                        );
-                        self.undecodable = Some(undecodable_message(&e, &self.topic, &at));
-                        return tally.handled;
-                    }
-                    Some(Err(e)) if !is_end_of_partition(&e) => {
-                        warn!(worker = self.worker, partition = state.partition, error = %e,
+            let (mut undecodable, mut erred) = (None, false);
+            while undecodable.is_none()
+                && !erred
+                && tally.handled < BUDGET
+                && !state.done
+                && !is_past(state, limit)
+            {
+                let taken = queue.consume(BUDGET - tally.handled, |polled| match polled {
+                    // The job stops: what follows in the batch is never handled.
+                    _ if undecodable.is_some() => {}
+                    Err(e) if is_undecodable(&e) => undecodable = Some(e),
+                    Err(e) if !is_end_of_partition(&e) => {
+                        // The rest of the batch is handled; the partition rests until the
+                        // next activation.
+                        warn!(worker, partition = state.partition, error = %e,
                             "Kafka consumer error; retrying");
-                        break;
+                        erred = true;
                     }
-                    Some(polled) => {
-                        handle(state, polled, &place, &mut tally, batches, &mut finished);
+                    polled => {
+                        let fetched = polled.ok();
+                        handle(state, fetched, &place, &mut tally, batches, &mut finished);
                     }
+                });
+                if taken == 0 {
+                    break;
                 }
+            }
+            if let Some(e) = undecodable {
+                // The batch starts at the partition's next offset: everything before it was
+                // delivered through this queue.
+                let at = format!(
+                    "partition {} at offset {}",
+                    state.partition, state.next_offset
+                );
+                self.undecodable = Some(undecodable_message(&e, &self.topic, &at));
+                return tally.handled;
             }
         }
         for p in finished {
@@ -897,19 +919,30 @@ fn floored(epoch: u64) -> PartitionClock {
     clock
 }
 
-/// The partition's own queue, which wakes the source when it becomes non-empty.
+/// A partition's own queue, split off the consumer's main queue.
+struct OwnQueue {
+    /// Kept for its callback, which wakes the source when the queue becomes non-empty.
+    _wake: PartitionQueue<LagContext>,
+    /// The same queue, read in batches.
+    batches: BatchQueue<LagContext>,
+}
+
+/// The partition's own queue.
 fn partition_queue(
     consumer: &Arc<BaseConsumer<LagContext>>,
     topic: &str,
     partition: i32,
     wake: &SyncActivator,
-) -> Option<PartitionQueue<LagContext>> {
+) -> Option<OwnQueue> {
     let mut queue = consumer.split_partition_queue(topic, partition)?;
     let wake = wake.clone();
     queue.set_nonempty_callback(move || {
         let _ = wake.activate();
     });
-    Some(queue)
+    Some(OwnQueue {
+        _wake: queue,
+        batches: BatchQueue::new(consumer, topic, partition)?,
+    })
 }
 
 /// What the user is told when a batch at `at` of `topic` cannot be decoded.
@@ -958,26 +991,23 @@ struct Tally {
 /// their end are added to `finished`.
 fn handle(
     state: &mut PartitionState,
-    polled: Result<BorrowedMessage<'_>, KafkaError>,
+    polled: Option<Fetched<'_>>,
     place: &Placing<'_>,
     tally: &mut Tally,
     batches: &mut BTreeMap<u64, Batches>,
     finished: &mut Vec<i32>,
 ) {
     let config = place.config;
-    let message = match polled {
-        Ok(m) => m,
-        Err(_) => {
-            // End of partition: the only error the callers pass on.
-            state.caught_up = true;
-            if state.end.is_some() && !state.done {
-                state.done = true;
-                finished.push(state.partition);
-            }
-            return;
+    let Some(message) = polled else {
+        // The end of the partition.
+        state.caught_up = true;
+        if state.end.is_some() && !state.done {
+            state.done = true;
+            finished.push(state.partition);
         }
+        return;
     };
-    let (p, offset) = (message.partition(), message.offset());
+    let (p, offset) = (message.partition, message.offset);
     if state.done || state.end.is_some_and(|e| offset >= e) {
         return;
     }
@@ -994,7 +1024,7 @@ fn handle(
     state.caught_up = false;
     state.last_message = place.now;
     state.next_offset = offset + 1;
-    let payload = message.payload().unwrap_or_default();
+    let payload = message.payload.unwrap_or_default();
     tally.bytes += payload.len() as u64;
     let rules = Rules {
         clock: &config.clock,
@@ -1004,7 +1034,7 @@ fn handle(
         dead_through: state.dead_through,
         retention: config.retention,
     };
-    let item = match parse::place(&rules, &mut state.clock, p, offset, message.key(), payload) {
+    let item = match parse::place(&rules, &mut state.clock, p, offset, message.key, payload) {
         Placed::Line(line) => {
             tally.lines += 1;
             tally.late += u64::from(line.late);

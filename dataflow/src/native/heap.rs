@@ -8,15 +8,12 @@
 //! large fetch and decompression buffers come and go, so that delay is held at one second
 //! instead of ten. On 10M records at default flags the peak is then within 8 MiB of glibc's
 //! malloc (165 against 157 MiB); with ten seconds it was 15-30 MiB above it.
-//!
-//! This is the only module of the workspace that allows `unsafe` (one allocator setting).
 
 /// How long jemalloc keeps freed pages before it returns them to the system (its default is 10 s).
 const DIRTY_DECAY_MS: isize = 1_000;
 
 /// Sets jemalloc's decay for every arena, existing and future, unless `MALLOC_CONF` already
 /// configures jemalloc. Call first thing in `main`, before any thread starts.
-#[allow(unsafe_code)]
 pub fn set_decay() {
     if std::env::var_os("MALLOC_CONF").is_some() {
         return;
