@@ -77,7 +77,8 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
             // SAFETY: each of the first `n` slots points to a message librdkafka handed over
             // and that is not yet destroyed; its payload and key (when not null) point to
             // `len` and `key_len` bytes that live as long as the message. The slices do not
-            // outlive this iteration: the message is destroyed right after `each` returns.
+            // outlive this iteration: `each` takes them for a lifetime of its caller's choosing,
+            // so it cannot keep them, and the message is destroyed right after it returns.
             unsafe {
                 let m = &*message;
                 let result = if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
