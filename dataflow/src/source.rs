@@ -739,7 +739,7 @@ impl Reader {
         order.sort_by_key(|&i| (self.parts[i].clock.has_data(), self.parts[i].clock.latest()));
         let worker = self.worker;
         for i in order {
-            let Some(OwnQueue { batches: queue, .. }) = &mut self.queues[i] else {
+            let Some(OwnQueue { read: queue, .. }) = &mut self.queues[i] else {
                 continue;
             };
             let state = &mut self.parts[i];
@@ -924,7 +924,7 @@ struct OwnQueue {
     /// Kept for its callback, which wakes the source when the queue becomes non-empty.
     _wake: PartitionQueue<LagContext>,
     /// The same queue, read in batches.
-    batches: BatchQueue<LagContext>,
+    read: BatchQueue<LagContext>,
 }
 
 /// The partition's own queue.
@@ -941,7 +941,7 @@ fn partition_queue(
     });
     Some(OwnQueue {
         _wake: queue,
-        batches: BatchQueue::new(consumer, topic, partition)?,
+        read: BatchQueue::new(consumer, topic, partition)?,
     })
 }
 
