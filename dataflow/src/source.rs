@@ -703,11 +703,11 @@ impl Reader {
                         .filter(|s| !s.done)
                         .map(|s| format!("{} at offset {}", s.partition, s.next_offset))
                         .collect();
-                    self.undecodable = Some(undecodable_message(
-                        &e,
-                        &self.topic,
-                        &format!("one of partitions {}", at.join(", ")),
-                    ));
+                    let which = match at.as_slice() {
+                        [one] => format!("partition {one}"),
+                        _ => format!("one of partitions {}", at.join(", ")),
+                    };
+                    self.undecodable = Some(undecodable_message(&e, &self.topic, &which));
                     return tally.handled;
                 }
                 Some(Err(e)) => {
