@@ -412,7 +412,7 @@ impl Commit {
         let run = self.checkpoint.run;
         let stale = self.stale.iter().map(|k| (k.clone(), None));
         let saved = self.saved.0.iter().map(move |Change { entry, kept }| {
-            let payload = kept.then(|| serde_json::to_vec(entry).expect("state serialises"));
+            let payload = kept.then(|| checkpoint::encode_entry(entry));
             (checkpoint::entry_key(run, &entry.identity()), payload)
         });
         let alerts = self.alerts.iter().map(move |(key, value)| {
@@ -570,12 +570,12 @@ mod tests {
         later.stale.clear();
         pending.absorb(later);
         let written: Vec<(String, Option<Vec<u8>>)> = pending.entries().collect();
-        let json = |s: &Saved| Some(serde_json::to_vec(s).unwrap());
+        let encoded = |s: &Saved| Some(checkpoint::encode_entry(s));
         let expected = BTreeMap::from([
             ("3/invoice:\"9\"".to_owned(), None),
-            ("7/invoice:\"1\"".to_owned(), json(&invoice("1", 2))),
+            ("7/invoice:\"1\"".to_owned(), encoded(&invoice("1", 2))),
             ("7/invoice:\"2\"".to_owned(), None),
-            ("7/invoice:\"3\"".to_owned(), json(&invoice("3", 1))),
+            ("7/invoice:\"3\"".to_owned(), encoded(&invoice("3", 1))),
         ]);
         assert_eq!(written.len(), expected.len(), "each key once: {written:?}");
         let keyed: BTreeMap<_, _> = written.into_iter().collect();
