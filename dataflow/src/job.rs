@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use retail_common::exit;
 use retail_common::kafka::{ClientSettings, builtin_features, count_partitions};
 
-use crate::aggregate::{self, Alert, Saved, Text};
+use crate::aggregate::{self, Alert, Saved, Sums, Text};
 use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
 use crate::flow::Buffered;
@@ -61,6 +61,18 @@ pub enum JobError {
         job_id: String,
         differences: Vec<String>,
     },
+    #[error(
+        "the checkpoint of job {job_id:?} has counted sales through the epoch starting {epoch}, \
+         but its state topic \
+         {topic} holds no state: the topic was deleted or emptied, and resuming would start \
+         the aggregates from nothing.\n\
+         Start this job over with --reset, or give it its own --job-id."
+    )]
+    StateLost {
+        job_id: String,
+        epoch: String,
+        topic: String,
+    },
     /// A source stopped the job.
     #[error("{}", .0.message())]
     Stopped(Stop),
@@ -73,7 +85,7 @@ impl JobError {
     pub fn exit_code(&self) -> u8 {
         match self {
             JobError::Write(WriteError::Kafka(KafkaOutError::Undelivered(_))) => exit::UNDELIVERED,
-            JobError::Mismatch { .. } => exit::USAGE,
+            JobError::Mismatch { .. } | JobError::StateLost { .. } => exit::USAGE,
             // Start again, and the job resumes from its checkpoint.
             JobError::Write(WriteError::Kafka(
                 KafkaOutError::Aborted(_) | KafkaOutError::Fatal(_),
@@ -174,6 +186,15 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 return Err(JobError::Mismatch {
                     job_id: config.job_id.clone(),
                     differences,
+                });
+            }
+            // Counted sales leave entries (their totals at least) wherever entries are read.
+            let read_entries = writes || config.retention.is_some();
+            if read_entries && r.saved.is_empty() && r.checkpoint.state.totals != Sums::default() {
+                return Err(JobError::StateLost {
+                    job_id: config.job_id.clone(),
+                    epoch: r.checkpoint.epoch_start.clone(),
+                    topic: state.clone(),
                 });
             }
         }

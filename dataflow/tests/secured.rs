@@ -887,6 +887,43 @@ fn assert_refused(cmd: &mut Command, job: &str, expected: &str, unexpected: &str
 }
 
 #[test]
+fn a_checkpoint_whose_state_topic_is_gone_is_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("state-lost");
+    publish(&topic, &["--generate", "3000", "--seed", "4"], dir.path());
+    let sales = topic_sales(&topic);
+    let checkpoints = unique("checkpoints");
+    let out = dir.path().join("out");
+    run_ok_within(&mut checkpointed(&topic, &out, &checkpoints, &[]), LIMIT);
+    assert_summary_is_fold(&out, &sales);
+    let before = outputs(&out);
+    // The job id is the topic's name.
+    let state = format!("{checkpoints}.{topic}");
+    delete_topics(&[&state]);
+    // Refused, and refused again once the refused run has created the topic anew, empty.
+    for _ in 0..2 {
+        let (run, _) = run_timeout(&mut checkpointed(&topic, &out, &checkpoints, &[]), LIMIT);
+        let stderr = text(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("but its state topic {state} holds no state")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("Start this job over with --reset, or give it its own --job-id."),
+            "{stderr}"
+        );
+        assert!(outputs(&out) == before, "a refused run changed its outputs");
+    }
+    run_ok_within(
+        &mut checkpointed(&topic, &out, &checkpoints, &["--reset"]),
+        LIMIT,
+    );
+    assert_summary_is_fold(&out, &sales);
+    delete_topics(&[&topic, &state, &checkpoints]);
+}
+
+#[test]
 fn a_job_id_resumes_only_the_job_that_wrote_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (unique("job-a"), unique("job-b"));
