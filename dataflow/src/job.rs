@@ -63,9 +63,8 @@ pub enum JobError {
     },
     #[error(
         "the checkpoint of job {job_id:?} has counted sales through the epoch starting {epoch}, \
-         but its state topic \
-         {topic} holds no state: the topic was deleted or emptied, and resuming would start \
-         the aggregates from nothing.\n\
+         but its state topic {topic} holds no state: the topic was deleted or emptied, and \
+         resuming would start the aggregates from nothing.\n\
          Start this job over with --reset, or give it its own --job-id."
     )]
     StateLost {
@@ -151,6 +150,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             ensure(&config.checkpoint_topic)?;
         }
         let state = checkpoint::state_topic(&config.checkpoint_topic, &config.job_id);
+        let read_entries = writes || config.retention.is_some();
         // Every process reads where its partitions resume; process 0 also reads the state (or,
         // on --reset, the entries of the old run to delete), and with invoice retention every
         // process reads it for its partitions' open invoices. Process 0 creates the job's state
@@ -166,7 +166,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 }
             };
             if writes || !config.reset {
-                let read_entries = writes || config.retention.is_some();
                 let stored = checkpoint::read(
                     &config.settings,
                     &config.checkpoint_topic,
@@ -189,7 +188,6 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 });
             }
             // Counted sales leave entries (their totals at least) wherever entries are read.
-            let read_entries = writes || config.retention.is_some();
             if read_entries && r.saved.is_empty() && r.checkpoint.state.totals != Sums::default() {
                 return Err(JobError::StateLost {
                     job_id: config.job_id.clone(),
