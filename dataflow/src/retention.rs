@@ -29,6 +29,9 @@ struct Keyed<K> {
     by_last: BTreeMap<u64, Vec<K>>,
     /// The alerts raised by the lines of open invoices (few invoices have any), once per line.
     alerts: HashMap<K, Vec<Alert>>,
+    /// The invoice added last and its entry in `open`: an invoice's lines arrive together, so
+    /// most lines are settled here without a search of `open`.
+    recent: Option<(K, u64)>,
 }
 
 impl<K> Default for Keyed<K> {
@@ -37,6 +40,7 @@ impl<K> Default for Keyed<K> {
             open: BTreeMap::new(),
             by_last: BTreeMap::new(),
             alerts: HashMap::default(),
+            recent: None,
         }
     }
 }
@@ -46,9 +50,16 @@ impl<K: Ord + Hash + Clone> Keyed<K> {
         for alert in alerts {
             self.alerts.entry(key.clone()).or_default().push(alert);
         }
+        if let Some((recent, last)) = &self.recent
+            && *recent == key
+            && epoch <= *last
+        {
+            return None;
+        }
         let moved = match self.open.get_mut(&key) {
             Some(last) => {
                 if epoch <= *last {
+                    self.recent = Some((key, *last));
                     return None;
                 }
                 let from = Some(*last);
@@ -63,11 +74,13 @@ impl<K: Ord + Hash + Clone> Keyed<K> {
                 }
             }
         };
+        self.recent = Some((key.clone(), epoch));
         self.by_last.entry(epoch).or_default().push(key);
         Some(moved)
     }
 
     fn restore(&mut self, key: K, last: u64, alerts: Vec<Alert>) {
+        self.recent = None;
         self.by_last.entry(last).or_default().push(key.clone());
         if !alerts.is_empty() {
             self.alerts.insert(key.clone(), alerts);
@@ -91,6 +104,7 @@ impl<K: Ord + Hash + Clone> Keyed<K> {
                 // Filed again under a later epoch since: not expired yet.
                 if self.open.get(&key) == Some(&last) {
                     self.open.remove(&key);
+                    self.recent = None;
                     let alerts = self.alerts.remove(&key).unwrap_or_default();
                     closed.push(Closed {
                         invoice: text(key),
@@ -109,6 +123,9 @@ impl<K: Ord + Hash + Clone> Keyed<K> {
 pub struct OpenInvoices {
     numbers: Keyed<u64>,
     texts: Keyed<Text>,
+    /// The horizon (`open_from`, `retention`) of the last expiry: nothing added since can be
+    /// behind it (such a line is a dead letter), so the same horizon need not be searched again.
+    expired: Option<(u64, u64)>,
 }
 
 /// A change of an open invoice's latest epoch: what the checkpoint's entry becomes.
@@ -154,6 +171,7 @@ impl OpenInvoices {
 
     /// A restored open invoice (a resumed job).
     pub fn restore(&mut self, r: RestoredInvoice) {
+        self.expired = None;
         match invoice::pack(&r.invoice) {
             Some(n) => self.numbers.restore(n, r.last, r.alerts),
             None => self.texts.restore(r.invoice, r.last, r.alerts),
@@ -163,6 +181,9 @@ impl OpenInvoices {
     /// Closes the invoices whose latest epoch is more than `retention` epochs before
     /// `open_from` (the partition's earliest open epoch).
     pub fn expire(&mut self, open_from: u64, retention: u64, closed: &mut Vec<Closed>) {
+        if self.expired.replace((open_from, retention)) == Some((open_from, retention)) {
+            return;
+        }
         self.numbers
             .expire(open_from, retention, invoice::unpack, closed);
         self.texts.expire(open_from, retention, |t| t, closed);

@@ -2,7 +2,7 @@
 //!
 //! Only a few products change per epoch, so re-ranking all of them at every epoch (a `reduce`
 //! over a single key) would cost a pass over every product each time. This operator keeps the
-//! products ordered by net revenue on one worker, applies an epoch's changes once the epoch is
+//! products ordered by net revenue on one worker (the last, as worker 0 writes), applies an epoch's changes once the epoch is
 //! complete, and emits the top N when it differs from the last: the same updates the `reduce`
 //! would make, for the work of the changes alone.
 
@@ -23,10 +23,12 @@ pub fn top_products<'scope>(
     products: VecCollection<'scope, u64, (Text, Revenue)>,
     n: usize,
 ) -> VecCollection<'scope, u64, Output> {
+    // The last worker ranks: worker 0 already writes the outputs and the checkpoints.
+    let ranker = products.inner.scope().peers() as u64 - 1;
     products
         .inner
         .unary_frontier(
-            Exchange::new(|_: &((Text, Revenue), u64, isize)| 0),
+            Exchange::new(move |_: &((Text, Revenue), u64, isize)| ranker),
             "TopProducts",
             move |_, _| {
                 // Changes of each time not yet complete, with a capability to emit at it.
