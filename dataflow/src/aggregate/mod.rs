@@ -339,16 +339,15 @@ pub fn build<'scope>(
         .arrange_by_self_named("Arrange: totals and countries")
         .count_total();
 
-    // Net revenue per product, then the top N.
-    let products = derived
-        .products
-        .concat(restore(&restored, |s| match s {
+    // Net revenue per product, and the top N.
+    let products = top::products(
+        derived.products.concat(restore(&restored, |s| match s {
             Saved::Product(p, m) => Some((p, m)),
             _ => None,
-        }))
-        .arrange_by_self_named("Arrange: revenue by product")
-        .count_total();
-    let top_products = top::top_products(products.clone(), TOP_PRODUCTS);
+        })),
+        TOP_PRODUCTS,
+        save,
+    );
 
     // Distinct invoices are the open ones (keys of the arrangements) and the closed ones.
     let totals = stats.clone().map(|(key, s)| {
@@ -402,13 +401,13 @@ pub fn build<'scope>(
         });
         measures
             .concat(seen.map(Saved::Seen))
-            .concat(products.map(|(p, s)| Saved::Product(p, s)))
+            .concat(products.sums.map(|(p, s)| Saved::Product(p, s)))
             .concat(numbered.map(|(n, s)| Saved::Invoice(invoice::unpack(n), s)))
             .concat(named.map(|(i, s)| Saved::Invoice(i, s)))
             .concat(line_alerts.map(|a| Saved::LineAlert(Box::new(a))))
     });
     Built {
-        outputs: totals.concat(epochs).concat(top_products).concat(alerts),
+        outputs: totals.concat(epochs).concat(products.top).concat(alerts),
         saved,
     }
 }
