@@ -1049,7 +1049,7 @@ fn handle(
                     invoice: line.invoice.clone(),
                     last,
                 };
-                let batch = batches.entry(epoch).or_default();
+                let batch = batch_at(batches, epoch, tally.handled);
                 if let Some(from) = moved.from {
                     batch.push((Parsed::Saved(open(from), -1), epoch, 1));
                 }
@@ -1067,7 +1067,7 @@ fn handle(
     match item {
         Some((item, epoch)) => {
             *tally.read.entry(epoch).or_default() += payload.len() as u64;
-            batches.entry(epoch).or_default().push((item, epoch, 1));
+            batch_at(batches, epoch, tally.handled).push((item, epoch, 1));
         }
         // Re-read after a restart: its effect is in the restored state already.
         None => tally.replayed += 1,
@@ -1079,6 +1079,14 @@ fn handle(
         state.done = true;
         finished.push(p);
     }
+}
+
+/// The batch of `epoch`. A new one has room for the rest of the activation's messages (with
+/// `handled` handled), so that it never grows by copying: unused room is never touched.
+fn batch_at(batches: &mut BTreeMap<u64, Batches>, epoch: u64, handled: usize) -> &mut Batches {
+    batches
+        .entry(epoch)
+        .or_insert_with(|| Vec::with_capacity(BUDGET + 1 - handled.min(BUDGET)))
 }
 
 /// Closes the invoices of `state`'s partition that its watermark has left `retention` epochs
