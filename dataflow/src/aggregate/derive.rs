@@ -65,7 +65,6 @@ impl<K: Hash + Eq, R: Semigroup> Folded<K, R> {
     }
 }
 
-/// The per-batch folds of every aggregate input.
 /// Consecutive lines of one invoice at one time, summed before they reach the hash maps: the
 /// lines of an invoice arrive together and share its country and customer, so most lines
 /// cost a comparison here instead of four hash-map updates.
@@ -88,6 +87,7 @@ impl Run {
     }
 }
 
+/// The per-batch folds of every aggregate input.
 struct Fold {
     /// Lines not yet in `measures`, `customers` and the invoices.
     run: Option<Run>,
