@@ -147,7 +147,7 @@ impl Fold {
         parts.into_iter().map(|(t, part)| (part, t, 1)).collect()
     }
 
-    fn add(&mut self, line: Line, t: u64, r: isize, rules: &AlertRules) {
+    fn add(&mut self, mut line: Line, t: u64, r: isize, rules: &AlertRules) {
         if let Some(customer) = line.customer.as_ref().filter(|_| line.is_cancellation()) {
             self.cancellations.add(customer.clone(), t, r as i64);
         }
@@ -156,7 +156,8 @@ impl Fold {
         }
         let sums = line.sums().multiply(&r);
         let revenue = line.revenue().multiply(&r);
-        self.products.add(line.stock_code.clone(), t, revenue);
+        self.products
+            .add(std::mem::take(&mut line.stock_code), t, revenue);
         match &mut self.run {
             Some(run) if run.holds(&line, t) => {
                 run.sums.plus_equals(&sums);

@@ -8,16 +8,21 @@ use differential_dataflow::input::Input;
 
 use super::*;
 
-/// Deterministic pseudo-random lines over a few epochs, with cancellations, guests, zero
-/// prices, large quantities and big invoices so that every rule and aggregate is exercised.
-fn sample_lines(n: usize) -> Vec<Line> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move |m: u64| {
+/// Deterministic pseudo-random numbers from `seed`: each call gives one below its argument.
+pub(super) fn numbers(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |m: u64| {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (state >> 33) % m
-    };
+    }
+}
+
+/// Deterministic pseudo-random lines over a few epochs, with cancellations, guests, zero
+/// prices, large quantities and big invoices so that every rule and aggregate is exercised.
+fn sample_lines(n: usize) -> Vec<Line> {
+    let mut next = numbers(0x9E37_79B9_7F4A_7C15);
     let countries = ["United Kingdom", "France", "Germany", "EIRE", "Spain"];
     (0..n)
         .map(|i| {

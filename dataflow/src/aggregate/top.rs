@@ -95,13 +95,17 @@ pub fn products<'scope>(
                     new.plus_equals(&diff);
                     if let Some(old) = old {
                         ranked.remove(&(-old.revenue_milli, product.clone()));
-                        changes.push(((product.clone(), old), time, -1));
+                        if save {
+                            changes.push(((product.clone(), old), time, -1));
+                        }
                     }
                     if new.is_zero() {
                         totals.remove(&product);
                     } else {
                         ranked.insert((-new.revenue_milli, product.clone()));
-                        changes.push(((product.clone(), new), time, 1));
+                        if save {
+                            changes.push(((product.clone(), new), time, 1));
+                        }
                         totals.insert(product, new);
                     }
                 }
@@ -284,13 +288,7 @@ mod tests {
 
     #[test]
     fn the_top_and_the_sums_are_those_of_every_product_for_any_worker_count() {
-        let mut state: u64 = 7;
-        let mut next = move |m: u64| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) % m
-        };
+        let mut next = crate::aggregate::tests::numbers(7);
         // Sorted by epoch; revenue that falls as well as rises, and ties.
         let mut updates: Vec<(u32, u64, i64)> = (0..600)
             .map(|_| {
