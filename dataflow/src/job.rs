@@ -11,11 +11,11 @@ use differential_dataflow::AsCollection;
 use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::{ProbeHandle, Stream};
 use tracing::{info, warn};
 
 use retail_common::exit;
@@ -30,7 +30,7 @@ use crate::retention::RestoredInvoice;
 use crate::sink::console::group;
 use crate::sink::kafka::KafkaOutError;
 use crate::sink::writer::{self, Emit, WriteError};
-use crate::source::{Batches, Metrics, SourceConfig, SourceResume, Stop, kafka_source};
+use crate::source::{Metrics, SourceConfig, SourceResume, Stop, kafka_source};
 
 /// How long to wait for Kafka metadata at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -334,16 +334,10 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 let (state, restored) = scope.new_collection::<Saved, isize>();
                 // How far the whole dataflow has got: the source's flow control reads it.
                 let probe = ProbeHandle::new();
-                let (parsed, wake) =
+                let (lines, other, wake) =
                     kafka_source(scope, source_config, metrics, shutdown, probe.clone());
                 // Lines and closed invoices go to the aggregates; dead letters, positions and the
                 // source's state straight to the writer.
-                #[allow(clippy::result_large_err)]
-                let (lines, other): (_, Stream<'_, u64, Batches>) =
-                    parsed.ok_err(|(item, time, diff)| match item {
-                        Parsed::Line(line) => Ok((line, time, diff)),
-                        other => Err((other, time, diff)),
-                    });
                 #[allow(clippy::result_large_err)]
                 let (closed, other) = other.ok_err(|(item, time, diff)| match item {
                     Parsed::Close(closing) => Ok((closing, time, diff)),
@@ -385,8 +379,8 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                     Parsed::Dead(letter) => Emit::Dead(Box::new(letter), t),
                     Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, t),
                     Parsed::Saved(entry, r) => Emit::Saved(entry, t, r),
-                    Parsed::Line(_) | Parsed::Close(..) => {
-                        unreachable!("lines and closings were split off")
+                    Parsed::Close(..) => {
+                        unreachable!("closings were split off")
                     }
                 });
                 writer::write(outputs.concat(dead), writer, failure, &probe, wake);

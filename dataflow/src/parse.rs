@@ -24,10 +24,9 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
-/// One item out of the source.
+/// One item out of the source besides its lines (which have an output of their own).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Parsed {
-    Line(Line),
     Dead(DeadLetter),
     /// How far a partition has been read (its next offset) and its watermark state there, for
     /// checkpoints and lag.

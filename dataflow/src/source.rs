@@ -44,13 +44,14 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::generic::OutputBuilderSession;
-use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{OperatorInfo, OutputBuilder, OutputBuilderSession};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::{Activator, SyncActivator};
 use tracing::{debug, info, warn};
 
-use crate::aggregate::{AlertRules, Closing, Saved};
+use crate::aggregate::{AlertRules, Closing, Line, Saved};
 use crate::checkpoint::Resume;
 use crate::epoch::{EpochClock, PartitionClock};
 use crate::flow::Buffered;
@@ -279,10 +280,80 @@ pub fn owned_partitions(partitions: i32, index: usize, peers: usize) -> Vec<i32>
         .collect()
 }
 
-/// What the source emits: items at their epoch, with a count.
+/// What the source emits besides lines (dead letters, positions, closings, its own state) at
+/// their epoch, with a count.
 pub type Batches = Vec<(Parsed, u64, isize)>;
-type SourceOutput<'a> = OutputBuilderSession<'a, u64, CapacityContainerBuilder<Batches>>;
-type SourceLogic = Box<dyn FnMut(&mut SourceOutput<'_>)>;
+/// The source's lines at their epoch, with a count: nearly all it emits, on an output of their
+/// own so that no operator has to split them from the rest.
+pub type Lines = Vec<(Line, u64, isize)>;
+type Output<'a, C> = OutputBuilderSession<'a, u64, CapacityContainerBuilder<C>>;
+type SourceLogic = Box<dyn FnMut(&mut Output<'_, Lines>, &mut Output<'_, Batches>)>;
+
+/// The source's capabilities, one for each output, always at the same epoch.
+struct Caps {
+    lines: Capability<u64>,
+    other: Capability<u64>,
+}
+
+impl Caps {
+    fn time(&self) -> &u64 {
+        self.lines.time()
+    }
+
+    fn downgrade(&mut self, to: &u64) {
+        self.lines.downgrade(to);
+        self.other.downgrade(to);
+    }
+}
+
+/// What an activation of the source has filed under each epoch, for its two outputs.
+#[derive(Default)]
+struct Filed {
+    lines: BTreeMap<u64, Lines>,
+    other: BTreeMap<u64, Batches>,
+}
+
+impl Filed {
+    /// Files a line. A new epoch's batch has room for the rest of the activation's messages
+    /// (with `handled` handled), so that it never grows by copying: unused room is never
+    /// touched.
+    fn line(&mut self, line: Line, epoch: u64, handled: usize) {
+        self.lines
+            .entry(epoch)
+            .or_insert_with(|| Vec::with_capacity(BUDGET + 1 - handled.min(BUDGET)))
+            .push((line, epoch, 1));
+    }
+
+    /// The batch of everything else at `epoch`.
+    fn other(&mut self, epoch: u64) -> &mut Batches {
+        self.other.entry(epoch).or_default()
+    }
+}
+
+/// timely's `source`, with two outputs: lines, and everything else.
+fn two_output_source<'scope, B, L>(
+    scope: Scope<'scope, u64>,
+    name: &str,
+    constructor: B,
+) -> (Stream<'scope, u64, Lines>, Stream<'scope, u64, Batches>)
+where
+    B: FnOnce(Caps, OperatorInfo) -> L,
+    L: FnMut(&mut Output<'_, Lines>, &mut Output<'_, Batches>) + 'static,
+{
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (lines_output, lines) = builder.new_output();
+    let (other_output, other) = builder.new_output();
+    let mut lines_output = OutputBuilder::from(lines_output);
+    let mut other_output = OutputBuilder::from(other_output);
+    builder.build(move |mut capabilities| {
+        let other = capabilities.pop().expect("a capability for each output");
+        let lines = capabilities.pop().expect("a capability for each output");
+        let mut logic = constructor(Caps { lines, other }, info);
+        move |_frontier| logic(&mut lines_output.activate(), &mut other_output.activate())
+    });
+    (lines, other)
+}
 
 /// Wakes this worker's source, while flow control holds it back, when the dataflow's frontier
 /// moves (the writer sees it move), so a held source parks instead of polling the frontier.
@@ -311,13 +382,17 @@ pub fn kafka_source<'scope>(
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     progress: ProbeHandle<u64>,
-) -> (Stream<'scope, u64, Batches>, ProgressWake) {
+) -> (
+    Stream<'scope, u64, Lines>,
+    Stream<'scope, u64, Batches>,
+    ProgressWake,
+) {
     let index = scope.index();
     let peers = scope.peers();
     let worker = scope.worker();
     let wake_on_progress = ProgressWake::default();
     let progress_wake = wake_on_progress.clone();
-    let stream = source(scope, "KafkaSource", move |mut cap, info| {
+    let (lines, other) = two_output_source(scope, "KafkaSource", move |mut cap, info| {
         if let Some(r) = &config.resume {
             // Committed epochs are in the restored state; nothing is added to them.
             cap.downgrade(&(r.committed + 1));
@@ -332,25 +407,29 @@ pub fn kafka_source<'scope>(
             debug!(worker = index, "owns no partition");
             drop(cap);
             if config.until_end {
-                return Box::new(|_: &mut SourceOutput<'_>| {}) as SourceLogic;
+                return Box::new(|_: &mut Output<'_, Lines>, _: &mut Output<'_, Batches>| {})
+                    as SourceLogic;
             }
-            return Box::new(move |_: &mut SourceOutput<'_>| {
-                if shutdown.load(Ordering::Relaxed) {
-                    return;
-                }
-                let now = config.watch.load(Ordering::Relaxed);
-                if let Some(p) = (config.partitions..now).find(|p| *p as usize % peers == index) {
-                    let message = format!(
-                        "topic {} grew to {now} partitions; partition {p} falls to worker \
+            return Box::new(
+                move |_: &mut Output<'_, Lines>, _: &mut Output<'_, Batches>| {
+                    if shutdown.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let now = config.watch.load(Ordering::Relaxed);
+                    if let Some(p) = (config.partitions..now).find(|p| *p as usize % peers == index)
+                    {
+                        let message = format!(
+                            "topic {} grew to {now} partitions; partition {p} falls to worker \
                          {index}, which owns no partition and has released its epochs: \
                          stopping so that a restart reads it from the checkpoint",
-                        config.topic
-                    );
-                    metrics.stop_job(Stop::Restart(message), &shutdown);
-                    return;
-                }
-                activator.activate_after(WATCH_EVERY);
-            }) as SourceLogic;
+                            config.topic
+                        );
+                        metrics.stop_job(Stop::Restart(message), &shutdown);
+                        return;
+                    }
+                    activator.activate_after(WATCH_EVERY);
+                },
+            ) as SourceLogic;
         }
         let wake = worker.sync_activator_for(info.address.to_vec());
         let mut reader = match Reader::open(&config, &owned, index, wake) {
@@ -360,87 +439,98 @@ pub fn kafka_source<'scope>(
                 // these partitions; the job stops (see `Stop`).
                 let message = format!("worker {index}: cannot start the Kafka source: {e:#}");
                 metrics.stop_job(Stop::Failed(message), &shutdown);
-                return Box::new(move |_: &mut SourceOutput<'_>| {
-                    let _ = &cap;
-                }) as SourceLogic;
+                return Box::new(
+                    move |_: &mut Output<'_, Lines>, _: &mut Output<'_, Batches>| {
+                        let _ = &cap;
+                    },
+                ) as SourceLogic;
             }
         };
         // Every partition's starting position goes out before anything is read from it, at
         // the first epoch (a grown topic's new partitions: when they are taken): a checkpoint
         // must never hold records of a partition without its position, or a restart would take
         // the partition for a new one and read it all again.
-        let mut batches: BTreeMap<u64, Batches> = BTreeMap::new();
-        reader.queue_positions(*cap.time(), &mut batches);
+        let mut filed = Filed::default();
+        reader.queue_positions(*cap.time(), &mut filed);
         let mut cap = Some(cap);
-        Box::new(move |output: &mut SourceOutput<'_>| {
-            let Some(c) = cap.as_mut() else { return };
-            if shutdown.load(Ordering::Relaxed) {
-                if metrics.fatal().is_some() {
-                    // The job stops without closing the epochs a source could not finish:
-                    // holding the capability keeps every process from writing them.
-                    return;
-                }
-                info!(worker = index, "stopping the source: closing open epochs");
-                cap = None;
-                return;
-            }
-            // Epochs before the dataflow's frontier are complete everywhere. Over the budget,
-            // a partition may not run past it (beyond the lateness).
-            let frontier = progress.with_frontier(|f| f.first().copied());
-            let over = config
-                .buffered
-                .is_over(config.buffered.update(frontier, []));
-            let limit = frontier
-                .filter(|_| over)
-                .map(|f| f.saturating_add(config.clock.lateness_epochs));
-            if !config.until_end {
-                let now = config.watch.load(Ordering::Relaxed);
-                if now > reader.known {
-                    reader.grow(&config, now, index, peers, *c.time());
-                    reader.queue_positions(*c.time(), &mut batches);
-                }
-            }
-            let held = reader.hold_back(limit);
-            progress_wake.held.set(held > 0);
-            metrics.held.fetch_add(
-                held - std::mem::replace(&mut reader.reported_held, held),
-                Ordering::Relaxed,
-            );
-            let mut read = BTreeMap::new();
-            let handled =
-                reader.poll_into(&config, *c.time(), limit, &mut batches, &mut read, &metrics);
-            let buffered = config.buffered.update(frontier, read);
-            metrics.buffered.store(buffered, Ordering::Relaxed);
-            if let Some(message) = reader.undecodable.take() {
-                // librdkafka would fetch the same batch for ever: stop the whole job instead.
-                metrics.stop_job(Stop::Undecodable(message), &shutdown);
-                return;
-            }
-            reader.queue_positions(*c.time(), &mut batches);
-            for (time, mut batch) in std::mem::take(&mut batches) {
-                output.session(&c.delayed(&time)).give_container(&mut batch);
-            }
-            match reader.frontier(&config, *c.time()) {
-                Some(low) => {
-                    if low > *c.time() {
-                        c.downgrade(&low);
+        Box::new(
+            move |lines: &mut Output<'_, Lines>, other: &mut Output<'_, Batches>| {
+                let Some(c) = cap.as_mut() else { return };
+                if shutdown.load(Ordering::Relaxed) {
+                    if metrics.fatal().is_some() {
+                        // The job stops without closing the epochs a source could not finish:
+                        // holding the capability keeps every process from writing them.
+                        return;
                     }
-                }
-                None => {
-                    info!(worker = index, "read every owned partition to its end");
+                    info!(worker = index, "stopping the source: closing open epochs");
                     cap = None;
                     return;
                 }
-            }
-            if handled == BUDGET {
-                activator.activate();
-            } else {
-                // A held source is woken when the frontier moves (see `ProgressWake`).
-                activator.activate_after(BACKSTOP);
-            }
-        }) as SourceLogic
+                // Epochs before the dataflow's frontier are complete everywhere. Over the budget,
+                // a partition may not run past it (beyond the lateness).
+                let frontier = progress.with_frontier(|f| f.first().copied());
+                let over = config
+                    .buffered
+                    .is_over(config.buffered.update(frontier, []));
+                let limit = frontier
+                    .filter(|_| over)
+                    .map(|f| f.saturating_add(config.clock.lateness_epochs));
+                if !config.until_end {
+                    let now = config.watch.load(Ordering::Relaxed);
+                    if now > reader.known {
+                        reader.grow(&config, now, index, peers, *c.time());
+                        reader.queue_positions(*c.time(), &mut filed);
+                    }
+                }
+                let held = reader.hold_back(limit);
+                progress_wake.held.set(held > 0);
+                metrics.held.fetch_add(
+                    held - std::mem::replace(&mut reader.reported_held, held),
+                    Ordering::Relaxed,
+                );
+                let mut read = BTreeMap::new();
+                let handled =
+                    reader.poll_into(&config, *c.time(), limit, &mut filed, &mut read, &metrics);
+                let buffered = config.buffered.update(frontier, read);
+                metrics.buffered.store(buffered, Ordering::Relaxed);
+                if let Some(message) = reader.undecodable.take() {
+                    // librdkafka would fetch the same batch for ever: stop the whole job instead.
+                    metrics.stop_job(Stop::Undecodable(message), &shutdown);
+                    return;
+                }
+                reader.queue_positions(*c.time(), &mut filed);
+                for (time, mut batch) in std::mem::take(&mut filed.lines) {
+                    lines
+                        .session(&c.lines.delayed(&time))
+                        .give_container(&mut batch);
+                }
+                for (time, mut batch) in std::mem::take(&mut filed.other) {
+                    other
+                        .session(&c.other.delayed(&time))
+                        .give_container(&mut batch);
+                }
+                match reader.frontier(&config, *c.time()) {
+                    Some(low) => {
+                        if low > *c.time() {
+                            c.downgrade(&low);
+                        }
+                    }
+                    None => {
+                        info!(worker = index, "read every owned partition to its end");
+                        cap = None;
+                        return;
+                    }
+                }
+                if handled == BUDGET {
+                    activator.activate();
+                } else {
+                    // A held source is woken when the frontier moves (see `ProgressWake`).
+                    activator.activate_after(BACKSTOP);
+                }
+            },
+        ) as SourceLogic
     });
-    (stream, wake_on_progress)
+    (lines, other, wake_on_progress)
 }
 
 /// One worker's consumer and the state of its partitions.
@@ -676,7 +766,7 @@ impl Reader {
         config: &SourceConfig,
         frontier: u64,
         limit: Option<u64>,
-        batches: &mut BTreeMap<u64, Batches>,
+        filed: &mut Filed,
         read: &mut BTreeMap<u64, u64>,
         metrics: &Metrics,
     ) -> usize {
@@ -728,7 +818,7 @@ impl Reader {
                     fetched,
                     &place,
                     &mut tally,
-                    batches,
+                    filed,
                     &mut finished,
                 );
             }
@@ -763,7 +853,7 @@ impl Reader {
                     }
                     polled => {
                         let fetched = polled.ok();
-                        handle(state, fetched, &place, &mut tally, batches, &mut finished);
+                        handle(state, fetched, &place, &mut tally, filed, &mut finished);
                     }
                 });
                 if taken == 0 {
@@ -810,7 +900,7 @@ impl Reader {
 
     /// Queues the position (next offset and clock) of each partition that moved since the last
     /// call, or was never reported, at the latest epoch the partition has assigned.
-    fn queue_positions(&mut self, now: u64, batches: &mut BTreeMap<u64, Batches>) {
+    fn queue_positions(&mut self, now: u64, filed: &mut Filed) {
         if self.reported.len() != self.parts.len() {
             self.reported = vec![-1; self.parts.len()];
         }
@@ -821,7 +911,7 @@ impl Reader {
                 let at = state.clock.latest().max(now);
                 let position =
                     Parsed::Position(state.partition, state.next_offset, state.clock.clone());
-                batches.entry(at).or_default().push((position, at, 1));
+                filed.other(at).push((position, at, 1));
             }
         }
     }
@@ -994,7 +1084,7 @@ fn handle(
     polled: Option<Fetched<'_>>,
     place: &Placing<'_>,
     tally: &mut Tally,
-    batches: &mut BTreeMap<u64, Batches>,
+    filed: &mut Filed,
     finished: &mut Vec<i32>,
 ) {
     let config = place.config;
@@ -1034,7 +1124,7 @@ fn handle(
         dead_through: state.dead_through,
         retention: config.retention,
     };
-    let item = match parse::place(&rules, &mut state.clock, p, offset, message.key, payload) {
+    let filed_at = match parse::place(&rules, &mut state.clock, p, offset, message.key, payload) {
         Placed::Line(line) => {
             tally.lines += 1;
             tally.late += u64::from(line.late);
@@ -1049,44 +1139,35 @@ fn handle(
                     invoice: line.invoice.clone(),
                     last,
                 };
-                let batch = batch_at(batches, epoch, tally.handled);
+                let batch = filed.other(epoch);
                 if let Some(from) = moved.from {
                     batch.push((Parsed::Saved(open(from), -1), epoch, 1));
                 }
                 batch.push((Parsed::Saved(open(moved.to), 1), epoch, 1));
             }
-            Some((Parsed::Line(line), epoch))
+            filed.line(line, epoch, tally.handled);
+            Some(epoch)
         }
         Placed::Dead(letter, epoch) => {
             tally.dead += 1;
             tally.dead_reasons.push(letter.reason.clone());
-            Some((Parsed::Dead(letter), epoch))
+            filed.other(epoch).push((Parsed::Dead(letter), epoch, 1));
+            Some(epoch)
         }
         Placed::Committed => None,
     };
-    match item {
-        Some((item, epoch)) => {
-            *tally.read.entry(epoch).or_default() += payload.len() as u64;
-            batch_at(batches, epoch, tally.handled).push((item, epoch, 1));
-        }
+    match filed_at {
+        Some(epoch) => *tally.read.entry(epoch).or_default() += payload.len() as u64,
         // Re-read after a restart: its effect is in the restored state already.
         None => tally.replayed += 1,
     }
     if let Some(retention) = config.retention {
-        close_expired(state, retention, place, batches);
+        close_expired(state, retention, place, filed);
     }
     if state.end.is_some_and(|e| offset + 1 >= e) {
         state.done = true;
         finished.push(p);
     }
-}
-
-/// The batch of `epoch`. A new one has room for the rest of the activation's messages (with
-/// `handled` handled), so that it never grows by copying: unused room is never touched.
-fn batch_at(batches: &mut BTreeMap<u64, Batches>, epoch: u64, handled: usize) -> &mut Batches {
-    batches
-        .entry(epoch)
-        .or_insert_with(|| Vec::with_capacity(BUDGET + 1 - handled.min(BUDGET)))
 }
 
 /// Closes the invoices of `state`'s partition that its watermark has left `retention` epochs
@@ -1096,7 +1177,7 @@ fn close_expired(
     state: &mut PartitionState,
     retention: u64,
     place: &Placing<'_>,
-    batches: &mut BTreeMap<u64, Batches>,
+    filed: &mut Filed,
 ) {
     let open_from = state.clock.open_from(&place.config.clock);
     let mut closed = Vec::new();
@@ -1108,7 +1189,7 @@ fn close_expired(
     if place.committed.is_some_and(|c| at <= c) {
         return;
     }
-    let batch = batches.entry(at).or_default();
+    let batch = filed.other(at);
     for Closed {
         invoice,
         last,
