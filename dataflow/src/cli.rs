@@ -112,10 +112,11 @@ pub struct Args {
     pub max_message_bytes: usize,
 
     /// Flow control: when the records this process has read for epochs that are still open
-    /// exceed this size (message bytes, e.g. 16MiB or 1GB), partitions ahead of the oldest open
-    /// epoch (beyond --lateness) wait until it closes; the partitions holding it back are
-    /// always read. Bounds memory when partitions are read unevenly, e.g. a replayed backlog,
-    /// without slowing a job that is not. 0 holds every partition to the oldest open epoch.
+    /// exceed this size (message bytes, e.g. 16MiB or 1GB), partitions ahead of the oldest
+    /// epoch still being read (beyond --lateness) wait for the others to catch up; the
+    /// partitions at that epoch are always read. Bounds memory when partitions are read
+    /// unevenly, e.g. a replayed backlog, without slowing a job that is not. 0 holds back every
+    /// partition ahead of that epoch.
     #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_buffered: u64,
 

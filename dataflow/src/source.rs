@@ -21,11 +21,15 @@
 //!
 //! Flow control: each partition has its own librdkafka queue, read the furthest behind first.
 //! While what the process has read for open epochs is over `--max-buffered` (see [`flow`]), a
-//! partition whose latest epoch is past the dataflow's frontier (beyond the lateness) is left
-//! unread, and librdkafka stops fetching it once its queue is full; the source parks until the
-//! writer sees the frontier move. Records of epochs that cannot close yet are what the
-//! aggregates have to hold, so this bounds memory by the budget rather than by how unevenly the
-//! partitions are read, and costs nothing while they are read evenly.
+//! partition whose latest epoch is past the sources' frontier (the oldest epoch any worker's
+//! source still reads, beyond the lateness) is left unread, and librdkafka stops fetching it
+//! once its queue is full; the source parks until either frontier moves. The sources' frontier,
+//! not the dataflow's, so that the partitions at the oldest epoch are read while the aggregates
+//! work through what was read before; and a partition not held at the start of an activation
+//! reads for all of it, so that closing epochs does not cost a round trip of progress each.
+//! Records of epochs that cannot close yet are what the aggregates have to hold, so this
+//! bounds memory by the budget rather than by how unevenly the partitions are read, and costs
+//! nothing while they are read evenly.
 //!
 //! [`flow`]: crate::flow
 
@@ -44,8 +48,10 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::generic::{OperatorInfo, OutputBuilder, OutputBuilderSession};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::{Activator, SyncActivator};
@@ -392,6 +398,10 @@ pub fn kafka_source<'scope>(
     let worker = scope.worker();
     let wake_on_progress = ProgressWake::default();
     let progress_wake = wake_on_progress.clone();
+    // The earliest epoch any worker's source may still add to: the sources' own frontier,
+    // which runs ahead of the dataflow's while the aggregates work through what was read.
+    let reading = Rc::new(Cell::new(Some(0_u64)));
+    let sources = Rc::clone(&reading);
     let (lines, other) = two_output_source(scope, "KafkaSource", move |mut cap, info| {
         if let Some(r) = &config.resume {
             // Committed epochs are in the restored state; nothing is added to them.
@@ -466,13 +476,16 @@ pub fn kafka_source<'scope>(
                     cap = None;
                     return;
                 }
-                // Epochs before the dataflow's frontier are complete everywhere. Over the budget,
-                // a partition may not run past it (beyond the lateness).
+                // Epochs before the dataflow's frontier are complete everywhere: what was read
+                // for them is no longer held. Over the budget, a partition may not run past the
+                // sources' frontier (beyond the lateness), so the partitions at the oldest epoch
+                // any source still reads are always read, even while the aggregates lag.
                 let frontier = progress.with_frontier(|f| f.first().copied());
                 let over = config
                     .buffered
                     .is_over(config.buffered.update(frontier, []));
-                let limit = frontier
+                let limit = sources
+                    .get()
                     .filter(|_| over)
                     .map(|f| f.saturating_add(config.clock.lateness_epochs));
                 if !config.until_end {
@@ -489,8 +502,7 @@ pub fn kafka_source<'scope>(
                     Ordering::Relaxed,
                 );
                 let mut read = BTreeMap::new();
-                let handled =
-                    reader.poll_into(&config, *c.time(), limit, &mut filed, &mut read, &metrics);
+                let handled = reader.poll_into(&config, *c.time(), &mut filed, &mut read, &metrics);
                 let buffered = config.buffered.update(frontier, read);
                 metrics.buffered.store(buffered, Ordering::Relaxed);
                 if let Some(message) = reader.undecodable.take() {
@@ -530,7 +542,32 @@ pub fn kafka_source<'scope>(
             },
         ) as SourceLogic
     });
+    let other = watch_sources(other, reading, wake_on_progress.clone());
     (lines, other, wake_on_progress)
+}
+
+/// Passes the sources' second output through, keeping in `at` the earliest epoch any worker's
+/// source may still add to, and wakes a held source when it moves: the partition at that
+/// epoch may be its own.
+fn watch_sources<'scope>(
+    other: Stream<'scope, u64, Batches>,
+    at: Rc<Cell<Option<u64>>>,
+    wake: ProgressWake,
+) -> Stream<'scope, u64, Batches> {
+    other.unary_frontier::<CapacityContainerBuilder<Batches>, _, _, _>(
+        Pipeline,
+        "SourcesFrontier",
+        move |_, _| {
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| output.session(&cap).give_container(data));
+                let now = frontier.frontier().first().copied();
+                if now != at.get() {
+                    at.set(now);
+                    wake.frontier_moved();
+                }
+            }
+        },
+    )
 }
 
 /// One worker's consumer and the state of its partitions.
@@ -759,13 +796,14 @@ impl Reader {
     }
 
     /// Drains available messages into per-epoch batches, the partitions furthest behind
-    /// first and none past `limit`, adding each epoch's message bytes to `read`; returns how
-    /// many it handled.
+    /// first and none that flow control holds, adding each epoch's message bytes to `read`;
+    /// returns how many it handled. A partition not held reads on for the whole activation,
+    /// even past the limit: stopping it there would close one epoch per activation, with a
+    /// round trip of progress between them.
     fn poll_into(
         &mut self,
         config: &SourceConfig,
         frontier: u64,
-        limit: Option<u64>,
         filed: &mut Filed,
         read: &mut BTreeMap<u64, u64>,
         metrics: &Metrics,
@@ -838,7 +876,7 @@ impl Reader {
                 && !erred
                 && tally.handled < BUDGET
                 && !state.done
-                && !is_past(state, limit)
+                && !state.held
             {
                 let taken = queue.consume(BUDGET - tally.handled, |polled| match polled {
                     // The job stops: what follows in the batch is never handled.

@@ -81,7 +81,7 @@ impl Collector for SourceCollector {
         encode_one(
             &mut encoder,
             "retail_stream_partitions_held",
-            "Partitions flow control leaves unread until the oldest open epoch closes",
+            "Partitions flow control leaves unread until the partitions behind them catch up",
             ConstGauge::new(m.held.load(Relaxed)),
         )?;
 
