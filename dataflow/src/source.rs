@@ -609,9 +609,17 @@ impl Reader {
         let context = LagContext {
             last_stable: Arc::clone(&last_stable),
         };
+        // How long the broker may hold a fetch that finds nothing new. librdkafka has one fetch
+        // in flight per broker: a fetch for partitions read to their end (their newer records
+        // fetched, not yet handled) while the others' queues were full kept those others waiting
+        // out the whole hold, librdkafka's default 500 ms, near the end of a replay. A bounded
+        // run never waits for new records; a live job waits 100 ms at most, and a record that
+        // arrives sooner ends the wait anyway.
+        let fetch_wait = if config.until_end { "10" } else { "100" };
         let mut consumer: BaseConsumer<LagContext> = config
             .settings
             .config(&[
+                ("fetch.wait.max.ms", fetch_wait),
                 ("group.id", &config.group_id),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
