@@ -362,7 +362,8 @@ where
 }
 
 /// Wakes this worker's source, while flow control holds it back, when the dataflow's frontier
-/// moves (the writer sees it move), so a held source parks instead of polling the frontier.
+/// moves (the writer sees it move) or the sources' (see `watch_sources`), so a held source
+/// parks instead of polling the frontiers.
 #[derive(Clone, Default)]
 pub struct ProgressWake {
     held: Rc<Cell<bool>>,
