@@ -6,7 +6,8 @@
 //! activation, forgets the epochs the dataflow's frontier has passed. Only while the total is
 //! over the budget does a source hold back its partitions that are ahead of the oldest epoch
 //! any source still reads (see `source`); the partitions at that epoch are always read, so the
-//! frontier keeps moving and the total comes down. A job whose partitions are read evenly never waits.
+//! frontier keeps moving and the total comes down. A job whose partitions are read evenly never
+//! waits.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
