@@ -69,7 +69,12 @@ pub const FORMAT: u32 = 3;
 
 /// A state entry's payload: [`Saved`] in postcard's binary encoding, about a fifth of its JSON.
 pub fn encode_entry(entry: &Saved) -> Vec<u8> {
-    postcard::to_stdvec(entry).expect("state entries serialise")
+    encode_entry_into(entry, Vec::new())
+}
+
+/// [`encode_entry`], appended to `buffer`.
+pub fn encode_entry_into(entry: &Saved, buffer: Vec<u8>) -> Vec<u8> {
+    postcard::to_extend(entry, buffer).expect("state entries serialise")
 }
 
 /// The entry [`encode_entry`] wrote.

@@ -180,16 +180,27 @@ impl Saved {
 impl SavedKey<'_> {
     /// The entry's identity as the state topic's keys spell it.
     pub fn identity(&self) -> String {
-        fn json<T: Serialize>(v: &T) -> String {
-            serde_json::to_string(v).expect("keys serialise")
+        let mut out = Vec::new();
+        self.write_identity(&mut out);
+        String::from_utf8(out).expect("identities are UTF-8")
+    }
+
+    /// Appends the entry's identity to `out` (a commit writes hundreds of thousands of keys
+    /// into one buffer).
+    pub fn write_identity(&self, out: &mut Vec<u8>) {
+        fn json<T: Serialize>(out: &mut Vec<u8>, prefix: &str, v: &T) {
+            out.extend_from_slice(prefix.as_bytes());
+            serde_json::to_writer(out, v).expect("keys serialise");
         }
         match self {
-            SavedKey::Measure(k) => format!("measure:{}", json(k)),
-            SavedKey::Seen(k) => format!("seen:{}", json(k)),
-            SavedKey::Product(p) => format!("product:{}", json(p)),
-            SavedKey::Invoice(i) => format!("invoice:{}", json(i)),
-            SavedKey::LineAlert(a) => format!("line_alert:{}", json(a)),
-            SavedKey::Open(partition, invoice) => format!("open:{partition}:{}", json(invoice)),
+            SavedKey::Measure(k) => json(out, "measure:", k),
+            SavedKey::Seen(k) => json(out, "seen:", k),
+            SavedKey::Product(p) => json(out, "product:", p),
+            SavedKey::Invoice(i) => json(out, "invoice:", i),
+            SavedKey::LineAlert(a) => json(out, "line_alert:", a),
+            SavedKey::Open(partition, invoice) => {
+                json(out, &format!("open:{partition}:"), invoice);
+            }
         }
     }
 }

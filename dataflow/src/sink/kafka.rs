@@ -9,13 +9,12 @@
 //! the job's lag.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
@@ -28,7 +27,7 @@ use retail_common::kafka::{ClientSettings, partitions_in};
 use serde_json::Value;
 
 use super::Batch;
-use crate::aggregate::Saved;
+use crate::aggregate::{Saved, SavedKey};
 use crate::checkpoint::{self, Checkpoint};
 
 /// How long a transaction step may keep retrying while Kafka is unreachable.
@@ -240,7 +239,7 @@ impl KafkaOut {
     pub fn commit(
         &self,
         batches: &[Batch],
-        entries: impl IntoIterator<Item = (String, Option<Vec<u8>>)>,
+        entries: impl FnOnce(&mut SendEntry<'_>) -> Result<(), KafkaOutError>,
         checkpoint: &Checkpoint,
     ) -> Result<(), KafkaOutError> {
         let Some(CheckpointTopic {
@@ -262,16 +261,16 @@ impl KafkaOut {
             for batch in batches {
                 self.send_batch(batch)?;
             }
-            for (key, payload) in entries {
-                let mut record = BaseRecord::to(&target.state_topic).key(key.as_bytes());
-                if let Some(p) = &payload {
-                    record = record.payload(p.as_slice());
+            entries(&mut |key, payload| {
+                let mut record = BaseRecord::to(&target.state_topic).key(key);
+                if let Some(p) = payload {
+                    record = record.payload(p);
                 }
                 if *state_single_partition {
                     record = record.partition(0);
                 }
-                self.send(record)?;
-            }
+                self.send(record)
+            })?;
             let payload = serde_json::to_vec(checkpoint).expect("checkpoint serialises");
             self.send(
                 BaseRecord::to(&target.topic)
@@ -351,45 +350,63 @@ fn retry(
 }
 
 /// The state entries a commit writes: the newest change of each, so that commits coalescing
-/// while a transaction runs hold one change per entry however many epochs they span.
+/// while a transaction runs hold one change per entry however many epochs they span. The
+/// entries' keys are distinct; only merging two sets of changes looks keys up.
 #[derive(Debug, Default)]
-pub struct StateChanges(HashSet<Change>);
+pub struct StateChanges(Vec<Change>);
 
-/// An entry's newest change: its new value, or its deletion (`kept` false). Changes are equal,
-/// and hash alike, when they are changes of the same entry.
+/// An entry's newest change: its new value, or its deletion (`kept` false).
 #[derive(Debug)]
 struct Change {
     entry: Saved,
     kept: bool,
 }
 
-impl PartialEq for Change {
-    fn eq(&self, other: &Change) -> bool {
-        self.entry.same_entry(&other.entry)
-    }
-}
-
-impl Eq for Change {}
-
-impl Hash for Change {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.entry.key().hash(state);
-    }
-}
-
 impl StateChanges {
-    /// Applies a change (an entry's old value, -1, must come before its new one, +1): the
-    /// entry is written, or deleted if its last change is a retraction.
-    pub fn apply(&mut self, entry: Saved, r: isize) {
-        self.0.replace(Change { entry, kept: r > 0 });
+    /// The changes of one epoch, in which each entry changes at most once: its old value
+    /// (`r` < 0) and its new one (`r` > 0). An entry is written, or deleted if it only lost
+    /// its value.
+    pub fn of_epoch(changes: impl IntoIterator<Item = (Saved, isize)>) -> StateChanges {
+        let (gone, new): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .map(|(entry, r)| Change { entry, kept: r > 0 })
+            .partition(|c| !c.kept);
+        let mut changes = StateChanges(gone);
+        changes.absorb(StateChanges(new));
+        changes
     }
 
-    fn absorb(&mut self, later: StateChanges) {
-        for change in later.0 {
-            self.0.replace(change);
+    /// Adds later changes: an entry changed by both keeps only its later change. The keys of
+    /// the smaller side are indexed, the other side's looked up.
+    pub fn absorb(&mut self, later: StateChanges) {
+        if self.0.is_empty() {
+            *self = later;
+            return;
         }
+        let mut replaced = vec![false; self.0.len()];
+        if later.0.len() <= self.0.len() {
+            let keys: HashSet<SavedKey<'_>> = later.0.iter().map(|c| c.entry.key()).collect();
+            for (c, r) in self.0.iter().zip(&mut replaced) {
+                *r = keys.contains(&c.entry.key());
+            }
+        } else {
+            let index: HashMap<SavedKey<'_>, usize> = (self.0.iter().enumerate())
+                .map(|(i, c)| (c.entry.key(), i))
+                .collect();
+            for c in &later.0 {
+                if let Some(&i) = index.get(&c.entry.key()) {
+                    replaced[i] = true;
+                }
+            }
+        }
+        let mut replaced = replaced.into_iter();
+        self.0.retain(|_| !replaced.next().unwrap_or(false));
+        self.0.extend(later.0);
     }
 }
+
+/// Sends one state entry: its key, and its payload (`None` deletes it).
+pub type SendEntry<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), KafkaOutError> + 'a;
 
 /// One commit for the output thread.
 pub struct Commit {
@@ -405,24 +422,38 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// The state topic records of the commit, key and payload (`None` deletes), made one at a
-    /// time as the transaction sends them. Their keys are distinct: one change per entry, and
-    /// stale keys belong to older runs.
-    fn entries(&self) -> impl Iterator<Item = (String, Option<Vec<u8>>)> + '_ {
+    /// Hands `send` the state topic records of the commit, key and payload (`None` deletes),
+    /// one at a time, each made in the same two buffers. Their keys are distinct: one change
+    /// per entry, and stale keys belong to older runs.
+    fn for_each_entry(&self, send: &mut SendEntry<'_>) -> Result<(), KafkaOutError> {
         let run = self.checkpoint.run;
-        let stale = self.stale.iter().map(|k| (k.clone(), None));
-        let saved = self.saved.0.iter().map(move |Change { entry, kept }| {
-            let payload = kept.then(|| checkpoint::encode_entry(entry));
-            (checkpoint::entry_key(run, &entry.identity()), payload)
-        });
-        let alerts = self.alerts.iter().map(move |(key, value)| {
+        for key in &self.stale {
+            send(key.as_bytes(), None)?;
+        }
+        let (mut key, mut payload) = (Vec::new(), Vec::new());
+        let prefix = checkpoint::entry_key(run, "");
+        let start_key = |key: &mut Vec<u8>| {
+            key.clear();
+            key.extend_from_slice(prefix.as_bytes());
+        };
+        for Change { entry, kept } in &self.saved.0 {
+            start_key(&mut key);
+            entry.key().write_identity(&mut key);
+            payload.clear();
+            if *kept {
+                payload = checkpoint::encode_entry_into(entry, payload);
+            }
+            send(&key, kept.then_some(payload.as_slice()))?;
+        }
+        for (alert, value) in &self.alerts {
+            start_key(&mut key);
+            key.extend_from_slice(checkpoint::alert_identity(alert).as_bytes());
             let payload = value
                 .as_ref()
                 .map(|v| serde_json::to_vec(v).expect("alerts serialise"));
-            let identity = checkpoint::alert_identity(key);
-            (checkpoint::entry_key(run, &identity), payload)
-        });
-        stale.chain(saved).chain(alerts)
+            send(&key, payload.as_deref())?;
+        }
+        Ok(())
     }
 
     /// Adds a later commit to this one (while the previous transaction is still running).
@@ -471,9 +502,11 @@ impl Committer {
                         break out.finish();
                     };
                     drop(guard);
-                    if let Err(e) =
-                        out.commit(&commit.batches, commit.entries(), &commit.checkpoint)
-                    {
+                    if let Err(e) = out.commit(
+                        &commit.batches,
+                        |send| commit.for_each_entry(send),
+                        &commit.checkpoint,
+                    ) {
                         break Err(e);
                     }
                     for confirmed in commit.after {
@@ -539,10 +572,7 @@ mod tests {
     }
 
     fn commit(changes: Vec<(Saved, isize)>) -> Commit {
-        let mut saved = StateChanges::default();
-        for (entry, r) in changes {
-            saved.apply(entry, r);
-        }
+        let saved = StateChanges::of_epoch(changes);
         Commit {
             batches: Vec::new(),
             saved,
@@ -569,7 +599,14 @@ mod tests {
         // Only a job's first commit deletes the entries of older runs.
         later.stale.clear();
         pending.absorb(later);
-        let written: Vec<(String, Option<Vec<u8>>)> = pending.entries().collect();
+        let mut written: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        pending
+            .for_each_entry(&mut |key, payload| {
+                let key = String::from_utf8(key.to_vec()).expect("keys are UTF-8");
+                written.push((key, payload.map(<[u8]>::to_vec)));
+                Ok(())
+            })
+            .unwrap();
         let encoded = |s: &Saved| Some(checkpoint::encode_entry(s));
         let expected = BTreeMap::from([
             ("3/invoice:\"9\"".to_owned(), None),

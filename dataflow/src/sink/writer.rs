@@ -24,7 +24,8 @@ use super::Renderer;
 use super::console::ConsoleSink;
 use super::jsonl::JsonlSink;
 use super::kafka::{
-    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
+    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, SendEntry,
+    StateChanges,
 };
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
@@ -238,7 +239,7 @@ impl Writer {
                         dead.push(*d);
                     }
                     Emit::Position(p, offset, clock, _) => next.position(p, offset, clock),
-                    Emit::Saved(entry, t, r) => saved.push((entry, t, r)),
+                    Emit::Saved(entry, _, r) => saved.push((entry, r)),
                 }
             }
             // Bursts behind the retention horizon are settled at the next epoch with outputs
@@ -249,12 +250,8 @@ impl Writer {
                 let expired = self.renderer.expired_bursts(epoch, retention);
                 updates.extend(expired.into_iter().map(|a| (Output::Alert(a), -1)));
             }
-            // An entry's old value (-1) goes before its new one (+1). Each entry is kept by one
-            // worker and changes at most once an epoch, so nothing here needs consolidating.
-            let (gone, new): (Vec<_>, Vec<_>) = saved.into_iter().partition(|(_, _, r)| *r < 0);
-            for (entry, _, r) in gone.into_iter().chain(new) {
-                saved_changes.apply(entry, r);
-            }
+            // Each entry is kept by one worker and changes at most once an epoch.
+            saved_changes.absorb(StateChanges::of_epoch(saved));
             let batch = self.renderer.render(epoch, updates, dead);
             if let Some(u) = &mut update {
                 u.add(&batch, &self.renderer.state);
@@ -408,7 +405,10 @@ pub fn open_writer(
                 if let Some(j) = &mut writer.jsonl {
                     start.files = j.lengths().map_err(output_error(&config.output_dir))?;
                 }
-                kafka.commit(&[], stale.into_iter().map(|k| (k, None)), &start)?;
+                let stale = |send: &mut SendEntry<'_>| {
+                    stale.iter().try_for_each(|k| send(k.as_bytes(), None))
+                };
+                kafka.commit(&[], stale, &start)?;
             }
             _ => writer.stale = stale,
         }
