@@ -135,6 +135,12 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 .settings
                 .ensure_topic(&config.dlq_topic, partitions, &[], METADATA_TIMEOUT)?;
     }
+    // The writer's producer connects while the checkpoint is read.
+    let kafka = if writes {
+        writer::connect_kafka(&config, dlq_partitions)
+    } else {
+        None
+    };
     let mut resume: Option<Restored> = None;
     let mut stale = Vec::new();
     if config.checkpoint {
@@ -280,7 +286,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         let mut writer = writer::open_writer(
             &config,
             partitions,
-            dlq_partitions,
+            kafka,
             resume,
             stale,
             Arc::clone(&shutdown),

@@ -103,8 +103,9 @@ pub struct KafkaOut {
 }
 
 impl KafkaOut {
-    /// A producer for the outputs and/or the checkpoints; transactional when checkpointing.
-    pub fn create(
+    /// A producer for the outputs and/or the checkpoints, connected; transactional when
+    /// checkpointing, but its transactions are not initialised yet ([`KafkaOut::init`]).
+    pub fn connect(
         settings: &ClientSettings,
         outputs: Option<OutputTopics>,
         checkpoint: Option<CheckpointTarget>,
@@ -158,9 +159,6 @@ impl KafkaOut {
             let _ = metadata();
             t.state_single_partition =
                 metadata().is_ok_and(|m| partitions_in(&m, &t.target.state_topic) == Some(1));
-            retry("initialising transactions", || {
-                producer.init_transactions(Duration::from_secs(30))
-            })?;
         }
         Ok(KafkaOut {
             producer,
@@ -168,6 +166,18 @@ impl KafkaOut {
             checkpoint: target,
             failed,
         })
+    }
+
+    /// Initialises transactions when checkpointing: fences (and aborts the open transaction
+    /// of) an earlier producer of the same job id, so only once the job knows its checkpoint
+    /// is its own.
+    pub fn init(&self) -> Result<(), KafkaOutError> {
+        if self.checkpoint.is_some() {
+            retry("initialising transactions", || {
+                self.producer.init_transactions(Duration::from_secs(30))
+            })?;
+        }
+        Ok(())
     }
 
     /// Sends a record, polling for delivery reports while the local queue is full.
@@ -474,6 +484,8 @@ struct Shared {
     pending: Option<Commit>,
     closed: bool,
     failed: Option<KafkaOutError>,
+    /// Transactions committed so far.
+    confirmed: u64,
 }
 
 /// Runs Kafka commits in order on a thread of their own, so that the worker rendering epochs
@@ -509,12 +521,15 @@ impl Committer {
                     ) {
                         break Err(e);
                     }
+                    lock.lock().expect("commit state").confirmed += 1;
+                    wake.notify_all();
                     for confirmed in commit.after {
                         confirmed();
                     }
                 };
                 if let Err(e) = result {
                     lock.lock().expect("commit state").failed = Some(e);
+                    wake.notify_all();
                 }
             })
             .expect("the commit thread starts");
@@ -535,15 +550,31 @@ impl Committer {
             Some(pending) => pending.absorb(commit),
             None => guard.pending = Some(commit),
         }
-        wake.notify_one();
+        wake.notify_all();
         Ok(())
+    }
+
+    /// Waits until the first `commits` handed over are committed; fails with the thread's
+    /// error once a commit has failed.
+    pub fn wait_confirmed(&self, commits: u64) -> Result<(), KafkaOutError> {
+        let (lock, wake) = &*self.shared;
+        let mut guard = lock.lock().expect("commit state");
+        loop {
+            if let Some(e) = guard.failed.take() {
+                return Err(e);
+            }
+            if guard.confirmed >= commits {
+                return Ok(());
+            }
+            guard = wake.wait(guard).expect("commit state");
+        }
     }
 
     /// Waits for every commit handed over; returns the first failure.
     pub fn finish(&mut self) -> Result<(), KafkaOutError> {
         let (lock, wake) = &*self.shared;
         lock.lock().expect("commit state").closed = true;
-        wake.notify_one();
+        wake.notify_all();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {

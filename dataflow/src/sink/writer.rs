@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange;
@@ -24,8 +25,7 @@ use super::Renderer;
 use super::console::ConsoleSink;
 use super::jsonl::JsonlSink;
 use super::kafka::{
-    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, SendEntry,
-    StateChanges,
+    CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
 };
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
@@ -156,6 +156,9 @@ pub struct Writer {
     checkpoint: Option<Checkpoint>,
     /// Entries of older runs, deleted by the next commit.
     stale: Vec<String>,
+    /// A fresh job's start is handed to the commit thread, not yet known committed: no file
+    /// is written before it is.
+    start_pending: bool,
     /// Set by Ctrl-C: with checkpoints, nothing more is committed.
     shutdown: Arc<AtomicBool>,
     /// A commit failed: write nothing more.
@@ -191,6 +194,7 @@ impl Writer {
             kafka: None,
             checkpoint,
             stale: Vec::new(),
+            start_pending: false,
             shutdown,
             failed: false,
             metrics,
@@ -263,6 +267,15 @@ impl Writer {
         };
         let state = &self.renderer.state;
         if let Some(jsonl) = &mut self.jsonl {
+            if self.start_pending {
+                if let Some(kafka) = &self.kafka
+                    && let Err(e) = kafka.wait_confirmed(1)
+                {
+                    self.failed = true;
+                    return Err(e.into());
+                }
+                self.start_pending = false;
+            }
             for batch in &batches {
                 jsonl.write(batch).map_err(output_error(&self.dir))?;
             }
@@ -357,10 +370,39 @@ fn output_error(dir: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
     }
 }
 
+/// Connects the writer's Kafka producer, when it writes outputs or checkpoints to Kafka;
+/// slow enough (about 0.15 s) to run while the job reads its checkpoint.
+pub fn connect_kafka(
+    config: &Config,
+    dlq_partitions: i32,
+) -> Option<JoinHandle<Result<KafkaOut, KafkaOutError>>> {
+    let outputs = config.kafka.then(|| OutputTopics {
+        aggregates: config.aggregates_topic.clone(),
+        dlq: config.dlq_topic.clone(),
+        source: config.topic.clone(),
+        dlq_partitions,
+    });
+    let target = config.checkpoint.then(|| CheckpointTarget {
+        topic: config.checkpoint_topic.clone(),
+        state_topic: checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
+        job_id: config.job_id.clone(),
+        source: config.topic.clone(),
+        group_id: config.group_id.clone(),
+    });
+    if outputs.is_none() && target.is_none() {
+        return None;
+    }
+    let settings = config.settings.clone();
+    Some(std::thread::spawn(move || {
+        KafkaOut::connect(&settings, outputs, target)
+    }))
+}
+
+/// The writer, with the producer [`connect_kafka`] is connecting (joined here).
 pub fn open_writer(
     config: &Config,
     partitions: i32,
-    dlq_partitions: i32,
+    kafka: Option<JoinHandle<Result<KafkaOut, KafkaOutError>>>,
     resume: Option<Checkpoint>,
     stale: Vec<String>,
     shutdown: Arc<AtomicBool>,
@@ -382,37 +424,35 @@ pub fn open_writer(
             .map_err(output_error(&config.output_dir))?;
         writer.jsonl = Some(sink);
     }
-    let outputs = config.kafka.then(|| OutputTopics {
-        aggregates: config.aggregates_topic.clone(),
-        dlq: config.dlq_topic.clone(),
-        source: config.topic.clone(),
-        dlq_partitions,
-    });
-    let target = config.checkpoint.then(|| CheckpointTarget {
-        topic: config.checkpoint_topic.clone(),
-        state_topic: checkpoint::state_topic(&config.checkpoint_topic, &config.job_id),
-        job_id: config.job_id.clone(),
-        source: config.topic.clone(),
-        group_id: config.group_id.clone(),
-    });
-    if outputs.is_some() || target.is_some() {
-        let kafka = KafkaOut::create(&config.settings, outputs, target)?;
+    if let Some(connecting) = kafka {
+        let kafka = connecting
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        kafka.init()?;
+        let mut committer = Committer::spawn(kafka);
         // A fresh or reset job commits its empty start (deleting an older run's entries), so
-        // that a crash before its first epoch cannot fall back to an older run's checkpoint.
+        // that a crash before its first epoch cannot fall back to an older run's checkpoint:
+        // the commit thread runs it while the job starts, and the writer writes no file
+        // before it is committed.
         match &writer.checkpoint {
             Some(checkpoint) if resume.is_none() => {
                 let mut start = checkpoint.clone();
                 if let Some(j) = &mut writer.jsonl {
                     start.files = j.lengths().map_err(output_error(&config.output_dir))?;
                 }
-                let stale = |send: &mut SendEntry<'_>| {
-                    stale.iter().try_for_each(|k| send(k.as_bytes(), None))
-                };
-                kafka.commit(&[], stale, &start)?;
+                committer.send(Commit {
+                    batches: Vec::new(),
+                    saved: StateChanges::default(),
+                    alerts: BTreeMap::new(),
+                    stale,
+                    checkpoint: start,
+                    after: Vec::new(),
+                })?;
+                writer.start_pending = true;
             }
             _ => writer.stale = stale,
         }
-        writer.kafka = Some(Committer::spawn(kafka));
+        writer.kafka = Some(committer);
     }
     if config.console {
         writer.console = Some(ConsoleSink::new());
