@@ -566,7 +566,13 @@ impl Committer {
             if guard.confirmed >= commits {
                 return Ok(());
             }
-            guard = wake.wait(guard).expect("commit state");
+            // A thread that panicked tells no one.
+            if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                return Err(KafkaOutError::Fatal("the commit thread stopped".into()));
+            }
+            guard = (wake.wait_timeout(guard, Duration::from_millis(100)))
+                .expect("commit state")
+                .0;
         }
     }
 
