@@ -1,5 +1,6 @@
 //! The single writer against the real broker: what the console shows equals what the files
-//! say for every batch, and a job whose transactional producer is fenced exits 75 (restart).
+//! say for every batch, a job whose transactional producer is fenced exits 75 (restart), and a
+//! fresh job creates its state topic compacted with one partition.
 
 mod common;
 
@@ -146,4 +147,26 @@ fn a_fenced_job_exits_75_and_the_restart_resumes() {
     assert_eq!(sales.len(), 10_000);
     assert_eq!(comparable(&read_summary(&out)), fold(sales));
     assert_checkpoints_hold_every_partition(&job_id, &topic);
+}
+
+#[test]
+fn a_fresh_job_creates_its_state_topic_compacted_with_one_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("state-topic");
+    publish(&topic, &["--generate", "2000", "--seed", "5"], dir.path());
+    // The writer's producer connects while the job creates its state topic. That race once
+    // let a request of the producer create the topic first, with the broker's default
+    // settings, in about a third of the runs: eight fresh jobs.
+    let mut state_topics = Vec::new();
+    for run in 0..8 {
+        let out = dir.path().join(format!("out-{run}"));
+        run_ok(&mut dataflow(&topic, &out, &["--sinks", "jsonl"]));
+        let state = format!("retail-aggregates.checkpoints.{}", job_id(&topic, &out));
+        assert_eq!(partitions(&state), 1, "{state}");
+        let config = topic_config(&state);
+        assert_eq!(config["cleanup.policy"], "compact", "{state}: {config:?}");
+        state_topics.push(state);
+    }
+    state_topics.push(topic.clone());
+    delete_topics(&state_topics.iter().map(String::as_str).collect::<Vec<_>>());
 }

@@ -119,6 +119,9 @@ impl KafkaOut {
             // Only failures are counted: a report for every record delivered would be work
             // for nothing (a transaction's commit waits for its records either way).
             ("delivery.report.only.error", "true".to_owned()),
+            // The job creates its topics itself, the state topic compacted: a request naming
+            // a topic not created yet must not create it with the broker's defaults.
+            ("allow.auto.create.topics", "false".to_owned()),
         ];
         let mut target = None;
         if let Some(checkpoint) = checkpoint {
@@ -146,19 +149,16 @@ impl KafkaOut {
         let defaults: Vec<(&str, &str)> = defaults.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let producer: BaseProducer<DeliveryCounter> =
             settings.config(&defaults).create_with_context(context)?;
-        if let Some(t) = &mut target {
+        if let Some(t) = &target {
             // Connected first: initialising transactions while no broker is up waits for
             // librdkafka's next look for the coordinator, half a second later. The first
             // request goes through the bootstrap address and names the cluster's brokers; the
-            // second waits until a connection to one of them is up.
-            let metadata = || {
-                producer
-                    .client()
-                    .fetch_metadata(Some(&t.target.state_topic), Duration::from_secs(30))
-            };
-            let _ = metadata();
-            t.state_single_partition =
-                metadata().is_ok_and(|m| partitions_in(&m, &t.target.state_topic) == Some(1));
+            // second waits until a connection to one of them is up. They name the source
+            // topic: the state topic may still be being created.
+            for _ in 0..2 {
+                let _ = (producer.client())
+                    .fetch_metadata(Some(&t.target.source), Duration::from_secs(30));
+            }
         }
         Ok(KafkaOut {
             producer,
@@ -171,8 +171,13 @@ impl KafkaOut {
     /// Initialises transactions when checkpointing: fences (and aborts the open transaction
     /// of) an earlier producer of the same job id, so only once the job knows its checkpoint
     /// is its own.
-    pub fn init(&self) -> Result<(), KafkaOutError> {
-        if self.checkpoint.is_some() {
+    pub fn init(&mut self) -> Result<(), KafkaOutError> {
+        if let Some(t) = &mut self.checkpoint {
+            // The state topic exists by now.
+            let metadata = (self.producer.client())
+                .fetch_metadata(Some(&t.target.state_topic), Duration::from_secs(30));
+            t.state_single_partition =
+                metadata.is_ok_and(|m| partitions_in(&m, &t.target.state_topic) == Some(1));
             retry("initialising transactions", || {
                 self.producer.init_transactions(Duration::from_secs(30))
             })?;

@@ -425,7 +425,7 @@ pub fn open_writer(
         writer.jsonl = Some(sink);
     }
     if let Some(connecting) = kafka {
-        let kafka = connecting
+        let mut kafka = connecting
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         kafka.init()?;

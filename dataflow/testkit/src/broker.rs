@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -84,6 +84,23 @@ pub fn partitions(topic: &str) -> i32 {
     let partitions = metadata.topics()[0].partitions().len() as i32;
     assert!(partitions > 0, "topic {topic} does not exist");
     partitions
+}
+
+/// The settings of `topic` the broker reports (its own and the broker's defaults), by name.
+pub fn topic_config(topic: &str) -> std::collections::BTreeMap<String, String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let resource = ResourceSpecifier::Topic(topic);
+    let described = futures_executor::block_on(admin.describe_configs([&resource], &options))
+        .unwrap_or_else(|e| panic!("describe {topic}: {e}"));
+    let config = described.into_iter().next().expect("one resource");
+    let config = config.unwrap_or_else(|e| panic!("describe {topic}: {e}"));
+    (config.entries.into_iter())
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
 }
 
 /// The (low, high) watermarks of each partition of `topic`.
