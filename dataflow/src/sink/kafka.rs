@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
@@ -364,13 +364,22 @@ fn retry(
     }
 }
 
-/// The state entries a commit writes: the newest change of each, so that commits coalescing
-/// while a transaction runs hold one change per entry however many epochs they span. The
-/// entries' keys are distinct; only merging two sets of changes looks keys up.
+/// The state entries a commit writes: the changes of its epochs in the order they happened,
+/// of which only the newest of each entry is written. Commits that coalesce while a
+/// transaction runs only append their changes; the commit thread sorts out the newest, so the
+/// worker rendering epochs never looks a key up.
 #[derive(Debug, Default)]
-pub struct StateChanges(Vec<Change>);
+pub struct StateChanges(Vec<Part>);
 
-/// An entry's newest change: its new value, or its deletion (`kept` false).
+/// One epoch's changes: its retractions first (`gone` of them), then new values. Each entry
+/// changes at most once an epoch, so the new values' keys are distinct.
+#[derive(Debug)]
+struct Part {
+    changes: Vec<Change>,
+    gone: usize,
+}
+
+/// An entry's change: its new value, or its deletion (`kept` false).
 #[derive(Debug)]
 struct Change {
     entry: Saved,
@@ -382,41 +391,61 @@ impl StateChanges {
     /// (`r` < 0) and its new one (`r` > 0). An entry is written, or deleted if it only lost
     /// its value.
     pub fn of_epoch(changes: impl IntoIterator<Item = (Saved, isize)>) -> StateChanges {
-        let (gone, new): (Vec<_>, Vec<_>) = changes
+        let (mut changes, new): (Vec<_>, Vec<_>) = changes
             .into_iter()
             .map(|(entry, r)| Change { entry, kept: r > 0 })
             .partition(|c| !c.kept);
-        let mut changes = StateChanges(gone);
-        changes.absorb(StateChanges(new));
-        changes
+        let gone = changes.len();
+        changes.extend(new);
+        StateChanges(vec![Part { changes, gone }])
     }
 
-    /// Adds later changes: an entry changed by both keeps only its later change. The keys of
-    /// the smaller side are indexed, the other side's looked up.
+    /// Adds later changes: an entry changed by both keeps only its later change.
     pub fn absorb(&mut self, later: StateChanges) {
-        if self.0.is_empty() {
-            *self = later;
-            return;
-        }
-        let mut replaced = vec![false; self.0.len()];
-        if later.0.len() <= self.0.len() {
-            let keys: HashSet<SavedKey<'_>> = later.0.iter().map(|c| c.entry.key()).collect();
-            for (c, r) in self.0.iter().zip(&mut replaced) {
-                *r = keys.contains(&c.entry.key());
-            }
-        } else {
-            let index: HashMap<SavedKey<'_>, usize> = (self.0.iter().enumerate())
-                .map(|(i, c)| (c.entry.key(), i))
-                .collect();
-            for c in &later.0 {
-                if let Some(&i) = index.get(&c.entry.key()) {
-                    replaced[i] = true;
-                }
-            }
-        }
-        let mut replaced = replaced.into_iter();
-        self.0.retain(|_| !replaced.next().unwrap_or(false));
         self.0.extend(later.0);
+    }
+
+    /// The newest change of each entry, each entry once (in no particular order). The new
+    /// values of the largest part are not indexed, only looked up among the other changes;
+    /// on a commit of one epoch that index holds just its retractions.
+    fn newest(&self) -> Vec<&Change> {
+        let Some(big) = (0..self.0.len()).max_by_key(|&i| self.0[i].changes.len() - self.0[i].gone)
+        else {
+            return Vec::new();
+        };
+        // Every other change, by key: where the last one of that key happened.
+        let others = self.0.iter().enumerate().flat_map(|(i, part)| {
+            let n = if i == big {
+                part.gone
+            } else {
+                part.changes.len()
+            };
+            (part.changes[..n].iter().enumerate()).map(move |(j, c)| ((i, j), c))
+        });
+        let mut last: HashMap<SavedKey<'_>, (usize, usize)> = HashMap::default();
+        for (at, c) in others.clone() {
+            last.insert(c.entry.key(), at);
+        }
+        let mut out = Vec::with_capacity(self.0.iter().map(|p| p.changes.len()).sum());
+        let part = &self.0[big];
+        for (j, c) in part.changes.iter().enumerate().skip(part.gone) {
+            match last.get(&c.entry.key()) {
+                // Changed again later: that change is the newest.
+                Some(&at) if at > (big, j) => {}
+                // Changed before only: this one is the newest.
+                Some(_) => {
+                    last.remove(&c.entry.key());
+                    out.push(c);
+                }
+                None => out.push(c),
+            }
+        }
+        out.extend(
+            others
+                .filter(|(at, c)| last.get(&c.entry.key()) == Some(at))
+                .map(|(_, c)| c),
+        );
+        out
     }
 }
 
@@ -451,7 +480,7 @@ impl Commit {
             key.clear();
             key.extend_from_slice(prefix.as_bytes());
         };
-        for Change { entry, kept } in &self.saved.0 {
+        for Change { entry, kept } in self.saved.newest() {
             start_key(&mut key);
             entry.key().write_identity(&mut key);
             payload.clear();
@@ -626,6 +655,50 @@ mod tests {
             },
             after: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_newest_change_wins_whichever_epoch_is_largest() {
+        // The largest epoch (2) changes entries changed before it (1), after it (3), both,
+        // neither, and deletes one that epoch 3 opens again.
+        let mut changes = StateChanges::of_epoch([(invoice("a", 1), 1), (invoice("b", 1), 1)]);
+        changes.absorb(StateChanges::of_epoch([
+            (invoice("b", 1), -1),
+            (invoice("a", 1), -1),
+            (invoice("a", 2), 1),
+            (invoice("b", 2), 1),
+            (invoice("c", 1), 1),
+            (invoice("d", 1), 1),
+            (invoice("e", 1), 1),
+        ]));
+        changes.absorb(StateChanges::of_epoch([
+            (invoice("c", 1), -1),
+            (invoice("b", 3), 1),
+            (invoice("c", 2), 1),
+            (invoice("b", 2), -1),
+            (invoice("e", 1), -1),
+            (invoice("f", 1), 1),
+        ]));
+        let newest: BTreeMap<String, Option<i64>> = changes
+            .newest()
+            .into_iter()
+            .map(|c| match &c.entry {
+                Saved::Invoice(i, r) => (i.to_string(), c.kept.then_some(r.lines)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let expected = [
+            ("a", Some(2)),
+            ("b", Some(3)),
+            ("c", Some(2)),
+            ("d", Some(1)),
+            ("e", None),
+            ("f", Some(1)),
+        ];
+        let expected: BTreeMap<String, Option<i64>> =
+            expected.map(|(i, l)| (i.to_owned(), l)).into();
+        assert_eq!(newest, expected);
+        assert_eq!(changes.newest().len(), expected.len(), "each entry once");
     }
 
     #[test]
