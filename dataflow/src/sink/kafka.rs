@@ -9,6 +9,7 @@
 //! the job's lag.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -365,11 +366,18 @@ fn retry(
 }
 
 /// The state entries a commit writes: the changes of its epochs in the order they happened,
-/// of which only the newest of each entry is written. Commits that coalesce while a
-/// transaction runs only append their changes; the commit thread sorts out the newest, so the
-/// worker rendering epochs never looks a key up.
+/// of which only the newest of each entry is written. Epochs and commits that coalesce while a
+/// transaction runs are appended as they come, and merged into one part (each entry once)
+/// only when the changes held have doubled since the last merge: however many epochs a commit
+/// spans, each change is looked up a bounded number of times, and the changes held stay within
+/// about twice the entries they change.
 #[derive(Debug, Default)]
-pub struct StateChanges(Vec<Part>);
+pub struct StateChanges {
+    parts: Vec<Part>,
+    /// Changes held, and how many the last merge left.
+    held: usize,
+    merged: usize,
+}
 
 /// One epoch's changes: its retractions first (`gone` of them), then new values. Each entry
 /// changes at most once an epoch, so the new values' keys are distinct.
@@ -386,6 +394,9 @@ struct Change {
     kept: bool,
 }
 
+/// Below this many changes held, parts are not merged before the commit is written.
+const MERGE_FROM: usize = 4096;
+
 impl StateChanges {
     /// The changes of one epoch, in which each entry changes at most once: its old value
     /// (`r` < 0) and its new one (`r` > 0). An entry is written, or deleted if it only lost
@@ -397,24 +408,54 @@ impl StateChanges {
             .partition(|c| !c.kept);
         let gone = changes.len();
         changes.extend(new);
-        StateChanges(vec![Part { changes, gone }])
+        StateChanges {
+            held: changes.len(),
+            merged: 0,
+            parts: vec![Part { changes, gone }],
+        }
     }
 
     /// Adds later changes: an entry changed by both keeps only its later change.
     pub fn absorb(&mut self, later: StateChanges) {
-        self.0.extend(later.0);
+        self.parts.extend(later.parts);
+        self.held += later.held;
+        if self.parts.len() > 1 && self.held >= MERGE_FROM.max(2 * self.merged) {
+            self.merge();
+        }
     }
 
-    /// The newest change of each entry, each entry once (in no particular order). The new
-    /// values of the largest part are not indexed, only looked up among the other changes;
-    /// on a commit of one epoch that index holds just its retractions.
-    fn newest(&self) -> Vec<&Change> {
-        let Some(big) = (0..self.0.len()).max_by_key(|&i| self.0[i].changes.len() - self.0[i].gone)
+    /// Replaces the parts by one that holds the newest change of each entry.
+    fn merge(&mut self) {
+        let mut keep: Vec<Vec<bool>> = (self.parts.iter())
+            .map(|p| vec![false; p.changes.len()])
+            .collect();
+        let Ok(()) = self.for_each_newest(|i, j, _| {
+            keep[i][j] = true;
+            Ok::<_, Infallible>(())
+        });
+        let changes: Vec<Change> = (std::mem::take(&mut self.parts).into_iter().zip(keep))
+            .flat_map(|(p, keep)| p.changes.into_iter().zip(keep))
+            .filter_map(|(c, keep)| keep.then_some(c))
+            .collect();
+        self.held = changes.len();
+        self.merged = changes.len();
+        self.parts = vec![Part { changes, gone: 0 }];
+    }
+
+    /// Hands `f` the newest change of each entry with where it is (part, index), each entry
+    /// once, in no particular order. The new values of the largest part are not indexed, only
+    /// looked up among the other changes: on a commit of one epoch, that index holds its
+    /// retractions, and one part without any holds distinct keys (a merged one, say).
+    fn for_each_newest<E>(
+        &self,
+        mut f: impl FnMut(usize, usize, &Change) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let parts = &self.parts;
+        let Some(big) = (0..parts.len()).max_by_key(|&i| parts[i].changes.len() - parts[i].gone)
         else {
-            return Vec::new();
+            return Ok(());
         };
-        // Every other change, by key: where the last one of that key happened.
-        let others = self.0.iter().enumerate().flat_map(|(i, part)| {
+        let others = parts.iter().enumerate().flat_map(|(i, part)| {
             let n = if i == big {
                 part.gone
             } else {
@@ -422,30 +463,34 @@ impl StateChanges {
             };
             (part.changes[..n].iter().enumerate()).map(move |(j, c)| ((i, j), c))
         });
+        // Every other change's key: where the last change of that key is.
         let mut last: HashMap<SavedKey<'_>, (usize, usize)> = HashMap::default();
         for (at, c) in others.clone() {
             last.insert(c.entry.key(), at);
         }
-        let mut out = Vec::with_capacity(self.0.iter().map(|p| p.changes.len()).sum());
-        let part = &self.0[big];
+        let part = &parts[big];
         for (j, c) in part.changes.iter().enumerate().skip(part.gone) {
+            if last.is_empty() {
+                f(big, j, c)?;
+                continue;
+            }
             match last.get(&c.entry.key()) {
                 // Changed again later: that change is the newest.
                 Some(&at) if at > (big, j) => {}
                 // Changed before only: this one is the newest.
                 Some(_) => {
                     last.remove(&c.entry.key());
-                    out.push(c);
+                    f(big, j, c)?;
                 }
-                None => out.push(c),
+                None => f(big, j, c)?,
             }
         }
-        out.extend(
-            others
-                .filter(|(at, c)| last.get(&c.entry.key()) == Some(at))
-                .map(|(_, c)| c),
-        );
-        out
+        for ((i, j), c) in others {
+            if last.get(&c.entry.key()) == Some(&(i, j)) {
+                f(i, j, c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -480,15 +525,15 @@ impl Commit {
             key.clear();
             key.extend_from_slice(prefix.as_bytes());
         };
-        for Change { entry, kept } in self.saved.newest() {
+        self.saved.for_each_newest(|_, _, Change { entry, kept }| {
             start_key(&mut key);
             entry.key().write_identity(&mut key);
             payload.clear();
             if *kept {
-                payload = checkpoint::encode_entry_into(entry, payload);
+                payload = checkpoint::encode_entry_into(entry, std::mem::take(&mut payload));
             }
-            send(&key, kept.then_some(payload.as_slice()))?;
-        }
+            send(&key, kept.then_some(payload.as_slice()))
+        })?;
         for (alert, value) in &self.alerts {
             start_key(&mut key);
             key.extend_from_slice(checkpoint::alert_identity(alert).as_bytes());
@@ -679,26 +724,33 @@ mod tests {
             (invoice("e", 1), -1),
             (invoice("f", 1), 1),
         ]));
-        let newest: BTreeMap<String, Option<i64>> = changes
-            .newest()
-            .into_iter()
-            .map(|c| match &c.entry {
-                Saved::Invoice(i, r) => (i.to_string(), c.kept.then_some(r.lines)),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        let expected = [
+        let expected: BTreeMap<String, Option<i64>> = [
             ("a", Some(2)),
             ("b", Some(3)),
             ("c", Some(2)),
             ("d", Some(1)),
             ("e", None),
             ("f", Some(1)),
-        ];
-        let expected: BTreeMap<String, Option<i64>> =
-            expected.map(|(i, l)| (i.to_owned(), l)).into();
-        assert_eq!(newest, expected);
-        assert_eq!(changes.newest().len(), expected.len(), "each entry once");
+        ]
+        .map(|(i, l)| (i.to_owned(), l))
+        .into();
+        let each_once = |changes: &StateChanges| {
+            let mut newest: Vec<(String, Option<i64>)> = Vec::new();
+            let Ok(()) = changes.for_each_newest(|_, _, c| {
+                let Saved::Invoice(i, r) = &c.entry else {
+                    panic!("{c:?}")
+                };
+                newest.push((i.to_string(), c.kept.then_some(r.lines)));
+                Ok::<_, Infallible>(())
+            });
+            assert_eq!(newest.len(), expected.len(), "each entry once: {newest:?}");
+            assert_eq!(newest.into_iter().collect::<BTreeMap<_, _>>(), expected);
+        };
+        each_once(&changes);
+        // Merged into one part, the same.
+        changes.merge();
+        assert_eq!(changes.parts.len(), 1);
+        each_once(&changes);
     }
 
     #[test]
