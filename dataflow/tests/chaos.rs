@@ -44,6 +44,34 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
         .expect("dataflow starts")
 }
 
+/// Waits for a run started with `--http 127.0.0.1:0` and its stderr in `log` to exit: a
+/// broker restart plus many times its uninterrupted time `full`. A run still going then fails
+/// the test with its `/metrics` (partitions held, bytes buffered, lag) and its log.
+fn finish_within(child: &mut Child, log: &Path, full: Duration) -> std::process::ExitStatus {
+    let limit = Duration::from_secs(240) + full * 10;
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    let metrics = http_addr_in(&logged)
+        .and_then(|addr| std::panic::catch_unwind(|| get(&addr, "/metrics").1).ok())
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let source: Vec<&str> = (metrics.lines())
+        .filter(|l| l.starts_with("retail_stream_"))
+        .collect();
+    panic!(
+        "the run did not finish within {limit:?}; killed it.\n/metrics:\n{}\n{}:\n{logged}",
+        source.join("\n"),
+        log.display()
+    );
+}
+
 /// A small deterministic-per-run pseudo-random source for kill points.
 struct Dice(u64);
 
@@ -152,20 +180,20 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
         "only {resumed} runs resumed after a committed epoch"
     );
 
-    // A run that sees the broker restart under it, then finishes.
-    let child = job(&topic, &chaos, &aggregates)
-        .args(["-w", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dataflow starts");
+    // A run that sees the broker restart under it, then finishes. It serves `/metrics`, so
+    // that a run that never finishes fails the test with what its sources were doing.
+    let log = dir.path().join("run-broker-restart.log");
+    let mut child = spawn_logged(
+        job(&topic, &chaos, &aggregates).args(["-w", "2", "--http", "127.0.0.1:0"]),
+        &log,
+    );
     std::thread::sleep(full.mul_f64(0.3));
     eprintln!("restarting the broker mid-run");
     kafka_script(&["down"]);
     kafka_script(&["up"]);
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    if out.status.success() {
+    let status = finish_within(&mut child, &log, full);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    if status.success() {
         // It resumed from the restored state: it did not read the whole topic again.
         let report: serde_json::Value = stderr
             .lines()
@@ -180,7 +208,7 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
         );
     } else {
         // A transaction the broker lost is aborted (exit 75): a restart resumes.
-        assert_eq!(out.status.code(), Some(75), "unexpected failure:\n{stderr}");
+        assert_eq!(status.code(), Some(75), "unexpected failure:\n{stderr}");
         eprintln!("the broker restart aborted a transaction; resuming");
         run_ok(job(&topic, &chaos, &aggregates).args(["-w", "2"]));
     }

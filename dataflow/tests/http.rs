@@ -143,7 +143,6 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
     publish(&topic, &["--generate", "30000", "--seed", "14"], dir.path());
     publish_bad(&topic);
     let out = dir.path().join("out");
-    let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let log = dir.path().join("job.log");
     let mut job = spawn_logged(
         dataflow(
@@ -151,13 +150,18 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
             &out,
             &["--sinks", "jsonl", "--epoch", "1h", "-w", "2"],
         )
-        .args(["--http", &addr, "--http-linger"]),
+        .args(["--http", "127.0.0.1:0", "--http-linger"]),
         &log,
     );
     // The run is over (its report printed) and the server lingers with the final state.
     let logged = wait_for_text(&log, "until Ctrl-C", Duration::from_secs(180));
     let report = report(&logged);
-    assert_eq!(report["http"], addr.as_str());
+    // The address it serves on, as the system gave it.
+    let addr = report["http"]
+        .as_str()
+        .expect("the report names the address");
+    assert_eq!(Some(addr), http_addr_in(&logged).as_deref());
+    let addr = addr.to_owned();
     let summary = read_summary(&out);
     let rows = final_epoch_rows(&out);
     let (last_label, last_row) = rows.last_key_value().expect("epoch rows");
@@ -511,23 +515,22 @@ fn a_live_page_updates_and_shows_an_error_once_the_job_stops() {
     create_topic(&topic, 4, &[]);
     // A paced feed: the simulated clock moves minutes per second, so 1-minute epochs close
     // every few hundred milliseconds while the page watches.
-    let ingest_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let mut feed = ingest_to(&topic, dir.path())
-        .args(["--generate", "200000", "--seed", "5", "--rate", "2000"])
-        .args(["--http", &ingest_addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ingest starts");
+    let ingest_log = dir.path().join("ingest.log");
+    let mut feed = spawn_logged(
+        ingest_to(&topic, dir.path())
+            .args(["--generate", "200000", "--seed", "5", "--rate", "2000"])
+            .args(["--http", "127.0.0.1:0"]),
+        &ingest_log,
+    );
     let out = dir.path().join("out");
-    let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let log = dir.path().join("job.log");
     let mut job = spawn_logged(
         dataflow_job(&topic, &format!("{topic}-live"), &out)
             .args(["--sinks", "jsonl", "--epoch", "1m", "--no-checkpoint"])
-            .args(["--progress-interval", "0", "--http", &addr]),
+            .args(["--progress-interval", "0", "--http", "127.0.0.1:0"]),
         &log,
     );
+    let addr = served_addr(&log, Duration::from_secs(60));
     wait_until_served(&addr, "/api/state", Duration::from_secs(60));
 
     // Two readings of the page, the second after a later epoch came in: they differ.
@@ -540,6 +543,7 @@ fn a_live_page_updates_and_shows_an_error_once_the_job_stops() {
     assert!(lines(second) > lines(first), "{first}\n{second}");
 
     // ingest's own /metrics while it publishes.
+    let ingest_addr = served_addr(&ingest_log, Duration::from_secs(10));
     wait_until_served(&ingest_addr, "/metrics", Duration::from_secs(10));
     let metrics = scrape(&ingest_addr);
     for family in [

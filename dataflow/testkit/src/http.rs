@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,28 @@ pub fn get(addr: &str, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
     (status, body.to_owned())
+}
+
+/// The address a process started with `--http 127.0.0.1:0` serves on, from its log line
+/// (`http: ... http://<address>/...`); `None` before it has logged it.
+pub fn http_addr_in(log: &str) -> Option<String> {
+    log.lines()
+        .find_map(|l| {
+            l.strip_prefix("http: ")?
+                .split("http://")
+                .nth(1)?
+                .split('/')
+                .next()
+        })
+        .map(str::to_owned)
+}
+
+/// Waits up to `timeout` for the process whose stderr goes to `log` to say where it serves
+/// `--http 127.0.0.1:0` (the port it was given by the system: no other program can take it
+/// in between, as it could a port picked before the start).
+pub fn served_addr(log: &Path, timeout: Duration) -> String {
+    let logged = crate::files::wait_for_text(log, "http://", timeout);
+    http_addr_in(&logged).unwrap_or_else(|| panic!("no address in {}:\n{logged}", log.display()))
 }
 
 /// A GET that must succeed with JSON.
