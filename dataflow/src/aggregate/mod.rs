@@ -188,6 +188,7 @@ impl SavedKey<'_> {
     /// Appends the entry's identity to `out` (a commit writes hundreds of thousands of keys
     /// into one buffer).
     pub fn write_identity(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
         fn json<T: Serialize>(out: &mut Vec<u8>, prefix: &str, v: &T) {
             out.extend_from_slice(prefix.as_bytes());
             serde_json::to_writer(out, v).expect("keys serialise");
@@ -199,7 +200,10 @@ impl SavedKey<'_> {
             SavedKey::Invoice(i) => json(out, "invoice:", i),
             SavedKey::LineAlert(a) => json(out, "line_alert:", a),
             SavedKey::Open(partition, invoice) => {
-                json(out, &format!("open:{partition}:"), invoice);
+                // `open:<partition>:<invoice>`, written in place (one per open invoice a
+                // commit changes).
+                write!(out, "open:{partition}:").expect("writing to a Vec cannot fail");
+                json(out, "", invoice);
             }
         }
     }

@@ -447,3 +447,18 @@ fn only_a_retraction_followed_by_its_entry_s_new_value_is_dropped() {
         ]
     );
 }
+
+#[test]
+fn identities_are_spelled_as_the_state_topic_keys_them() {
+    // Checkpoints written earlier are keyed this way: the spelling must not change.
+    let open = Saved::Open {
+        partition: 3,
+        invoice: Text::from("C536365"),
+        last: 9,
+    };
+    assert_eq!(open.identity(), r#"open:3:"C536365""#);
+    let invoice = Saved::Invoice(Text::from("536365"), Revenue::default());
+    assert_eq!(invoice.identity(), r#"invoice:"536365""#);
+    let seen = Saved::Seen(DistinctKey::Customer(Text::from("12346")));
+    assert_eq!(seen.identity(), r#"seen:{"Customer":"12346"}"#);
+}

@@ -252,7 +252,7 @@ impl KafkaOut {
 
     /// Writes the batches, and with them in one transaction when checkpointing, the changed
     /// state entries (key, new payload or `None` to delete) and the checkpoint.
-    pub fn commit(
+    fn commit(
         &self,
         batches: &[Batch],
         entries: impl FnOnce(&mut SendEntry<'_>) -> Result<(), KafkaOutError>,
@@ -495,7 +495,7 @@ impl StateChanges {
 }
 
 /// Sends one state entry: its key, and its payload (`None` deletes it).
-pub type SendEntry<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), KafkaOutError> + 'a;
+type SendEntry<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), KafkaOutError> + 'a;
 
 /// One commit for the output thread.
 pub struct Commit {
