@@ -70,6 +70,9 @@ use retail_common::kafka::{ClientSettings, is_end_of_partition, is_undecodable};
 const BUDGET: usize = 8192;
 /// How soon an idle source looks again even if librdkafka did not wake it.
 const BACKSTOP: Duration = Duration::from_millis(100);
+/// How long a partition whose records wait may deliver nothing before its fetch is restarted
+/// (see [`is_stalled`]).
+const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// How often a worker that owns no partition looks whether the topic grew one for it.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -252,6 +255,9 @@ struct PartitionState {
     /// At the end of what the broker has (an EOF was seen and nothing came since).
     caught_up: bool,
     last_message: Instant,
+    /// Since when its queue, read, has delivered nothing at all (no record, end or error), and
+    /// the consumer has reported no error.
+    silent_since: Option<Instant>,
     /// Not read, by flow control.
     held: bool,
     /// Open invoices, with `--invoice-retention`.
@@ -272,6 +278,7 @@ impl PartitionState {
             dead_through: -1,
             caught_up: false,
             last_message: Instant::now(),
+            silent_since: None,
             held: false,
             invoices: OpenInvoices::default(),
             read: 0,
@@ -504,6 +511,7 @@ pub fn kafka_source<'scope>(
                 );
                 let mut read = BTreeMap::new();
                 let handled = reader.poll_into(&config, *c.time(), &mut filed, &mut read, &metrics);
+                reader.restart_stalled(Instant::now());
                 let buffered = config.buffered.update(frontier, read);
                 metrics.buffered.store(buffered, Ordering::Relaxed);
                 if let Some(message) = reader.undecodable.take() {
@@ -795,8 +803,9 @@ impl Reader {
             let ahead = is_past(state, limit);
             if state.held && !ahead {
                 // Time spent held is not silence: it must not make the partition look idle
-                // (see --idle-timeout).
+                // (see --idle-timeout), nor a queue that delivers nothing.
                 state.last_message = Instant::now();
+                state.silent_since = None;
             }
             state.held = ahead;
             held += i64::from(ahead);
@@ -848,8 +857,12 @@ impl Reader {
                     return tally.handled;
                 }
                 Some(Err(e)) => {
-                    // Broker outages and the like: librdkafka retries on its own.
+                    // Broker outages and the like: librdkafka retries on its own. While it
+                    // reports them, silent partitions are not stalled (see `is_stalled`).
                     warn!(worker = self.worker, error = %e, "Kafka consumer error; retrying");
+                    for state in &mut self.parts {
+                        state.silent_since = None;
+                    }
                     break;
                 }
             };
@@ -881,6 +894,8 @@ impl Reader {
             };
             let state = &mut self.parts[i];
             let (mut undecodable, mut erred) = (None, false);
+            let read = !state.done && !state.held && tally.handled < BUDGET;
+            let mut delivered = false;
             while undecodable.is_none()
                 && !erred
                 && tally.handled < BUDGET
@@ -906,6 +921,13 @@ impl Reader {
                 if taken == 0 {
                     break;
                 }
+                delivered = true;
+            }
+            if read {
+                state.silent_since = match delivered {
+                    true => None,
+                    false => state.silent_since.or(Some(place.now)),
+                };
             }
             if let Some(e) = undecodable {
                 // The batch starts at the partition's next offset: everything before it was
@@ -943,6 +965,30 @@ impl Reader {
         self.report_lag(metrics, &config.clock);
         read.append(&mut tally.read);
         tally.handled
+    }
+
+    /// Restarts the fetch of each partition that [`is_stalled`], by seeking it to its next
+    /// offset: the first record not handled, so nothing is read twice or skipped.
+    fn restart_stalled(&mut self, now: Instant) {
+        let stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
+        for state in self.parts.iter_mut() {
+            let last_stable = stable.get(state.partition as usize).copied().unwrap_or(-1);
+            if !is_stalled(state, last_stable, now) {
+                continue;
+            }
+            warn!(
+                worker = self.worker,
+                partition = state.partition,
+                offset = state.next_offset,
+                "partition delivered nothing for {STALLED_AFTER:?} though its records wait; restarting its fetch"
+            );
+            let at = Offset::Offset(state.next_offset);
+            if let Err(error) = (self.consumer).seek(&self.topic, state.partition, at, BACKSTOP) {
+                warn!(worker = self.worker, partition = state.partition, %error,
+                    "cannot restart the partition's fetch; trying again later");
+            }
+            state.silent_since = None;
+        }
     }
 
     /// Queues the position (next offset and clock) of each partition that moved since the last
@@ -1093,6 +1139,23 @@ fn undecodable_message(error: &KafkaError, topic: &str, at: &str) -> String {
     )
 }
 
+/// Whether a partition's fetch is stuck: it is read (not done, not held), records wait for it
+/// (before its end in a bounded run, or before the last stable offset librdkafka reported),
+/// no end was seen since its last record, and for [`STALLED_AFTER`] its queue has delivered
+/// nothing and the consumer has reported no error. librdkafka has been seen to leave every
+/// partition of a consumer unfetched for good after the broker restarted within a second of
+/// the job's start, with no error after the first second.
+fn is_stalled(state: &PartitionState, last_stable: i64, now: Instant) -> bool {
+    let waiting = state.end.unwrap_or(last_stable) > state.next_offset;
+    !state.done
+        && !state.held
+        && !state.caught_up
+        && waiting
+        && state
+            .silent_since
+            .is_some_and(|since| now.duration_since(since) >= STALLED_AFTER)
+}
+
 /// Whether a partition has run past the flow-control `limit`.
 fn is_past(state: &PartitionState, limit: Option<u64>) -> bool {
     state.clock.has_data() && limit.is_some_and(|l| state.clock.latest() > l)
@@ -1145,7 +1208,9 @@ fn handle(
         return;
     };
     let (p, offset) = (message.partition, message.offset);
-    if state.done || state.end.is_some_and(|e| offset >= e) {
+    // Before the next offset: handled already (a restarted fetch starts there; librdkafka
+    // drops what the old one had queued, and this keeps it so).
+    if state.done || state.end.is_some_and(|e| offset >= e) || offset < state.next_offset {
         return;
     }
     tally.handled += 1;
@@ -1261,6 +1326,39 @@ fn close_expired(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_is_stalled_only_when_read_behind_and_silent_long_enough() {
+        let now = Instant::now();
+        let long_ago = now - STALLED_AFTER;
+        // Bounded: records wait before its end; no last stable offset is needed.
+        let mut bounded = PartitionState::new(0, PartitionClock::default(), 10, Some(20));
+        assert!(!is_stalled(&bounded, -1, now), "never silent");
+        bounded.silent_since = Some(now - STALLED_AFTER / 2);
+        assert!(!is_stalled(&bounded, -1, now), "not silent long enough");
+        bounded.silent_since = Some(long_ago);
+        assert!(is_stalled(&bounded, -1, now));
+        for quiet in [
+            |s: &mut PartitionState| s.held = true,
+            |s: &mut PartitionState| s.done = true,
+            |s: &mut PartitionState| s.caught_up = true,
+            |s: &mut PartitionState| s.next_offset = 20,
+        ] {
+            let mut s = PartitionState::new(0, PartitionClock::default(), 10, Some(20));
+            s.silent_since = Some(long_ago);
+            quiet(&mut s);
+            assert!(!is_stalled(&s, -1, now));
+        }
+        // Live: records wait only before the last stable offset librdkafka reported.
+        let mut live = PartitionState::new(1, PartitionClock::default(), 10, None);
+        live.silent_since = Some(long_ago);
+        assert!(!is_stalled(&live, -1, now), "nothing known to wait");
+        assert!(
+            !is_stalled(&live, 10, now),
+            "read up to the last stable offset"
+        );
+        assert!(is_stalled(&live, 11, now));
+    }
 
     #[test]
     fn partitions_spread_round_robin_over_all_workers() {
