@@ -73,6 +73,11 @@ const BACKSTOP: Duration = Duration::from_millis(100);
 /// How long a partition whose records wait may deliver nothing before its fetch is restarted
 /// (see [`is_stalled`]).
 const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// Fetch restarts after which a partition that still delivers nothing stops the job for a
+/// restart (a new Kafka client), if a new client reaches the broker: a minute of silence.
+const RESTARTS_BEFORE_STOP: u32 = 5;
+/// How long a new client may take to reach the broker, to tell a stuck client from an outage.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a worker that owns no partition looks whether the topic grew one for it.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -258,6 +263,8 @@ struct PartitionState {
     /// Since when its queue, read, has delivered nothing at all (no record, end or error), and
     /// the consumer has reported no error.
     silent_since: Option<Instant>,
+    /// Fetch restarts since it last delivered anything or the consumer last reported an error.
+    restarts: u32,
     /// Not read, by flow control.
     held: bool,
     /// Open invoices, with `--invoice-retention`.
@@ -279,6 +286,7 @@ impl PartitionState {
             caught_up: false,
             last_message: Instant::now(),
             silent_since: None,
+            restarts: 0,
             held: false,
             invoices: OpenInvoices::default(),
             read: 0,
@@ -511,7 +519,10 @@ pub fn kafka_source<'scope>(
                 );
                 let mut read = BTreeMap::new();
                 let handled = reader.poll_into(&config, *c.time(), &mut filed, &mut read, &metrics);
-                reader.restart_stalled(Instant::now());
+                if let Some(message) = reader.restart_stalled(&config.settings, Instant::now()) {
+                    metrics.stop_job(Stop::Restart(message), &shutdown);
+                    return;
+                }
                 let buffered = config.buffered.update(frontier, read);
                 metrics.buffered.store(buffered, Ordering::Relaxed);
                 if let Some(message) = reader.undecodable.take() {
@@ -862,6 +873,7 @@ impl Reader {
                     warn!(worker = self.worker, error = %e, "Kafka consumer error; retrying");
                     for state in &mut self.parts {
                         state.silent_since = None;
+                        state.restarts = 0;
                     }
                     break;
                 }
@@ -923,11 +935,11 @@ impl Reader {
                 }
                 delivered = true;
             }
-            if read {
-                state.silent_since = match delivered {
-                    true => None,
-                    false => state.silent_since.or(Some(place.now)),
-                };
+            if read && delivered {
+                state.silent_since = None;
+                state.restarts = 0;
+            } else if read {
+                state.silent_since = state.silent_since.or(Some(place.now));
             }
             if let Some(e) = undecodable {
                 // The batch starts at the partition's next offset: everything before it was
@@ -968,13 +980,37 @@ impl Reader {
     }
 
     /// Restarts the fetch of each partition that [`is_stalled`], by seeking it to its next
-    /// offset: the first record not handled, so nothing is read twice or skipped.
-    fn restart_stalled(&mut self, now: Instant) {
+    /// offset: the first record not handled, so nothing is read twice or skipped. A partition
+    /// still stalled after [`RESTARTS_BEFORE_STOP`] restarts, while a new client reaches the
+    /// broker, is what to stop the job for: the Kafka client itself is stuck, and a restart
+    /// resumes from the checkpoint with a new one. While the broker stays out of reach, the
+    /// job waits for it as before.
+    fn restart_stalled(&mut self, settings: &ClientSettings, now: Instant) -> Option<String> {
         let stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
+        // Probed once a call, and only when a partition has been restarted enough.
+        let mut reachable = None;
         for state in self.parts.iter_mut() {
             let last_stable = stable.get(state.partition as usize).copied().unwrap_or(-1);
             if !is_stalled(state, last_stable, now) {
                 continue;
+            }
+            if state.restarts >= RESTARTS_BEFORE_STOP
+                && *reachable.get_or_insert_with(|| {
+                    (settings.partition_count(&self.topic, PROBE_TIMEOUT))
+                        .is_ok_and(|n| n.is_some())
+                })
+            {
+                return Some(format!(
+                    "worker {}: partition {} of {} has delivered nothing for {:?} though its \
+                     records wait from offset {}, and its Kafka client reports no error while a \
+                     new one reaches the broker: stopping so that a restart resumes from the \
+                     checkpoint with a new client",
+                    self.worker,
+                    state.partition,
+                    self.topic,
+                    STALLED_AFTER * (RESTARTS_BEFORE_STOP + 1),
+                    state.next_offset
+                ));
             }
             warn!(
                 worker = self.worker,
@@ -988,7 +1024,9 @@ impl Reader {
                     "cannot restart the partition's fetch; trying again later");
             }
             state.silent_since = None;
+            state.restarts += 1;
         }
+        None
     }
 
     /// Queues the position (next offset and clock) of each partition that moved since the last
