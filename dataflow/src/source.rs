@@ -986,7 +986,15 @@ impl Reader {
     /// resumes from the checkpoint with a new one. While the broker stays out of reach, the
     /// job waits for it as before.
     fn restart_stalled(&mut self, settings: &ClientSettings, now: Instant) -> Option<String> {
-        let stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
+        let silent = |s: &PartitionState| {
+            (s.silent_since).is_some_and(|since| now.duration_since(since) >= STALLED_AFTER)
+        };
+        if !self.parts.iter().any(silent) {
+            return None;
+        }
+        // A copy: librdkafka's statistics callback takes the lock, and seeking waits for
+        // librdkafka.
+        let stable = (self.last_stable.lock().unwrap_or_else(|e| e.into_inner())).clone();
         // Probed once a call, and only when a partition has been restarted enough.
         let mut reachable = None;
         for state in self.parts.iter_mut() {
