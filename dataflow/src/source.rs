@@ -274,6 +274,11 @@ struct PartitionState {
 }
 
 impl PartitionState {
+    /// Whether its queue and the consumer have been silent for [`STALLED_AFTER`] by `now`.
+    fn silent_too_long(&self, now: Instant) -> bool {
+        (self.silent_since).is_some_and(|since| now.duration_since(since) >= STALLED_AFTER)
+    }
+
     /// A partition read from `next_offset` (to `end` in a bounded run) with `clock`.
     fn new(partition: i32, clock: PartitionClock, next_offset: i64, end: Option<i64>) -> Self {
         PartitionState {
@@ -986,10 +991,7 @@ impl Reader {
     /// resumes from the checkpoint with a new one. While the broker stays out of reach, the
     /// job waits for it as before.
     fn restart_stalled(&mut self, settings: &ClientSettings, now: Instant) -> Option<String> {
-        let silent = |s: &PartitionState| {
-            (s.silent_since).is_some_and(|since| now.duration_since(since) >= STALLED_AFTER)
-        };
-        if !self.parts.iter().any(silent) {
+        if !self.parts.iter().any(|s| s.silent_too_long(now)) {
             return None;
         }
         // A copy: librdkafka's statistics callback takes the lock, and seeking waits for
@@ -1193,13 +1195,7 @@ fn undecodable_message(error: &KafkaError, topic: &str, at: &str) -> String {
 /// the job's start, with no error after the first second.
 fn is_stalled(state: &PartitionState, last_stable: i64, now: Instant) -> bool {
     let waiting = state.end.unwrap_or(last_stable) > state.next_offset;
-    !state.done
-        && !state.held
-        && !state.caught_up
-        && waiting
-        && state
-            .silent_since
-            .is_some_and(|since| now.duration_since(since) >= STALLED_AFTER)
+    !state.done && !state.held && !state.caught_up && waiting && state.silent_too_long(now)
 }
 
 /// Whether a partition has run past the flow-control `limit`.
