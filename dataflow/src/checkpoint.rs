@@ -52,6 +52,10 @@ pub struct Checkpoint {
     pub files: BTreeMap<String, u64>,
     /// Where each source partition resumes.
     pub partitions: BTreeMap<i32, Resume>,
+    /// Per partition, the offset of the last record counted in a committed epoch: a resumed
+    /// job drops the records at or before it that fall in committed epochs, and counts every
+    /// record after it.
+    pub counted_through: BTreeMap<i32, i64>,
     /// Per partition, the offset of the last committed dead letter.
     pub dead_through: BTreeMap<i32, i64>,
     /// The writer's state, except its alerts (those are entries).
@@ -64,8 +68,10 @@ pub struct Checkpoint {
 }
 
 /// Version of what a checkpoint holds; a checkpoint of another version is not resumed.
-/// Version 3: state entries are postcard, no longer JSON.
-pub const FORMAT: u32 = 3;
+/// Version 3: state entries are postcard, no longer JSON. Version 4: the checkpoint records
+/// how far each partition was counted (`counted_through`), without which a resumed job could
+/// not tell a new record from a replayed one.
+pub const FORMAT: u32 = 4;
 
 /// A state entry's payload: [`Saved`] in postcard's binary encoding, about a fifth of its JSON.
 pub fn encode_entry(entry: &Saved) -> Vec<u8> {
@@ -198,6 +204,12 @@ impl Checkpoint {
     /// not send it again.
     pub fn dead_letter(&mut self, partition: i32, offset: i64) {
         let through = self.dead_through.entry(partition).or_insert(offset);
+        *through = (*through).max(offset);
+    }
+
+    /// A record of `partition` at `offset` counted in a closed epoch.
+    pub fn counted(&mut self, partition: i32, offset: i64) {
+        let through = self.counted_through.entry(partition).or_insert(offset);
         *through = (*through).max(offset);
     }
 

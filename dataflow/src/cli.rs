@@ -133,11 +133,12 @@ pub struct Args {
     )]
     pub sinks: Vec<SinkKind>,
 
-    /// Topic for aggregate changes (created when missing).
-    #[arg(long, default_value = "retail-aggregates")]
-    pub aggregates_topic: String,
+    /// Topic for aggregate changes (created when missing) [default: <job-id>.aggregates, so
+    /// that two jobs' changes never mix in one topic]
+    #[arg(long)]
+    pub aggregates_topic: Option<String>,
 
-    /// Dead-letter topic [default: <topic>.dlq].
+    /// Dead-letter topic (created when missing) [default: <job-id>.dlq]
     #[arg(long)]
     pub dlq_topic: Option<String>,
 
@@ -162,9 +163,10 @@ pub struct Args {
     #[arg(long)]
     pub no_checkpoint: bool,
 
-    /// Consumer group the job reports as (offsets are assigned explicitly, never rebalanced).
-    #[arg(long, default_value = "retail-stream-dataflow")]
-    pub group_id: String,
+    /// Consumer group the job commits its offsets to, for lag tools (partitions are assigned
+    /// explicitly, never rebalanced) [default: retail-stream-dataflow.<job-id>]
+    #[arg(long)]
+    pub group_id: Option<String>,
 
     /// Alert when an invoice's net value exceeds this amount.
     #[arg(long, default_value = "5000", value_parser = parse_money)]
@@ -215,6 +217,17 @@ pub struct Args {
     /// Timely: file whose line i is process i's host:port.
     #[arg(short = 'h', long, help_heading = "Timely")]
     pub hostfile: Option<PathBuf>,
+
+    /// Several processes: a peer process that sends no heartbeat for this long (dead, frozen
+    /// or unreachable), or that restarted, stops this one with status 75, so that the job
+    /// restarts from its checkpoint.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, help_heading = "Timely")]
+    pub peer_timeout: Duration,
+
+    /// Several processes: how long the processes wait for each other to start before giving
+    /// up, naming the missing one (status 75).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, help_heading = "Timely")]
+    pub peer_wait: Duration,
 
     /// Timely: report connection progress between processes.
     #[arg(short = 'r', long, help_heading = "Timely")]
@@ -271,6 +284,8 @@ pub enum ConfigError {
         processes - 1
     )]
     Process { process: usize, processes: usize },
+    #[error("{0}")]
+    Peers(std::io::Error),
     #[error("hostfile {} does not exist", .0.display())]
     Hostfile(PathBuf),
     #[error(
@@ -325,6 +340,8 @@ pub struct Config {
     pub processes: usize,
     /// The arguments handed to timely.
     pub timely_args: Vec<String>,
+    /// Several processes: how they watch each other (`None` for one process).
+    pub peers: Option<crate::peers::PeerConfig>,
 }
 
 impl Args {
@@ -378,15 +395,33 @@ impl Args {
         if let Some(h) = &self.hostfile {
             timely_args.extend(["-h".to_owned(), h.display().to_string()]);
         }
+        let peers = if self.processes > 1 {
+            let addresses = crate::peers::addresses(self.hostfile.as_deref(), self.processes)
+                .map_err(ConfigError::Peers)?;
+            Some(crate::peers::PeerConfig {
+                index: self.process,
+                addresses,
+                timeout: self.peer_timeout,
+                wait: self.peer_wait,
+                job_id: job_id.clone(),
+            })
+        } else {
+            None
+        };
         if self.report {
             timely_args.push("-r".to_owned());
         }
         if self.zerocopy {
             timely_args.push("-z".to_owned());
         }
-        let dlq_topic = self
-            .dlq_topic
-            .unwrap_or_else(|| format!("{}.dlq", self.topic));
+        // A job's outputs and offsets are named after it unless given: two jobs never mix.
+        let dlq_topic = self.dlq_topic.unwrap_or_else(|| format!("{job_id}.dlq"));
+        let aggregates_topic = self
+            .aggregates_topic
+            .unwrap_or_else(|| format!("{job_id}.aggregates"));
+        let group_id = self
+            .group_id
+            .unwrap_or_else(|| format!("retail-stream-dataflow.{job_id}"));
         Ok(Config {
             settings,
             from: match self.from {
@@ -402,7 +437,7 @@ impl Args {
                 .invoice_retention
                 .0
                 .map(|d| d.as_secs().max(1).div_ceil(clock.epoch_secs)),
-            group_id: self.group_id,
+            group_id,
             job_id,
             reset: self.reset,
             checkpoint_topic: self.checkpoint_topic,
@@ -411,7 +446,7 @@ impl Args {
             console: self.sinks.contains(&SinkKind::Console),
             jsonl: self.sinks.contains(&SinkKind::Jsonl),
             kafka: self.sinks.contains(&SinkKind::Kafka),
-            aggregates_topic: self.aggregates_topic,
+            aggregates_topic,
             dlq_topic,
             topic: self.topic,
             rules: AlertRules {
@@ -426,6 +461,7 @@ impl Args {
             process: self.process,
             processes: self.processes,
             timely_args,
+            peers,
         })
     }
 }
@@ -449,6 +485,38 @@ mod tests {
         assert!(c.console && c.jsonl && c.kafka);
         assert_eq!(c.timely_args, ["-w", "1", "-n", "1", "-p", "0"]);
         assert_eq!(c.rules.invoice_value_milli, 5_000_000);
+        assert_eq!(c.aggregates_topic, "retail-transactions.aggregates");
+        assert_eq!(c.group_id, "retail-stream-dataflow.retail-transactions");
+    }
+
+    #[test]
+    fn a_jobs_outputs_are_named_after_it_unless_given() {
+        let a = parse(&["-t", "a", "--job-id", "ja"]).unwrap();
+        let b = parse(&["-t", "a", "--job-id", "jb"]).unwrap();
+        assert_eq!(
+            (a.aggregates_topic, a.dlq_topic, a.group_id),
+            (
+                "ja.aggregates".into(),
+                "ja.dlq".into(),
+                "retail-stream-dataflow.ja".into()
+            )
+        );
+        assert_eq!(b.dlq_topic, "jb.dlq");
+        let given = parse(&[
+            "--job-id",
+            "j",
+            "--aggregates-topic",
+            "x",
+            "--dlq-topic",
+            "y",
+            "--group-id",
+            "z",
+        ])
+        .unwrap();
+        assert_eq!(
+            (given.aggregates_topic, given.dlq_topic, given.group_id),
+            ("x".into(), "y".into(), "z".into())
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::checkpoint::{self, CheckpointError, Restored};
 use crate::cli::Config;
 use crate::flow::Buffered;
 use crate::parse::Parsed;
+use crate::peers::PeerWatch;
 use crate::retention::RestoredInvoice;
 use crate::sink::console::group;
 use crate::sink::kafka::KafkaOutError;
@@ -48,6 +49,9 @@ pub enum JobError {
     NoTopic { topic: String, bootstrap: String },
     #[error("bad timely configuration: {0}")]
     Timely(String),
+    /// The heartbeat socket of a multi-process job cannot be bound.
+    #[error(transparent)]
+    Peers(#[from] std::io::Error),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("a worker failed: {0}")]
@@ -117,6 +121,15 @@ pub struct Report {
 /// Runs this process's part of the job until a bounded run ends or `shutdown` is set.
 pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError> {
     let started = Instant::now();
+    // Several processes watch each other from the start: one that fails, freezes or never
+    // comes stops the others, whatever they are doing (timely would wait for it for ever).
+    let peers = match config.peers.clone() {
+        Some(peers) => Some(PeerWatch::start(peers, |fault| {
+            tracing::error!("{fault}");
+            std::process::exit(i32::from(exit::RESTART));
+        })?),
+        None => None,
+    };
     let partitions = config
         .settings
         .partition_count(&config.topic, METADATA_TIMEOUT)?
@@ -125,64 +138,27 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             bootstrap: config.settings.bootstrap.clone(),
         })?;
     let writes = config.process == 0;
-    let mut dlq_partitions = partitions;
-    if writes && config.kafka {
-        config
-            .settings
-            .ensure_topic(&config.aggregates_topic, 1, &[], METADATA_TIMEOUT)?;
-        dlq_partitions =
-            config
-                .settings
-                .ensure_topic(&config.dlq_topic, partitions, &[], METADATA_TIMEOUT)?;
-    }
-    // The writer's producer connects while the checkpoint is read.
-    let kafka = if writes {
-        writer::connect_kafka(&config, dlq_partitions)
-    } else {
-        None
-    };
+    // The checkpoint is read and checked before anything is created, committed or written: a
+    // start refused by the identity check leaves the broker and the output as they were.
     let mut resume: Option<Restored> = None;
     let mut stale = Vec::new();
+    let state = checkpoint::state_topic(&config.checkpoint_topic, &config.job_id);
     if config.checkpoint {
-        let ensure = |topic: &str| {
-            config.settings.ensure_topic_created(
-                topic,
-                1,
-                &checkpoint::TOPIC_CONFIG,
-                METADATA_TIMEOUT,
-            )
-        };
-        if writes {
-            ensure(&config.checkpoint_topic)?;
-        }
-        let state = checkpoint::state_topic(&config.checkpoint_topic, &config.job_id);
         let read_entries = writes || config.retention.is_some();
         // Every process reads where its partitions resume; process 0 also reads the state (or,
         // on --reset, the entries of the old run to delete), and with invoice retention every
-        // process reads it for its partitions' open invoices. Process 0 creates the job's state
-        // topic while it reads the shared checkpoint topic; a state topic created just now holds
-        // nothing to read.
-        std::thread::scope(|scope| -> Result<(), JobError> {
-            let creating = writes.then(|| scope.spawn(|| ensure(&state)));
-            let created = || -> Result<bool, CheckpointError> {
-                match creating.map(|thread| thread.join()) {
-                    Some(Ok(created)) => Ok(created?.1),
-                    Some(Err(panic)) => std::panic::resume_unwind(panic),
-                    None => Ok(false),
-                }
-            };
-            if writes || !config.reset {
-                let stored = checkpoint::read(
-                    &config.settings,
-                    &config.checkpoint_topic,
-                    &config.job_id,
-                    || Ok(!created()? && read_entries),
-                    METADATA_TIMEOUT,
-                )?;
-                (resume, stale) = stored.restore(config.reset)?;
-            }
-            Ok(())
-        })?;
+        // process reads it for its partitions' open invoices. A topic that does not exist yet
+        // reads as empty.
+        if writes || !config.reset {
+            let stored = checkpoint::read(
+                &config.settings,
+                &config.checkpoint_topic,
+                &config.job_id,
+                || Ok(read_entries),
+                METADATA_TIMEOUT,
+            )?;
+            (resume, stale) = stored.restore(config.reset)?;
+        }
         if let Some(r) = &resume {
             let differences = r
                 .checkpoint
@@ -202,6 +178,39 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 });
             }
         }
+    }
+    // Every process must resume the same checkpoint: the peers compare which one they read.
+    if let Some(peers) = &peers {
+        let checkpoint = resume.as_ref().map(|r| &r.checkpoint);
+        peers.resumed(checkpoint.map_or(0, |c| c.run.rotate_left(17) ^ c.commits));
+    }
+    let mut dlq_partitions = partitions;
+    if writes && config.kafka {
+        config
+            .settings
+            .ensure_topic(&config.aggregates_topic, 1, &[], METADATA_TIMEOUT)?;
+        dlq_partitions =
+            config
+                .settings
+                .ensure_topic(&config.dlq_topic, partitions, &[], METADATA_TIMEOUT)?;
+    }
+    // The writer's producer connects while the checkpoint topics are made.
+    let kafka = if writes {
+        writer::connect_kafka(&config, dlq_partitions)
+    } else {
+        None
+    };
+    if config.checkpoint && writes {
+        for topic in [&config.checkpoint_topic, &state] {
+            config.settings.ensure_topic_created(
+                topic,
+                1,
+                &checkpoint::TOPIC_CONFIG,
+                METADATA_TIMEOUT,
+            )?;
+        }
+    }
+    if config.checkpoint {
         match &resume {
             Some(r) => info!(
                 job = %config.job_id,
@@ -251,6 +260,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
             c.epoch.map(|committed| SourceResume {
                 committed,
                 partitions: c.partitions.clone(),
+                counted_through: c.counted_through.clone(),
                 dead_through: c.dead_through.clone(),
                 open: open_invoices(&r.saved),
             })
@@ -294,6 +304,11 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         )?;
         if let Some(publisher) = hub {
             writer.show_on(publisher);
+        }
+        if let Some(peers) = &peers
+            && config.checkpoint
+        {
+            writer.wait_for_peers(peers.agreed());
         }
         Some(writer)
     } else {
@@ -384,6 +399,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 let dead = other.map(|(item, t)| match item {
                     Parsed::Dead(letter) => Emit::Dead(Box::new(letter), t),
                     Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, t),
+                    Parsed::Counted(p, offset) => Emit::Counted(p, offset, t),
                     Parsed::Saved(entry, r) => Emit::Saved(entry, t, r),
                     Parsed::Close(..) => {
                         unreachable!("closings were split off")
@@ -407,6 +423,10 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
         })
         .map_err(JobError::Timely)?
     };
+    // timely::execute returns once the processes are connected.
+    if let Some(peers) = &peers {
+        peers.connected();
+    }
     let results = guards.join();
     done.store(true, Ordering::Relaxed);
     if let Some(handle) = progress {
@@ -420,6 +440,12 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     }
     if let Some(e) = failure.lock().unwrap().take() {
         return Err(e.into());
+    }
+    // This process's part is done: its peers are told, so that its exit is no fault.
+    if let Some(peers) = &peers
+        && !shutdown.load(Ordering::Relaxed)
+    {
+        peers.finish();
     }
     let seconds = started.elapsed().as_secs_f64();
     let messages = metrics.messages.load(Ordering::Relaxed);

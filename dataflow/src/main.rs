@@ -1,6 +1,7 @@
 //! `dataflow`: parses the command line, sets up logging and Ctrl-C, runs the job and maps the
 //! outcome to an exit status.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +19,48 @@ use retail_common::exit;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// A panic in any thread ends the process at once, with one line first: a job with a dead
+/// thread (a worker, the commit thread, or timely's connection to another process) would
+/// otherwise live on and hold its epochs open. A broken connection between processes means
+/// a peer failed: status 75, so that the job restarts from its checkpoint; any other panic is
+/// a bug: status 101, as Rust's own. The usual message (and backtrace, under
+/// `RUST_BACKTRACE`) follows the line.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let (what, code) = if name.starts_with("timely:") {
+            (
+                "the connection to another process of the job broke",
+                exit::RESTART,
+            )
+        } else {
+            ("a thread panicked", 101)
+        };
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        // Never a second panic here: stderr may be closed (`dataflow 2>&1 | head`).
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: {what} (thread '{name}': {message}{place}); stopping the process"
+        );
+        default(info);
+        std::process::exit(i32::from(code));
+    }));
+}
+
 fn main() -> ExitCode {
     dataflow::native::heap::set_decay();
+    exit_on_panic();
     let args = Args::parse();
     retail_common::logging::init(true);
     let config = match args.into_config() {

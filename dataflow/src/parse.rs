@@ -10,7 +10,7 @@ use retail_common::record::{Reject, RejectKind, SaleRef};
 use retail_common::time::epoch_seconds;
 
 use crate::aggregate::{Closing, Line, Saved};
-use crate::epoch::{EpochClock, PartitionClock};
+use crate::epoch::{Assignment, EpochClock, PartitionClock};
 
 /// A message that failed validation, kept with everything needed to find and replay it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,6 +31,8 @@ pub enum Parsed {
     /// How far a partition has been read (its next offset) and its watermark state there, for
     /// checkpoints and lag.
     Position(i32, i64, PartitionClock),
+    /// The last offset of a partition an activation counted at this epoch (checkpoints).
+    Counted(i32, i64),
     /// What closing an invoice under `--invoice-retention` takes out of the aggregates.
     Close(Closing),
     /// A change of the state the source keeps for checkpoints (its open invoices).
@@ -46,6 +48,9 @@ pub struct Rules<'a> {
     pub frontier: u64,
     /// The last committed epoch of a resumed job.
     pub committed: Option<u64>,
+    /// The partition's last record counted in a committed epoch (resumed jobs): records at or
+    /// before it that fall in committed epochs are replays; records after it are new.
+    pub counted_through: i64,
     /// Dead letters at or before this offset are committed already (resumed jobs).
     pub dead_through: i64,
     /// `--invoice-retention` in epochs: a line whose epoch is this far or further behind its
@@ -108,9 +113,22 @@ pub fn place(
             return dead(rules, clock, partition, offset, key, payload, reject);
         }
     }
-    let at = clock.assign(rules.clock, event);
-    if rules.committed.is_some_and(|c| at.epoch <= c) {
-        return Placed::Committed;
+    let mut at = clock.assign(rules.clock, event);
+    if let Some(committed) = rules.committed
+        && at.epoch <= committed
+    {
+        if offset <= rules.counted_through {
+            return Placed::Committed;
+        }
+        // New since the checkpoint, dated in an epoch it has committed: late, at the
+        // partition's earliest open epoch.
+        at = Assignment {
+            epoch: clock
+                .open_from(rules.clock)
+                .max(committed + 1)
+                .max(rules.frontier),
+            late: true,
+        };
     }
     Placed::Line(Line {
         epoch: at.epoch,
@@ -156,6 +174,7 @@ mod tests {
             max_message_bytes: 1000,
             frontier: 0,
             committed: None,
+            counted_through: -1,
             dead_through: -1,
             retention: None,
         }
@@ -193,12 +212,20 @@ mod tests {
     }
 
     #[test]
-    fn committed_records_are_dropped_on_resume() {
+    fn a_resumed_job_drops_what_it_counted_and_counts_what_is_new() {
         let clock =
             EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
+        let Placed::Line(fresh) = place(&rules(&clock), &mut Default::default(), 0, 0, None, SALE)
+        else {
+            panic!("not a line");
+        };
+        // The sale's epoch is committed; the checkpoint counted offsets up to 7 and dead
+        // letters up to 8.
         let resumed = Rules {
-            committed: Some(u64::MAX - 1),
+            committed: Some(fresh.epoch),
+            counted_through: 7,
             dead_through: 8,
+            frontier: fresh.epoch + 1,
             ..rules(&clock)
         };
         let mut partition = PartitionClock::default();
@@ -210,6 +237,24 @@ mod tests {
             place(&resumed, &mut partition, 0, 8, None, b"{"),
             Placed::Committed
         );
+        // After the counted offsets: new, late at the first open epoch.
+        match place(&resumed, &mut partition, 0, 9, None, SALE) {
+            Placed::Line(line) => {
+                assert_eq!((line.epoch, line.late), (fresh.epoch + 1, true));
+                assert_eq!(line.quantity, 6);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            place(&resumed, &mut partition, 0, 10, None, b"{"),
+            Placed::Dead(_, at) if at == fresh.epoch + 1
+        ));
+        // A counted offset whose epoch is still open is counted again (it was not committed).
+        let later = String::from_utf8_lossy(SALE).replace("08:26:00", "10:26:00");
+        assert!(matches!(
+            place(&resumed, &mut partition, 0, 5, None, later.as_bytes()),
+            Placed::Line(ref l) if l.epoch == fresh.epoch + 2 && !l.late
+        ));
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //! every partition has passed it.
 //!
 //! A resumed job starts each partition at its checkpointed offset and watermark, and drops the
-//! records it re-reads that belong to committed epochs (their effect is in the restored state)
-//! and the dead letters already committed. Positions go downstream at the latest epoch their
+//! records it re-reads that the checkpoint counted (their effect is in the restored state) and
+//! the dead letters already committed; whether a record was counted is decided by its offset
+//! (see [`parse::place`]), so records that arrived after the checkpoint are always counted.
+//! Each activation reports, per partition and epoch, the last offset it counted there, so that
+//! a checkpoint knows how far its committed epochs reach in each partition. Positions go downstream at the latest epoch their
 //! partition has assigned, so the writer checkpoints a position only once every record before
 //! it belongs to a committed epoch. A partition's starting position goes out before anything is
 //! read from it, so every checkpoint holds every partition the job has read.
@@ -127,6 +130,8 @@ pub struct SourceResume {
     pub committed: u64,
     /// Checkpointed position of each partition (others start from `--from`).
     pub partitions: BTreeMap<i32, Resume>,
+    /// Per partition, the offset of the last record counted in a committed epoch.
+    pub counted_through: BTreeMap<i32, i64>,
     /// Per partition, the offset of the last committed dead letter.
     pub dead_through: BTreeMap<i32, i64>,
     /// Per partition, the invoices open at the committed epoch.
@@ -255,6 +260,10 @@ struct PartitionState {
     /// End offset for a bounded run.
     end: Option<i64>,
     done: bool,
+    /// The last record counted in a committed epoch (resumed jobs): see [`Rules`].
+    counted_through: i64,
+    /// Per epoch, the last offset counted there since the last report (checkpoints only).
+    counted: Vec<(u64, i64)>,
     /// Dead letters at or before this offset are committed already (resumed jobs).
     dead_through: i64,
     /// At the end of what the broker has (an EOF was seen and nothing came since).
@@ -274,6 +283,15 @@ struct PartitionState {
 }
 
 impl PartitionState {
+    /// Notes that the record at `offset` was counted in `epoch` (offsets only grow, so the
+    /// note of an epoch is its last offset; an activation fills a handful of epochs at most).
+    fn count(&mut self, epoch: u64, offset: i64) {
+        match self.counted.iter_mut().rev().find(|(e, _)| *e == epoch) {
+            Some((_, last)) => *last = offset,
+            None => self.counted.push((epoch, offset)),
+        }
+    }
+
     /// Whether its queue and the consumer have been silent for [`STALLED_AFTER`] by `now`.
     fn silent_too_long(&self, now: Instant) -> bool {
         (self.silent_since).is_some_and(|since| now.duration_since(since) >= STALLED_AFTER)
@@ -287,6 +305,8 @@ impl PartitionState {
             next_offset,
             end,
             done: end.is_some_and(|e| next_offset >= e),
+            counted_through: -1,
+            counted: Vec::new(),
             dead_through: -1,
             caught_up: false,
             last_message: Instant::now(),
@@ -700,8 +720,9 @@ impl Reader {
                 (None, None) => PartitionClock::default(),
             };
             let mut state = PartitionState::new(p, clock, start, end);
-            if let Some(through) = config.resume.as_ref().and_then(|r| r.dead_through.get(&p)) {
-                state.dead_through = *through;
+            if let Some(r) = &config.resume {
+                state.counted_through = r.counted_through.get(&p).copied().unwrap_or(-1);
+                state.dead_through = r.dead_through.get(&p).copied().unwrap_or(-1);
             }
             for restored in config
                 .resume
@@ -1041,11 +1062,17 @@ impl Reader {
 
     /// Queues the position (next offset and clock) of each partition that moved since the last
     /// call, or was never reported, at the latest epoch the partition has assigned.
+    /// Also queues, at each epoch, the last offset of each partition counted there since the
+    /// last call.
     fn queue_positions(&mut self, now: u64, filed: &mut Filed) {
         if self.reported.len() != self.parts.len() {
             self.reported = vec![-1; self.parts.len()];
         }
-        for (state, reported) in self.parts.iter().zip(self.reported.iter_mut()) {
+        for (state, reported) in self.parts.iter_mut().zip(self.reported.iter_mut()) {
+            for (epoch, offset) in state.counted.drain(..) {
+                let counted = Parsed::Counted(state.partition, offset);
+                filed.other(epoch).push((counted, epoch, 1));
+            }
             if state.next_offset != *reported {
                 *reported = state.next_offset;
                 // Valid as a checkpoint only once the latest epoch it has assigned is committed.
@@ -1275,6 +1302,7 @@ fn handle(
         max_message_bytes: config.max_message_bytes,
         frontier: place.frontier,
         committed: place.committed,
+        counted_through: state.counted_through,
         dead_through: state.dead_through,
         retention: config.retention,
     };
@@ -1311,7 +1339,12 @@ fn handle(
         Placed::Committed => None,
     };
     match filed_at {
-        Some(epoch) => *tally.read.entry(epoch).or_default() += payload.len() as u64,
+        Some(epoch) => {
+            *tally.read.entry(epoch).or_default() += payload.len() as u64;
+            if config.save {
+                state.count(epoch, offset);
+            }
+        }
         // Re-read after a restart: its effect is in the restored state already.
         None => tally.replayed += 1,
     }

@@ -184,7 +184,8 @@ fn bad_messages_are_dead_lettered_and_good_ones_counted_once() {
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let out = dir.path().join("out");
-    let dlq_topic = format!("{topic}.dlq");
+    // Named after the job by default.
+    let dlq_topic = format!("{}.dlq", job_id(&topic, &out));
     let aggregates = format!("{topic}.aggregates");
     run_ok(&mut dataflow(
         &topic,

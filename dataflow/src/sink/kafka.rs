@@ -1,5 +1,5 @@
-//! The Kafka sink: aggregate changes to `retail-aggregates` (keyed `<stream>/<key>`), dead
-//! letters to `<topic>.dlq` with their original key and bytes and the reason in headers, and,
+//! The Kafka sink: aggregate changes to `<job-id>.aggregates` (keyed `<stream>/<key>`), dead
+//! letters to `<job-id>.dlq` with their original key and bytes and the reason in headers, and,
 //! when the job checkpoints, the checkpoint record, all in one transaction per commit.
 //!
 //! With checkpoints the producer is transactional (`transactional.id` derived from the job id,

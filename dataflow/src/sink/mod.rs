@@ -5,7 +5,7 @@
 //! frontier passes an epoch, its updates are consolidated and sorted, so what is written depends
 //! only on the input, not on the worker count or on timing.
 //!
-//! Record shapes (one JSON object per line, the same bytes in files and in `retail-aggregates`):
+//! Record shapes (one JSON object per line, the same bytes in files and in `<job-id>.aggregates`):
 //! - keyed streams `totals`, `by_country`, `top_products`, `epochs`:
 //!   `{"epoch":"<epoch start>","stream":S,"key":K,"value":V}`, `V` the new value or `null` when
 //!   the key disappeared;

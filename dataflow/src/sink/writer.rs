@@ -55,6 +55,8 @@ pub enum Emit {
     Dead(Box<DeadLetter>, u64),
     /// A partition's next offset and watermark state.
     Position(i32, i64, PartitionClock, u64),
+    /// The last offset of a partition counted at this epoch.
+    Counted(i32, i64, u64),
     /// A change of the state a checkpoint keeps.
     Saved(Saved, u64, isize),
 }
@@ -67,6 +69,7 @@ impl Emit {
             Emit::Out(_, t, _)
             | Emit::Dead(_, t)
             | Emit::Position(_, _, _, t)
+            | Emit::Counted(_, _, t)
             | Emit::Saved(_, t, _) => *t,
         }
     }
@@ -154,6 +157,12 @@ pub struct Writer {
     /// The last checkpoint written (or read at start): epochs up to its epoch are not written
     /// again.
     checkpoint: Option<Checkpoint>,
+    /// The next checkpoint, with the positions of epochs that held nothing else and so were
+    /// not committed: they go with the next commit.
+    carried: Option<Checkpoint>,
+    /// Several processes: set once every one is known to have resumed the same checkpoint;
+    /// nothing is committed before.
+    agreed: Option<Arc<AtomicBool>>,
     /// Entries of older runs, deleted by the next commit.
     stale: Vec<String>,
     /// A fresh job's start is handed to the commit thread, not yet known committed: no file
@@ -193,6 +202,8 @@ impl Writer {
             console: None,
             kafka: None,
             checkpoint,
+            carried: None,
+            agreed: None,
             stale: Vec::new(),
             start_pending: false,
             shutdown,
@@ -212,6 +223,12 @@ impl Writer {
         self.http = Some(publisher);
     }
 
+    /// Commits nothing before `agreed` is set: the processes of the job resumed the same
+    /// checkpoint.
+    pub fn wait_for_peers(&mut self, agreed: Arc<AtomicBool>) {
+        self.agreed = Some(agreed);
+    }
+
     fn committed(&self) -> Option<u64> {
         self.checkpoint.as_ref().and_then(|c| c.epoch)
     }
@@ -223,7 +240,19 @@ impl Writer {
         if self.failed || stopping || self.metrics.fatal().is_some() {
             return Ok(());
         }
-        let mut next = self.checkpoint.clone().unwrap_or_default();
+        // The peers' agreement comes with their first heartbeats after the connection (a
+        // second at most); a process that resumed another checkpoint stops the job before.
+        while let Some(agreed) = &self.agreed {
+            if agreed.load(Ordering::Relaxed) {
+                self.agreed = None;
+            } else if self.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let mut next =
+            (self.carried.take()).unwrap_or_else(|| self.checkpoint.clone().unwrap_or_default());
         let mut saved_changes = StateChanges::default();
         let mut batches = Vec::new();
         let mut update = self.http.as_ref().map(|_| Update::begin());
@@ -243,8 +272,14 @@ impl Writer {
                         dead.push(*d);
                     }
                     Emit::Position(p, offset, clock, _) => next.position(p, offset, clock),
+                    Emit::Counted(p, offset, _) => next.counted(p, offset),
                     Emit::Saved(entry, _, r) => saved.push((entry, r)),
                 }
+            }
+            // An epoch that holds nothing but positions (a bounded run's start or a resume that
+            // found nothing new) is not committed: its positions go with the next commit.
+            if updates.is_empty() && dead.is_empty() && saved.is_empty() {
+                continue;
             }
             // Bursts behind the retention horizon are settled at the next epoch with outputs
             // (a choice of epochs that depends on the data only, never on timing).
@@ -263,6 +298,7 @@ impl Writer {
             batches.push(batch);
         }
         let Some(last) = batches.last().map(|b| (b.epoch, b.label.clone())) else {
+            self.carried = Some(next);
             return Ok(());
         };
         let state = &self.renderer.state;

@@ -86,6 +86,18 @@ pub fn partitions(topic: &str) -> i32 {
     partitions
 }
 
+/// The names of every topic on the broker.
+pub fn topic_names() -> BTreeSet<String> {
+    let metadata = consumer(true)
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect()
+}
+
 /// The settings of `topic` the broker reports (its own and the broker's defaults), by name.
 pub fn topic_config(topic: &str) -> std::collections::BTreeMap<String, String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -1,0 +1,697 @@
+//! Failure detection between the processes of a job. Timely has none: a peer that freezes or
+//! falls off the network holds every other process for as long as the fault lasts. Each
+//! process therefore sends a small UDP heartbeat to every peer every second, from threads of
+//! its own, on the same address and port number as its timely listener (UDP and TCP ports are
+//! apart), so the signal depends neither on the dataflow's traffic (an idle live job is
+//! healthy) nor on how busy the workers are.
+//!
+//! A peer that sent nothing for `--peer-timeout` (dead, frozen or unreachable), one that
+//! restarted (its heartbeat carries another incarnation), or one that has not shown up within
+//! `--peer-wait` of the start, stops this process with one line naming it (index and address)
+//! and exit status 75; so does a peer that resumed another checkpoint (a process restarted
+//! alone may read its checkpoint before the old process 0 has committed its last epoch): the job restarts from its checkpoint once every process is back. A
+//! process whose part of a bounded run is over says goodbye, so that its peers do not take its
+//! exit for a fault.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+/// What starts every heartbeat datagram.
+const MAGIC: &[u8; 4] = b"rsh1";
+/// Heartbeat: magic, job hash (8), sender index (4), incarnation (8), resumed checkpoint (8),
+/// kind (1).
+const LENGTH: usize = 33;
+/// The resumed checkpoint of a process that has not read it yet.
+pub const UNKNOWN: u64 = u64::MAX;
+const BEAT: u8 = 0;
+const GOODBYE: u8 = 1;
+
+/// How the processes of a job watch each other.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// This process's index.
+    pub index: usize,
+    /// Every process's `host:port`, as timely reads them (the hostfile, or `localhost:2101+i`).
+    pub addresses: Vec<String>,
+    /// A peer silent this long is taken for failed.
+    pub timeout: Duration,
+    /// How long a peer may take to show up at the start.
+    pub wait: Duration,
+    /// Names the job: heartbeats of another job on a reused port are ignored.
+    pub job_id: String,
+}
+
+/// A peer taken for failed: what the process says before it stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerFault {
+    Silent {
+        index: usize,
+        address: String,
+        silent: Duration,
+    },
+    Restarted {
+        index: usize,
+        address: String,
+    },
+    Missing {
+        index: usize,
+        address: String,
+        waited: Duration,
+    },
+    Diverged {
+        index: usize,
+        address: String,
+    },
+}
+
+impl std::fmt::Display for PeerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerFault::Silent {
+                index,
+                address,
+                silent,
+            } => write!(
+                f,
+                "process {index} ({address}) sent no heartbeat for {:.1} s: it is dead, frozen or \
+                 unreachable; stopping so that the job restarts from its checkpoint",
+                silent.as_secs_f64()
+            ),
+            PeerFault::Restarted { index, address } => write!(
+                f,
+                "process {index} ({address}) restarted: stopping so that the whole job restarts \
+                 from its checkpoint"
+            ),
+            PeerFault::Diverged { index, address } => write!(
+                f,
+                "process {index} ({address}) resumed another checkpoint than this one (one was \
+                 committed while the processes restarted): stopping so that every process \
+                 resumes the same one"
+            ),
+            PeerFault::Missing {
+                index,
+                address,
+                waited,
+            } => write!(
+                f,
+                "process {index} ({address}) did not start within --peer-wait {} s: stopping",
+                waited.as_secs()
+            ),
+        }
+    }
+}
+
+/// One heartbeat datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Beat {
+    job: u64,
+    index: u32,
+    incarnation: u64,
+    /// Which checkpoint the process resumed ([`UNKNOWN`] until it has read it).
+    resumed: u64,
+    goodbye: bool,
+}
+
+impl Beat {
+    fn encode(&self) -> [u8; LENGTH] {
+        let mut out = [0u8; LENGTH];
+        out[..4].copy_from_slice(MAGIC);
+        out[4..12].copy_from_slice(&self.job.to_be_bytes());
+        out[12..16].copy_from_slice(&self.index.to_be_bytes());
+        out[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
+        out[24..32].copy_from_slice(&self.resumed.to_be_bytes());
+        out[32] = if self.goodbye { GOODBYE } else { BEAT };
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Beat> {
+        if bytes.len() != LENGTH || &bytes[..4] != MAGIC || bytes[32] > GOODBYE {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        Some(Beat {
+            job: u64_at(4),
+            index: u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")),
+            incarnation: u64_at(16),
+            resumed: u64_at(24),
+            goodbye: bytes[32] == GOODBYE,
+        })
+    }
+}
+
+/// What one process knows of its peers: the pure rule, apart from sockets and clocks.
+///
+/// Until timely has connected the processes, a peer may come and go (a restarted process
+/// waits for the others to be restarted too, as Kubernetes restarts pods one by one): only a
+/// start that takes longer than the wait is a fault. Once connected, the job runs with the
+/// peers' incarnations heard from then on: a peer silent for the timeout, or heard with
+/// another incarnation, has failed.
+#[derive(Debug)]
+struct Peers {
+    started: Instant,
+    /// When timely connected the processes.
+    connected: Option<Instant>,
+    /// Per process: when it was last heard, if ever.
+    heard: Vec<Option<Instant>>,
+    /// Per process: the incarnation the connected job runs with.
+    bound: Vec<Option<u64>>,
+    /// Per process: the checkpoint it resumed, as last heard.
+    resumed: Vec<u64>,
+    /// Processes that said goodbye.
+    gone: Vec<bool>,
+}
+
+impl Peers {
+    fn new(processes: usize, started: Instant) -> Peers {
+        Peers {
+            started,
+            connected: None,
+            heard: vec![None; processes],
+            bound: vec![None; processes],
+            resumed: vec![UNKNOWN; processes],
+            gone: vec![false; processes],
+        }
+    }
+
+    /// Timely has connected the processes at `now`.
+    fn connect(&mut self, now: Instant) {
+        if self.connected.is_none() {
+            self.connected = Some(now);
+            // What was heard before may come from processes that are gone since: the
+            // connected ones say again which checkpoint they resumed.
+            self.resumed.fill(UNKNOWN);
+        }
+    }
+
+    /// Takes in a heartbeat of process `index` at `now`; false when it is a new incarnation
+    /// of a process the connected job runs with (it restarted).
+    fn hear(&mut self, index: usize, beat: &Beat, now: Instant) -> bool {
+        let (incarnation, goodbye) = (beat.incarnation, beat.goodbye);
+        let Some(heard) = self.heard.get_mut(index) else {
+            return true;
+        };
+        *heard = Some(now);
+        self.resumed[index] = beat.resumed;
+        if goodbye {
+            self.gone[index] = true;
+        }
+        if self.connected.is_none() {
+            return true;
+        }
+        *self.bound[index].get_or_insert(incarnation) == incarnation
+    }
+
+    /// Whether every peer is known to have resumed the same checkpoint as `me` (`resumed`).
+    fn agree(&self, me: usize, resumed: u64) -> bool {
+        self.connected.is_some()
+            && resumed != UNKNOWN
+            && (0..self.resumed.len())
+                .filter(|&i| i != me)
+                .all(|i| self.resumed[i] == resumed)
+    }
+
+    /// The first peer (other than `me`, which resumed checkpoint `resumed`) to be taken for
+    /// failed at `now`, if any.
+    fn check(
+        &self,
+        me: usize,
+        resumed: u64,
+        config: &PeerConfig,
+        now: Instant,
+    ) -> Option<PeerFault> {
+        let others = || (0..self.heard.len()).filter(move |&i| i != me && !self.gone[i]);
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let address = |index: usize| config.addresses[index].clone();
+        let Some(connected) = self.connected else {
+            let waited = since(self.started);
+            if waited < config.wait.max(config.timeout) {
+                return None;
+            }
+            // Name a peer not heard lately, or else the first one.
+            let quiet = |i: &usize| self.heard[*i].is_none_or(|t| since(t) >= config.timeout);
+            let index = others().find(quiet).or_else(|| others().next())?;
+            return Some(PeerFault::Missing {
+                index,
+                address: address(index),
+                waited,
+            });
+        };
+        let known = |r: u64| r != UNKNOWN;
+        // Peers that said goodbye too: they counted with what they resumed.
+        if let Some(index) = (0..self.heard.len())
+            .filter(|&i| i != me)
+            .find(|&i| known(resumed) && known(self.resumed[i]) && self.resumed[i] != resumed)
+        {
+            return Some(PeerFault::Diverged {
+                index,
+                address: address(index),
+            });
+        }
+        others().find_map(|index| {
+            // A peer not heard since the connection counts from it.
+            let last = self.heard[index].map_or(connected, |t| t.max(connected));
+            let silent = since(last);
+            (silent >= config.timeout).then(|| PeerFault::Silent {
+                index,
+                address: address(index),
+                silent,
+            })
+        })
+    }
+}
+
+/// The addresses timely reads: line `i` of the hostfile (its first word) is process `i`'s
+/// `host:port`; without a hostfile, `localhost:2101+i`.
+pub fn addresses(hostfile: Option<&Path>, processes: usize) -> std::io::Result<Vec<String>> {
+    let Some(path) = hostfile else {
+        return Ok((0..processes)
+            .map(|i| format!("localhost:{}", 2101 + i))
+            .collect());
+    };
+    let text = std::fs::read_to_string(path)?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .take(processes)
+        .collect();
+    if lines.len() < processes {
+        return Err(std::io::Error::other(format!(
+            "hostfile {} names {} processes, fewer than -n {processes}",
+            path.display(),
+            lines.len()
+        )));
+    }
+    Ok(lines)
+}
+
+/// A stable hash of the job id (FNV-1a), the same in every process.
+fn job_hash(job_id: &str) -> u64 {
+    job_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The watch over a job's peers; its threads end when the process does.
+pub struct PeerWatch {
+    socket: Arc<UdpSocket>,
+    beat: Beat,
+    config: Arc<PeerConfig>,
+    done: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
+    /// The checkpoint this process resumed ([`UNKNOWN`] until read).
+    resumed: Arc<AtomicU64>,
+    /// Every peer is known to have resumed the same checkpoint.
+    agreed: Arc<AtomicBool>,
+}
+
+impl PeerWatch {
+    /// Binds this process's heartbeat socket and starts sending and watching. `stop` is called
+    /// once, from the watching thread, with the first fault seen.
+    pub fn start(
+        config: PeerConfig,
+        stop: impl FnOnce(PeerFault) + Send + 'static,
+    ) -> std::io::Result<PeerWatch> {
+        let own = config.addresses[config.index].clone();
+        let socket = UdpSocket::bind(own.as_str()).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind the heartbeat socket on UDP {own}: {e}"),
+            )
+        })?;
+        let period = (config.timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        socket.set_read_timeout(Some(period))?;
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let beat = Beat {
+            job: job_hash(&config.job_id),
+            index: config.index as u32,
+            incarnation,
+            resumed: UNKNOWN,
+            goodbye: false,
+        };
+        let watch = PeerWatch {
+            socket: Arc::new(socket),
+            beat,
+            config: Arc::new(config),
+            done: Arc::new(AtomicBool::new(false)),
+            connected: Arc::new(AtomicBool::new(false)),
+            resumed: Arc::new(AtomicU64::new(UNKNOWN)),
+            agreed: Arc::new(AtomicBool::new(false)),
+        };
+        info!(
+            timeout = ?watch.config.timeout,
+            peers = watch.config.addresses.len() - 1,
+            "watching the job's other processes"
+        );
+        {
+            let (socket, config, done, resumed) = (
+                Arc::clone(&watch.socket),
+                Arc::clone(&watch.config),
+                Arc::clone(&watch.done),
+                Arc::clone(&watch.resumed),
+            );
+            std::thread::Builder::new()
+                .name("peers:send".into())
+                .spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        let resumed = resumed.load(Ordering::Relaxed);
+                        send(&socket, &config, Beat { resumed, ..beat });
+                        std::thread::sleep(period);
+                    }
+                })?;
+        }
+        {
+            let (socket, config, done, connected, resumed, agreed) = (
+                Arc::clone(&watch.socket),
+                Arc::clone(&watch.config),
+                Arc::clone(&watch.done),
+                Arc::clone(&watch.connected),
+                Arc::clone(&watch.resumed),
+                Arc::clone(&watch.agreed),
+            );
+            std::thread::Builder::new()
+                .name("peers:watch".into())
+                .spawn(move || {
+                    let flags = Flags {
+                        done: &done,
+                        connected: &connected,
+                        resumed: &resumed,
+                        agreed: &agreed,
+                    };
+                    if let Some(fault) = watch_peers(&socket, &config, beat.job, flags) {
+                        stop(fault);
+                    }
+                })?;
+        }
+        Ok(watch)
+    }
+
+    /// Which checkpoint this process resumed (any number that differs between two
+    /// checkpoints, and is the same for every process that read the same one).
+    pub fn resumed(&self, checkpoint: u64) {
+        self.resumed.store(checkpoint, Ordering::Relaxed);
+    }
+
+    /// Set once every peer is known to have resumed the same checkpoint as this process: the
+    /// writer commits nothing before (a commit made with processes resumed from different
+    /// checkpoints would count some records twice or not at all).
+    pub fn agreed(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.agreed)
+    }
+
+    /// Timely has connected the processes: from now on a peer that goes silent or restarts
+    /// has failed.
+    pub fn connected(&self) {
+        self.connected.store(true, Ordering::Relaxed);
+    }
+
+    /// This process's part is over: peers are told, and no fault is reported any more.
+    pub fn finish(&self) {
+        self.done.store(true, Ordering::Relaxed);
+        let goodbye = Beat {
+            goodbye: true,
+            resumed: self.resumed.load(Ordering::Relaxed),
+            ..self.beat
+        };
+        // Datagrams may be lost: say it a few times.
+        for _ in 0..3 {
+            send(&self.socket, &self.config, goodbye);
+        }
+    }
+}
+
+/// Sends `beat` to every other process (addresses are resolved each time: a peer's name may
+/// resolve only once it runs, as a Kubernetes pod's does).
+fn send(socket: &UdpSocket, config: &PeerConfig, beat: Beat) {
+    let bytes = beat.encode();
+    for (i, address) in config.addresses.iter().enumerate() {
+        if i == config.index {
+            continue;
+        }
+        let resolved: Option<SocketAddr> = address
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut all| all.next());
+        if let Some(to) = resolved {
+            // A peer not listening yet refuses: that is what the wait is for.
+            let _ = socket.send_to(&bytes, to);
+        }
+    }
+}
+
+/// What the watching thread is told by the job.
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    /// The process's part is over.
+    done: &'a AtomicBool,
+    /// Timely has connected the processes.
+    connected: &'a AtomicBool,
+    /// The checkpoint this process resumed.
+    resumed: &'a AtomicU64,
+    /// Set once every peer is known to have resumed the same one.
+    agreed: &'a AtomicBool,
+}
+
+/// Receives heartbeats until the process's part is done or a fault, which it returns.
+fn watch_peers(
+    socket: &UdpSocket,
+    config: &PeerConfig,
+    job: u64,
+    flags: Flags<'_>,
+) -> Option<PeerFault> {
+    let done = flags.done;
+    let mut peers = Peers::new(config.addresses.len(), Instant::now());
+    let mut buffer = [0u8; 64];
+    while !done.load(Ordering::Relaxed) {
+        if flags.connected.load(Ordering::Relaxed) {
+            peers.connect(Instant::now());
+        }
+        match socket.recv_from(&mut buffer) {
+            Ok((n, _)) => {
+                if let Some(beat) = Beat::decode(&buffer[..n]).filter(|b| b.job == job) {
+                    let index = beat.index as usize;
+                    if !peers.hear(index, &beat, Instant::now()) {
+                        return Some(PeerFault::Restarted {
+                            index,
+                            address: config.addresses[index].clone(),
+                        });
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                warn!(error = %e, "heartbeat socket");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if done.load(Ordering::Relaxed) {
+            return None;
+        }
+        let resumed = flags.resumed.load(Ordering::Relaxed);
+        if let Some(fault) = peers.check(config.index, resumed, config, Instant::now()) {
+            return Some(fault);
+        }
+        if peers.agree(config.index, resumed) {
+            flags.agreed.store(true, Ordering::Relaxed);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(incarnation: u64, goodbye: bool) -> Beat {
+        Beat {
+            job: 1,
+            index: 0,
+            incarnation,
+            resumed: UNKNOWN,
+            goodbye,
+        }
+    }
+
+    fn config(processes: usize) -> PeerConfig {
+        PeerConfig {
+            index: 0,
+            addresses: (0..processes).map(|i| format!("h{i}:1")).collect(),
+            timeout: Duration::from_secs(10),
+            wait: Duration::from_secs(60),
+            job_id: "j".into(),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_survives_its_encoding_and_garbage_does_not_decode() {
+        let beat = Beat {
+            job: job_hash("retail"),
+            index: 3,
+            incarnation: 0x0102_0304_0506_0708,
+            resumed: 42,
+            goodbye: true,
+        };
+        assert_eq!(Beat::decode(&beat.encode()), Some(beat));
+        assert_eq!(Beat::decode(b"rsh1"), None);
+        let mut other = beat.encode();
+        other[0] = b'x';
+        assert_eq!(Beat::decode(&other), None);
+        other = beat.encode();
+        other[32] = 7;
+        assert_eq!(Beat::decode(&other), None);
+        assert_ne!(job_hash("a"), job_hash("b"));
+    }
+
+    #[test]
+    fn before_the_connection_only_a_long_start_is_a_fault() {
+        let c = config(3);
+        let t0 = Instant::now();
+        let mut peers = Peers::new(3, t0);
+        assert_eq!(
+            peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(59)),
+            None
+        );
+        // Peers come and go (and restart) while the job connects: no fault.
+        assert!(peers.hear(1, &beat(7, false), t0));
+        assert!(peers.hear(1, &beat(8, false), t0 + Duration::from_secs(55)));
+        assert!(peers.hear(2, &beat(9, false), t0 + Duration::from_secs(1)));
+        assert_eq!(
+            peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(55)),
+            None
+        );
+        // At the wait: the peer not heard lately is named.
+        match peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(60)) {
+            Some(PeerFault::Missing { index, address, .. }) => {
+                assert_eq!((index, address.as_str()), (2, "h2:1"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn once_connected_a_silent_or_restarted_peer_is_a_fault_and_a_goodbye_is_not() {
+        let c = config(3);
+        let t0 = Instant::now();
+        let mut peers = Peers::new(3, t0);
+        assert!(peers.hear(1, &beat(7, false), t0));
+        peers.connect(t0 + Duration::from_secs(2));
+        // Its own silence is never a fault; a peer's is, from the timeout on (counted from
+        // the connection for a peer not heard since).
+        assert!(peers.hear(1, &beat(7, false), t0 + Duration::from_secs(3)));
+        assert_eq!(
+            peers.check(0, UNKNOWN, &c, t0 + Duration::from_millis(11_999)),
+            None
+        );
+        match peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(12)) {
+            Some(PeerFault::Silent { index, address, .. }) => {
+                assert_eq!((index, address.as_str()), (2, "h2:1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(peers.hear(2, &beat(9, false), t0 + Duration::from_secs(12)));
+        assert!(matches!(
+            peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(13)),
+            Some(PeerFault::Silent { index: 1, .. })
+        ));
+        // A goodbye ends the watch over that peer.
+        assert!(peers.hear(1, &beat(7, true), t0 + Duration::from_secs(13)));
+        assert_eq!(
+            peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(21)),
+            None
+        );
+        assert!(matches!(
+            peers.check(0, UNKNOWN, &c, t0 + Duration::from_secs(22)),
+            Some(PeerFault::Silent { index: 2, .. })
+        ));
+        // Another incarnation of a peer the job runs with is a restart.
+        assert!(!peers.hear(2, &beat(10, false), t0 + Duration::from_secs(14)));
+        // A peer that resumed another checkpoint: once both are known.
+        let resumed = |r| Beat {
+            resumed: r,
+            ..beat(9, false)
+        };
+        let mut fresh = Peers::new(3, t0);
+        assert!(fresh.hear(1, &resumed(4), t0));
+        fresh.connect(t0);
+        assert!(!fresh.agree(0, 5));
+        assert!(fresh.hear(1, &resumed(5), t0));
+        assert!(fresh.hear(2, &resumed(UNKNOWN), t0));
+        assert_eq!(fresh.check(0, UNKNOWN, &c, t0), None);
+        assert_eq!(fresh.check(0, 5, &c, t0), None);
+        assert!(!fresh.agree(0, 5));
+        assert!(fresh.hear(2, &resumed(5), t0));
+        assert!(fresh.agree(0, 5));
+        assert!(fresh.hear(2, &resumed(4), t0));
+        assert!(!fresh.agree(0, 5));
+        assert!(matches!(
+            fresh.check(0, 5, &c, t0),
+            Some(PeerFault::Diverged { index: 2, .. })
+        ));
+        // Out-of-range indexes (another job's datagram with a larger cluster) are ignored.
+        assert!(peers.hear(9, &beat(1, false), t0));
+    }
+
+    #[test]
+    fn addresses_come_from_the_hostfile_as_timely_reads_them() {
+        assert_eq!(
+            addresses(None, 2).unwrap(),
+            ["localhost:2101", "localhost:2102"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, "a:1\nb:2 extra\nc:3\n").unwrap();
+        assert_eq!(addresses(Some(&path), 2).unwrap(), ["a:1", "b:2"]);
+        assert!(addresses(Some(&path), 4).is_err());
+    }
+
+    #[test]
+    fn two_watches_hear_each_other_and_a_stopped_one_is_noticed() {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.local_addr().unwrap().port()
+            })
+            .collect();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let config = |index| PeerConfig {
+            index,
+            addresses: addresses.clone(),
+            timeout: Duration::from_millis(600),
+            wait: Duration::from_secs(5),
+            job_id: "watch-test".into(),
+        };
+        let (faults, seen) = std::sync::mpsc::channel();
+        let zero = PeerWatch::start(config(0), {
+            let faults = faults.clone();
+            move |f| faults.send((0, f)).unwrap()
+        })
+        .unwrap();
+        let one = PeerWatch::start(config(1), move |f| faults.send((1, f)).unwrap()).unwrap();
+        zero.connected();
+        one.connected();
+        // Both beat: no fault for well past the timeout.
+        assert!(seen.recv_timeout(Duration::from_millis(1500)).is_err());
+        // Process 1 goes silent without a goodbye (as a frozen process does).
+        one.done.store(true, Ordering::Relaxed);
+        let (who, fault) = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(who, 0);
+        assert!(
+            matches!(fault, PeerFault::Silent { index: 1, .. }),
+            "{fault:?}"
+        );
+        zero.finish();
+    }
+}
