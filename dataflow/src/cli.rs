@@ -193,7 +193,7 @@ pub struct Args {
 
     /// With --http: when a bounded run (--until-end) ends, keep serving its final state until
     /// Ctrl-C or SIGTERM instead of exiting.
-    #[arg(long, requires = "http")]
+    #[arg(long, requires_all = ["http", "until_end"])]
     pub http_linger: bool,
 
     /// Timely: worker threads per process.
@@ -544,6 +544,10 @@ mod tests {
         );
         assert!(parse(&["--alert-invoice-value", "1.2345"]).is_err());
         assert!(parse(&["--sinks", "printer"]).is_err());
+        // Lingering after the end needs a run that ends.
+        let linger = ["--http", "127.0.0.1:0", "--http-linger"];
+        assert!(parse(&linger).is_err());
+        assert!(parse(&[&linger[..], &["--until-end"]].concat()).is_ok());
     }
 
     #[test]
@@ -568,7 +572,7 @@ mod tests {
             parse(&["--http-linger"]).is_err(),
             "--http-linger needs --http"
         );
-        let served = parse(&["--http", "127.0.0.1:0", "--http-linger"]).unwrap();
+        let served = parse(&["--http", "127.0.0.1:0", "--http-linger", "--until-end"]).unwrap();
         assert_eq!(served.http.as_deref(), Some("127.0.0.1:0"));
         assert!(served.http_linger);
     }

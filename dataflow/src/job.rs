@@ -219,6 +219,9 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
                 entries = r.saved.len(),
                 "resuming after the last checkpoint"
             ),
+            None if config.reset => {
+                info!(job = %config.job_id, "--reset: starting over from the beginning")
+            }
             None => info!(job = %config.job_id, "no checkpoint: starting from the beginning"),
         }
     }

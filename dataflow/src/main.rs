@@ -75,6 +75,14 @@ fn main() -> ExitCode {
     let lingering = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let over = Arc::clone(&lingering);
+    // Say what an interrupt does: with checkpoints, nothing after the last committed epoch
+    // is written (the next run goes on from there); without, the open epochs are closed.
+    let interrupted = if config.checkpoint {
+        "interrupted: stopping; what was read after the last committed epoch is not written, \
+         the next run of the job goes on from there (Ctrl-C again to quit now)"
+    } else {
+        "interrupted: closing open epochs and flushing outputs (Ctrl-C again to quit now)"
+    };
     if let Err(e) = ctrlc::set_handler(move || {
         if over.load(Ordering::Relaxed) {
             flag.store(true, Ordering::Relaxed);
@@ -84,9 +92,7 @@ fn main() -> ExitCode {
             // A second Ctrl-C means now.
             std::process::exit(i32::from(exit::INTERRUPTED));
         }
-        eprintln!(
-            "interrupted: closing open epochs and flushing outputs (Ctrl-C again to quit now)"
-        );
+        let _ = writeln!(std::io::stderr(), "{interrupted}");
     }) {
         eprintln!("warning: cannot install the Ctrl-C handler: {e}");
     }

@@ -427,19 +427,20 @@ impl PeerWatch {
     }
 }
 
-/// Sends `beat` to every other process (addresses are resolved each time: a peer's name may
-/// resolve only once it runs, as a Kubernetes pod's does).
+/// Sends `beat` to every other process, at every address its name resolves to (`localhost`
+/// may be `::1` and `127.0.0.1`, and the peer bound one of them). Names are resolved each
+/// time: a peer's may resolve only once it runs, as a Kubernetes pod's does.
 fn send(socket: &UdpSocket, config: &PeerConfig, beat: Beat) {
     let bytes = beat.encode();
     for (i, address) in config.addresses.iter().enumerate() {
         if i == config.index {
             continue;
         }
-        let resolved: Option<SocketAddr> = address
+        let resolved: Vec<SocketAddr> = address
             .to_socket_addrs()
-            .ok()
-            .and_then(|mut all| all.next());
-        if let Some(to) = resolved {
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        for to in resolved {
             // A peer not listening yet refuses: that is what the wait is for.
             let _ = socket.send_to(&bytes, to);
         }
