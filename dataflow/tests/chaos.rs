@@ -10,8 +10,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::message::Message;
-
 use common::*;
 
 const RECORDS: usize = 1_000_000;
@@ -83,20 +81,6 @@ impl Dice {
             .wrapping_add(1_442_695_040_888_963_407);
         low + (high - low) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
     }
-}
-
-/// Keys and payloads of a topic's committed messages, partition by partition, in order.
-fn committed(topic: &str) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
-    read_topic(topic, true)
-        .into_iter()
-        .map(|m| {
-            (
-                m.partition(),
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().unwrap_or_default().to_vec(),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -232,107 +216,4 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     let sales = topic_sales(&topic);
     assert_eq!(sales.len(), RECORDS);
     assert_eq!(comparable(&read_summary(&chaos)), fold(sales));
-}
-
-/// A job over a growing topic: no invoice retention, so that its summary equals a fold.
-fn growing_job(topic: &str, out: &Path, aggregates: &str) -> Command {
-    dataflow(
-        topic,
-        out,
-        &["--sinks", "jsonl,kafka", "--aggregates-topic", aggregates],
-    )
-}
-
-/// Starts the job over `topic` into `out` and kills it (SIGKILL) once it has committed an
-/// epoch of its own, asserting that it was still running and had not written its summary:
-/// the kill provably lands mid-run.
-fn kill_after_a_commit(topic: &str, out: &Path, log: &Path) {
-    let epochs = out.join("epochs.jsonl");
-    let length = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let before = length(&epochs);
-    let aggregates = format!("{topic}.grow");
-    let mut child = spawn_logged(growing_job(topic, out, &aggregates).args(["-w", "2"]), log);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let running = child.try_wait().unwrap().is_none();
-        assert!(
-            running,
-            "the run ended before it could be killed mid-run:\n{}",
-            std::fs::read_to_string(log).unwrap()
-        );
-        if length(&epochs) > before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no epoch committed within 120 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // A run removes the summary of the last one as it starts and writes its own at its end.
-    assert!(
-        !out.join("summary.json").exists(),
-        "the killed run had finished"
-    );
-    eprintln!(
-        "killed after a commit: epochs.jsonl {before} -> {} bytes",
-        length(&epochs)
-    );
-}
-
-#[test]
-fn a_job_killed_while_its_topic_grows_counts_every_record_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = unique("chaos-grow");
-    // About 0.45 s of simulated time a record: 300,000 records span about 37 hours.
-    let append = |records: &str, seed: &str, start: &str| {
-        let args = ["--generate", records, "--seed", seed, "--start", start];
-        run_ok(
-            ingest_to(&topic, dir.path())
-                .args(["--partitions", "4"])
-                .args(args),
-        );
-    };
-    let (chaos, reference) = (dir.path().join("chaos"), dir.path().join("reference"));
-    let (grow, reference_aggregates) = (format!("{topic}.grow"), format!("{topic}.ref"));
-    let reference_run =
-        || run_ok(growing_job(&topic, &reference, &reference_aggregates).args(["-w", "1"]));
-
-    // Both jobs read the first part to its end, which closes every epoch.
-    append("300000", "21", "2010-12-01T08:00:00");
-    reference_run();
-    run_ok(growing_job(&topic, &chaos, &grow).args(["-w", "2"]));
-
-    // More sales, from the first day on (in epochs both jobs committed) and later; the chaos
-    // job is killed mid-run after each part arrives, and one part arrives while it is down.
-    append("600000", "22", "2010-12-01T08:00:00");
-    kill_after_a_commit(&topic, &chaos, &dir.path().join("grow-1.log"));
-    append("600000", "23", "2010-12-03T12:00:00");
-    kill_after_a_commit(&topic, &chaos, &dir.path().join("grow-2.log"));
-    append("200000", "24", "2010-12-05T08:00:00");
-    kill_after_a_commit(&topic, &chaos, &dir.path().join("grow-3.log"));
-    run_ok(growing_job(&topic, &chaos, &grow).args(["-w", "2"]));
-    reference_run();
-
-    // Every record counted once, and the same outputs as the job that was never killed.
-    let sales = topic_sales(&topic);
-    assert_eq!(sales.len(), 1_700_000);
-    let summary = read_summary(&chaos);
-    assert_eq!(comparable(&summary), fold(sales));
-    assert!(summary["totals"]["late_lines"].as_i64().unwrap() > 0);
-    assert_same_outputs(&reference, &chaos);
-    let (expected, actual) = (committed(&reference_aggregates), committed(&grow));
-    assert_eq!(expected.len(), actual.len());
-    assert!(expected == actual, "committed aggregate changes differ");
-    delete_topics(&[
-        &topic,
-        &grow,
-        &reference_aggregates,
-        &format!("{}.dlq", job_id(&topic, &chaos)),
-        &format!("{}.dlq", job_id(&topic, &reference)),
-        &format!("retail-aggregates.checkpoints.{}", job_id(&topic, &chaos)),
-        &format!(
-            "retail-aggregates.checkpoints.{}",
-            job_id(&topic, &reference)
-        ),
-    ]);
 }

@@ -1,14 +1,17 @@
 //! Resuming a checkpointed job over a topic that grew: every record is counted exactly once,
 //! whatever its date. A record the checkpoint counted is a replay; a record after it is new,
 //! and if its epoch was committed meanwhile (a bounded run closes every epoch at its end), it
-//! is counted late in the earliest open epoch. Also: two jobs with default flags never mix
-//! their outputs, and a start refused by the identity check changes nothing.
+//! is counted late in the earliest open epoch; the same when the job is killed mid-run while
+//! its topic grows. Also: two jobs with default flags never mix their outputs, and a start
+//! refused by the identity check changes nothing. (Apart from the chaos test, which restarts
+//! the broker under the tests of its binary.)
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 use serde_json::Value;
@@ -317,5 +320,113 @@ fn a_refused_start_creates_commits_and_writes_nothing() {
         &format!("{job}.dlq"),
         &format!("{job}.aggregates"),
         &format!("retail-aggregates.checkpoints.{job}"),
+    ]);
+}
+
+/// A job over a growing topic: no invoice retention, so that its summary equals a fold.
+fn growing_job(topic: &str, out: &Path, aggregates: &str) -> Command {
+    dataflow(
+        topic,
+        out,
+        &["--sinks", "jsonl,kafka", "--aggregates-topic", aggregates],
+    )
+}
+
+/// Starts the job over `topic` into `out` and kills it (SIGKILL) once it has committed an
+/// epoch of its own, asserting that it was still running and had not written its summary:
+/// the kill provably lands mid-run.
+fn kill_after_a_commit(topic: &str, out: &Path, log: &Path) {
+    let epochs = out.join("epochs.jsonl");
+    let length = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let before = length(&epochs);
+    let aggregates = format!("{topic}.grow");
+    let mut child = growing_job(topic, out, &aggregates)
+        .args(["-w", "2"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("dataflow starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = child.try_wait().unwrap().is_none();
+        assert!(
+            running,
+            "the run ended before it could be killed mid-run:\n{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        if length(&epochs) > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no epoch committed within 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A run removes the summary of the last one as it starts and writes its own at its end.
+    assert!(
+        !out.join("summary.json").exists(),
+        "the killed run had finished"
+    );
+    eprintln!(
+        "killed after a commit: epochs.jsonl {before} -> {} bytes",
+        length(&epochs)
+    );
+}
+
+#[test]
+fn a_job_killed_while_its_topic_grows_counts_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("chaos-grow");
+    // About 0.45 s of simulated time a record: 300,000 records span about 37 hours.
+    let append = |records: &str, seed: &str, start: &str| {
+        let args = ["--generate", records, "--seed", seed, "--start", start];
+        run_ok(
+            ingest_to(&topic, dir.path())
+                .args(["--partitions", "4"])
+                .args(args),
+        );
+    };
+    let (chaos, reference) = (dir.path().join("chaos"), dir.path().join("reference"));
+    let (grow, reference_aggregates) = (format!("{topic}.grow"), format!("{topic}.ref"));
+    let reference_run =
+        || run_ok(growing_job(&topic, &reference, &reference_aggregates).args(["-w", "1"]));
+
+    // Both jobs read the first part to its end, which closes every epoch.
+    append("300000", "21", "2010-12-01T08:00:00");
+    reference_run();
+    run_ok(growing_job(&topic, &chaos, &grow).args(["-w", "2"]));
+
+    // More sales, from the first day on (in epochs both jobs committed) and later; the chaos
+    // job is killed mid-run after each part arrives, and one part arrives while it is down.
+    append("600000", "22", "2010-12-01T08:00:00");
+    kill_after_a_commit(&topic, &chaos, &dir.path().join("grow-1.log"));
+    append("600000", "23", "2010-12-03T12:00:00");
+    kill_after_a_commit(&topic, &chaos, &dir.path().join("grow-2.log"));
+    append("200000", "24", "2010-12-05T08:00:00");
+    kill_after_a_commit(&topic, &chaos, &dir.path().join("grow-3.log"));
+    run_ok(growing_job(&topic, &chaos, &grow).args(["-w", "2"]));
+    reference_run();
+
+    // Every record counted once, and the same outputs as the job that was never killed.
+    let sales = topic_sales(&topic);
+    assert_eq!(sales.len(), 1_700_000);
+    let summary = read_summary(&chaos);
+    assert_eq!(comparable(&summary), fold(sales));
+    assert!(summary["totals"]["late_lines"].as_i64().unwrap() > 0);
+    assert_same_outputs(&reference, &chaos);
+    let (expected, actual) = (committed(&reference_aggregates), committed(&grow));
+    assert_eq!(expected.len(), actual.len());
+    assert!(expected == actual, "committed aggregate changes differ");
+    delete_topics(&[
+        &topic,
+        &grow,
+        &reference_aggregates,
+        &format!("{}.dlq", job_id(&topic, &chaos)),
+        &format!("{}.dlq", job_id(&topic, &reference)),
+        &format!("retail-aggregates.checkpoints.{}", job_id(&topic, &chaos)),
+        &format!(
+            "retail-aggregates.checkpoints.{}",
+            job_id(&topic, &reference)
+        ),
     ]);
 }

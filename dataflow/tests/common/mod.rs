@@ -170,3 +170,17 @@ pub fn assert_checkpoints_hold_every_partition(job_id: &str, topic: &str) {
         );
     }
 }
+
+/// Keys and payloads of a topic's committed messages, partition by partition, in order.
+pub fn committed(topic: &str) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+    read_topic(topic, true)
+        .into_iter()
+        .map(|m| {
+            (
+                m.partition(),
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            )
+        })
+        .collect()
+}
