@@ -180,12 +180,11 @@ impl Peers {
 
     /// Timely has connected the processes at `now`.
     fn connect(&mut self, now: Instant) {
-        if self.connected.is_none() {
-            self.connected = Some(now);
-            // What was heard before may come from processes that are gone since: the
-            // connected ones say again which checkpoint they resumed.
-            self.resumed.fill(UNKNOWN);
-        }
+        // What was heard before counts: a peer that said goodbye at once (a small bounded
+        // run) says nothing more. A checkpoint heard from an incarnation that is gone since
+        // can only differ from the connected one's (no process commits while they start),
+        // which costs one more restart, never a commit.
+        self.connected.get_or_insert(now);
     }
 
     /// Takes in a heartbeat of process `index` at `now`; false when it is a new incarnation
