@@ -203,14 +203,12 @@ impl Checkpoint {
     /// A dead letter of a closed epoch: once this checkpoint is committed, a resumed job does
     /// not send it again.
     pub fn dead_letter(&mut self, partition: i32, offset: i64) {
-        let through = self.dead_through.entry(partition).or_insert(offset);
-        *through = (*through).max(offset);
+        raise(&mut self.dead_through, partition, offset);
     }
 
     /// A record of `partition` at `offset` counted in a closed epoch.
     pub fn counted(&mut self, partition: i32, offset: i64) {
-        let through = self.counted_through.entry(partition).or_insert(offset);
-        *through = (*through).max(offset);
+        raise(&mut self.counted_through, partition, offset);
     }
 
     /// A partition's position in a closed epoch: every record before `offset` is in the
@@ -244,6 +242,12 @@ impl Checkpoint {
     pub fn offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.partitions.iter().map(|(p, r)| (*p, r.offset))
     }
+}
+
+/// Raises `partition`'s offset in `through` to `offset` (offsets only move forward).
+fn raise(through: &mut BTreeMap<i32, i64>, partition: i32, offset: i64) {
+    let at = through.entry(partition).or_insert(offset);
+    *at = (*at).max(offset);
 }
 
 /// The compacted topic that holds the state entries of `job_id`.
