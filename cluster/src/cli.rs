@@ -91,6 +91,13 @@ pub struct Args {
           value_parser = parse_duration)]
     pub grace: Duration,
 
+    /// With more than one process: a process that answered the launcher's heartbeat probes
+    /// once and then none for this long (frozen, or its host cut off) is stopped with SIGKILL
+    /// and the whole job restarted, exit status 75 if no restart is left (0: never)
+    #[arg(long, env = "CLUSTER_PROBE_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+
     /// Print the command to run on each host (line i for process i, shell-quoted) and exit
     /// without starting anything. Needs --hostfile
     #[arg(long, conflicts_with = "ssh")]
@@ -176,6 +183,8 @@ pub struct Config {
     pub max_restarts: u32,
     pub backoff: Backoff,
     pub grace: Duration,
+    /// `--probe-timeout`, unless 0.
+    pub probe_timeout: Option<Duration>,
     pub ssh_bin: PathBuf,
     pub pid_dir: Option<PathBuf>,
     /// `--http`: process i serves on the base port + i.
@@ -350,6 +359,7 @@ impl Args {
                 max: self.backoff_max,
             },
             grace: self.grace,
+            probe_timeout: (!self.probe_timeout.is_zero()).then_some(self.probe_timeout),
             ssh_bin: self.ssh_bin,
             pid_dir: self.pid_dir,
             http: self.http,

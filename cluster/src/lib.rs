@@ -10,12 +10,14 @@
 //! - [`hostfile`]: `host:port` lines, loopback detection, free-port picking.
 //! - [`command`]: each process's command line, ssh wrapping, shell quoting.
 //! - [`backoff`]: restart delays and the duration syntax.
+//! - [`probe`]: heartbeat probes that tell a frozen or cut-off process from a quiet one.
 //! - [`supervise`]: spawning, output prefixing, interrupts, stop-all and restart-all.
 
 pub mod backoff;
 pub mod cli;
 pub mod command;
 pub mod hostfile;
+pub mod probe;
 pub mod supervise;
 
 pub use cli::{Args, Config};

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::cli::{Config, Hosts, Mode};
 use crate::command::{JobShape, LaunchCommand, dataflow_command, ssh_command};
 use crate::hostfile::{self, HostPort};
+use crate::probe::Probe;
 
 /// How often the loop looks at the children and at the interrupt count.
 const POLL: Duration = Duration::from_millis(20);
@@ -150,6 +151,8 @@ pub struct Failure {
     /// `host:port` from the hostfile, when there is one.
     pub address: Option<String>,
     pub status: ExitStatus,
+    /// Set when the launcher stopped the process because it answered no probe for this long.
+    pub silent: Option<Duration>,
     /// Its last lines on stderr (its log), or on stdout when it wrote nothing to stderr.
     pub last_lines: Vec<String>,
 }
@@ -157,6 +160,9 @@ pub struct Failure {
 impl Failure {
     /// The child's own exit code, or 128+N when signal N killed it (as a shell reports it).
     pub fn exit_code(&self) -> u8 {
+        if self.silent.is_some() {
+            return exit::RESTART;
+        }
         match (self.status.code(), self.status.signal()) {
             (Some(code), _) => u8::try_from(code).unwrap_or(1).max(1),
             (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
@@ -175,7 +181,14 @@ impl fmt::Display for Failure {
         if let Some(address) = &self.address {
             write!(f, ", {address}")?;
         }
-        write!(f, ") {}", describe(self.status))
+        match self.silent {
+            Some(silent) => write!(
+                f,
+                ") answered no heartbeat probe for {:.1} s: frozen, or cut off from this host",
+                silent.as_secs_f64()
+            ),
+            None => write!(f, ") {}", describe(self.status)),
+        }
     }
 }
 
@@ -458,12 +471,22 @@ fn run_attempt(
                 running.push(r);
             }
             Err(e) => {
-                stop_all(&mut running, config.grace);
+                stop_all(&mut running, config.grace, |_| false);
                 return Err(e);
             }
         }
     }
     drop(drained_tx);
+    let mut probe = match (config.probe_timeout, hosts) {
+        (Some(timeout), Some(hosts)) => {
+            let addresses = hosts.iter().map(ToString::to_string).collect();
+            Probe::new(addresses, timeout)
+                .inspect_err(|e| warn!("cannot watch the processes for silence: {e}"))
+                .ok()
+        }
+        _ => None,
+    };
+    let mut silent = None;
 
     let mut forwarded = 0;
     let mut interrupted_at: Option<Instant> = None;
@@ -518,7 +541,31 @@ fn run_attempt(
                 r.pid,
                 describe(r.status.expect("reaped"))
             );
-            stop_all(&mut running, config.grace);
+            // A frozen or cut-off process cannot act on SIGTERM: no grace for it.
+            let now = Instant::now();
+            let probe = probe.as_ref();
+            stop_all(&mut running, config.grace, |i| {
+                probe.is_some_and(|p| p.unresponsive(i, now))
+            });
+        }
+        if failed.is_none()
+            && interrupted_at.is_none()
+            && let Some(probe) = probe.as_mut()
+            && let Some(silence) = probe.poll(|i| running[i].status.is_none(), Instant::now())
+        {
+            let index = silence.index;
+            warn!(
+                "p{index} (pid {}{}) answered no heartbeat probe for {:.1} s (--probe-timeout \
+                 {:?}): it is frozen or cut off from this host; stopping it with SIGKILL and the \
+                 others, then restarting the job",
+                running[index].pid,
+                hosts.map_or(String::new(), |h| format!(", {}", h[index])),
+                silence.silent.as_secs_f64(),
+                probe.timeout()
+            );
+            failed = Some(index);
+            silent = Some(silence.silent);
+            stop_all(&mut running, config.grace, |i| i == index);
         }
         if running.iter().all(|r| r.status.is_some()) {
             break;
@@ -541,6 +588,7 @@ fn run_attempt(
             pid: r.pid,
             address: hosts.map(|h| h[index].to_string()),
             status: r.status.expect("reaped"),
+            silent,
             last_lines: r.tails.lock().expect("tails lock").last_lines(),
         }));
     }
@@ -556,10 +604,16 @@ fn run_attempt(
     }
 }
 
-/// Stops every unreaped process: SIGTERM, then SIGKILL after `grace`; returns once all are
-/// reaped.
-fn stop_all(running: &mut [Running], grace: Duration) {
-    running.iter().for_each(|r| r.signal(Signal::SIGTERM));
+/// Stops every unreaped process: SIGKILL for those `kill_now` names, SIGTERM for the others
+/// and SIGKILL after `grace`; returns once all are reaped.
+fn stop_all(running: &mut [Running], grace: Duration, kill_now: impl Fn(usize) -> bool) {
+    for r in running.iter() {
+        if kill_now(r.index) {
+            r.signal(Signal::SIGKILL);
+        } else {
+            r.signal(Signal::SIGTERM);
+        }
+    }
     let deadline = Instant::now() + grace;
     loop {
         for r in running.iter_mut() {
@@ -643,7 +697,9 @@ fn spawn(
         let written =
             std::fs::write(&tmp, format!("{pid}\n")).and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(source) = written {
-            stop_all(std::slice::from_mut(&mut running), Duration::ZERO);
+            stop_all(std::slice::from_mut(&mut running), Duration::ZERO, |_| {
+                false
+            });
             return Err(RunError::PidFile { path, source });
         }
         running.pid_file = Some(path);
@@ -720,6 +776,7 @@ mod tests {
             pid: 42,
             address: Some("127.0.0.1:4000".into()),
             status: ExitStatus::from_raw(raw),
+            silent: None,
             last_lines: lines.iter().map(|s| s.to_string()).collect(),
         }
     }

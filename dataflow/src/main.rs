@@ -31,12 +31,11 @@ fn exit_on_panic() {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         let (what, code) = if name.starts_with("timely:") {
-            (
-                "the connection to another process of the job broke",
-                exit::RESTART,
-            )
+            let peer = dataflow::peers::connection_thread_peer(name)
+                .unwrap_or_else(|| "another process of the job".into());
+            (format!("the connection to {peer} broke"), exit::RESTART)
         } else {
-            ("a thread panicked", 101)
+            ("a thread panicked".into(), 101)
         };
         let message = info
             .payload()

@@ -9,9 +9,11 @@
 //! restarted (its heartbeat carries another incarnation), or one that has not shown up within
 //! `--peer-wait` of the start, stops this process with one line naming it (index and address)
 //! and exit status 75; so does a peer that resumed another checkpoint (a process restarted
-//! alone may read its checkpoint before the old process 0 has committed its last epoch): the job restarts from its checkpoint once every process is back. A
-//! process whose part of a bounded run is over says goodbye, so that its peers do not take its
-//! exit for a fault.
+//! alone may read its checkpoint before the old process 0 has committed its last epoch): the
+//! job restarts from its checkpoint once every process is back. A process whose part of a
+//! bounded run is over says goodbye, so that its peers do not take its exit for a fault. The
+//! watching thread also answers the probes of `cluster`, which so tells a frozen or cut-off
+//! process from a quiet one.
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::Path;
@@ -19,17 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use retail_common::heartbeat::{Beat, is_probe, job_hash};
 use tracing::{info, warn};
 
-/// What starts every heartbeat datagram.
-const MAGIC: &[u8; 4] = b"rsh1";
-/// Heartbeat: magic, job hash (8), sender index (4), incarnation (8), resumed checkpoint (8),
-/// kind (1).
-const LENGTH: usize = 33;
-/// The resumed checkpoint of a process that has not read it yet.
-pub const UNKNOWN: u64 = u64::MAX;
-const BEAT: u8 = 0;
-const GOODBYE: u8 = 1;
+pub use retail_common::heartbeat::UNKNOWN;
 
 /// How the processes of a job watch each other.
 #[derive(Clone, Debug)]
@@ -103,44 +98,6 @@ impl std::fmt::Display for PeerFault {
                 waited.as_secs()
             ),
         }
-    }
-}
-
-/// One heartbeat datagram.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Beat {
-    job: u64,
-    index: u32,
-    incarnation: u64,
-    /// Which checkpoint the process resumed ([`UNKNOWN`] until it has read it).
-    resumed: u64,
-    goodbye: bool,
-}
-
-impl Beat {
-    fn encode(&self) -> [u8; LENGTH] {
-        let mut out = [0u8; LENGTH];
-        out[..4].copy_from_slice(MAGIC);
-        out[4..12].copy_from_slice(&self.job.to_be_bytes());
-        out[12..16].copy_from_slice(&self.index.to_be_bytes());
-        out[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
-        out[24..32].copy_from_slice(&self.resumed.to_be_bytes());
-        out[32] = if self.goodbye { GOODBYE } else { BEAT };
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Beat> {
-        if bytes.len() != LENGTH || &bytes[..4] != MAGIC || bytes[32] > GOODBYE {
-            return None;
-        }
-        let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        Some(Beat {
-            job: u64_at(4),
-            index: u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")),
-            incarnation: u64_at(16),
-            resumed: u64_at(24),
-            goodbye: bytes[32] == GOODBYE,
-        })
     }
 }
 
@@ -288,10 +245,21 @@ pub fn addresses(hostfile: Option<&Path>, processes: usize) -> std::io::Result<V
     Ok(lines)
 }
 
-/// A stable hash of the job id (FNV-1a), the same in every process.
-fn job_hash(job_id: &str) -> u64 {
-    job_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+/// Every process's address, once a watch started: for [`connection_thread_peer`].
+static ADDRESSES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The peer that one of timely's connection threads (`timely:send-N`, `timely:recv-N`, N the
+/// remote process's index) talks to, as `process N (host:port)`: the panic of such a thread
+/// names the peer whose connection broke.
+pub fn connection_thread_peer(thread: &str) -> Option<String> {
+    let index: usize = thread
+        .strip_prefix("timely:send-")
+        .or_else(|| thread.strip_prefix("timely:recv-"))?
+        .parse()
+        .ok()?;
+    Some(match ADDRESSES.get().and_then(|a| a.get(index)) {
+        Some(address) => format!("process {index} ({address})"),
+        None => format!("process {index}"),
     })
 }
 
@@ -316,6 +284,7 @@ impl PeerWatch {
         stop: impl FnOnce(PeerFault) + Send + 'static,
     ) -> std::io::Result<PeerWatch> {
         let own = config.addresses[config.index].clone();
+        let _ = ADDRESSES.set(config.addresses.clone());
         let socket = UdpSocket::bind(own.as_str()).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -384,8 +353,24 @@ impl PeerWatch {
                         resumed: &resumed,
                         agreed: &agreed,
                     };
-                    if let Some(fault) = watch_peers(&socket, &config, beat.job, flags) {
+                    if let Some(fault) = watch_peers(&socket, &config, beat, flags) {
                         stop(fault);
+                        return;
+                    }
+                    // The part is over but the process may run on (the writer's last commit,
+                    // `--http-linger`): the launcher's probes still hear that it is alive.
+                    let goodbye = Beat {
+                        goodbye: true,
+                        resumed: resumed.load(Ordering::Relaxed),
+                        ..beat
+                    };
+                    let mut buffer = [0u8; 64];
+                    loop {
+                        if let Ok((n, from)) = socket.recv_from(&mut buffer)
+                            && is_probe(&buffer[..n])
+                        {
+                            let _ = socket.send_to(&goodbye.encode(), from);
+                        }
                     }
                 })?;
         }
@@ -463,9 +448,10 @@ struct Flags<'a> {
 fn watch_peers(
     socket: &UdpSocket,
     config: &PeerConfig,
-    job: u64,
+    beat: Beat,
     flags: Flags<'_>,
 ) -> Option<PeerFault> {
+    let job = beat.job;
     let done = flags.done;
     let mut peers = Peers::new(config.addresses.len(), Instant::now());
     let mut buffer = [0u8; 64];
@@ -474,6 +460,15 @@ fn watch_peers(
             peers.connect(Instant::now());
         }
         match socket.recv_from(&mut buffer) {
+            Ok((n, from)) if is_probe(&buffer[..n]) => {
+                // The launcher asks: answer at once, from this thread, so that a process whose
+                // watch is stuck or frozen does not answer.
+                let now = Beat {
+                    resumed: flags.resumed.load(Ordering::Relaxed),
+                    ..beat
+                };
+                let _ = socket.send_to(&now.encode(), from);
+            }
             Ok((n, _)) => {
                 if let Some(beat) = Beat::decode(&buffer[..n]).filter(|b| b.job == job) {
                     let index = beat.index as usize;
@@ -515,6 +510,16 @@ fn watch_peers(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_connection_thread_names_its_peer() {
+        // With its address once a watch started; timely's other threads name no peer.
+        let peer = connection_thread_peer("timely:recv-3").unwrap();
+        assert!(peer.starts_with("process 3"), "{peer}");
+        assert_eq!(connection_thread_peer("timely:work-0"), None);
+        assert_eq!(connection_thread_peer("timely:send-x"), None);
+        assert_eq!(connection_thread_peer("worker"), None);
+    }
+
     fn beat(incarnation: u64, goodbye: bool) -> Beat {
         Beat {
             job: 1,
@@ -533,26 +538,6 @@ mod tests {
             wait: Duration::from_secs(60),
             job_id: "j".into(),
         }
-    }
-
-    #[test]
-    fn a_heartbeat_survives_its_encoding_and_garbage_does_not_decode() {
-        let beat = Beat {
-            job: job_hash("retail"),
-            index: 3,
-            incarnation: 0x0102_0304_0506_0708,
-            resumed: 42,
-            goodbye: true,
-        };
-        assert_eq!(Beat::decode(&beat.encode()), Some(beat));
-        assert_eq!(Beat::decode(b"rsh1"), None);
-        let mut other = beat.encode();
-        other[0] = b'x';
-        assert_eq!(Beat::decode(&other), None);
-        other = beat.encode();
-        other[32] = 7;
-        assert_eq!(Beat::decode(&other), None);
-        assert_ne!(job_hash("a"), job_hash("b"));
     }
 
     #[test]

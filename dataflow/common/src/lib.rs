@@ -10,9 +10,11 @@
 //! - [`time`]: the accepted InvoiceDate forms and the ISO-8601 form written out.
 //! - [`record`]: the typed record, its JSON wire format and its validation.
 //! - [`kafka`]: client settings shared by the binaries (`-b`, `-X key=value`, topic creation).
+//! - [`heartbeat`]: the datagrams with which a job's processes and its launcher watch each other.
 //! - [`metrics`]: the Prometheus registry helpers, process metrics and the `/metrics` server.
 
 pub mod exit;
+pub mod heartbeat;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
