@@ -284,10 +284,13 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     };
     let saved = Arc::new(Mutex::new(Some(saved)));
     let metrics = Arc::new(Metrics::default());
+    // `/readyz`: the dataflow runs with every process connected.
+    let ready = Arc::new(AtomicBool::new(false));
     let (http, hub) = match &config.http {
         Some(addr) => {
             let resumed = source_config.resume.as_ref().map(|r| &r.partitions);
-            let (local, hub) = crate::http::serve_job(&config, addr, &metrics, resumed)?;
+            let ready = Arc::clone(&ready);
+            let (local, hub) = crate::http::serve_job(&config, addr, &metrics, resumed, ready)?;
             (Some(local), hub)
         }
         None => (None, None),
@@ -430,6 +433,7 @@ pub fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Report, JobError
     if let Some(peers) = &peers {
         peers.connected();
     }
+    ready.store(true, Ordering::Relaxed);
     let results = guards.join();
     done.store(true, Ordering::Relaxed);
     if let Some(handle) = progress {

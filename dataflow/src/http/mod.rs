@@ -23,6 +23,7 @@ pub mod publish;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -54,6 +55,7 @@ pub fn serve_job(
     addr: &str,
     source: &Arc<Metrics>,
     resumed: Option<&BTreeMap<i32, Resume>>,
+    ready: Arc<AtomicBool>,
 ) -> Result<(String, Option<Publisher>), ServeError> {
     let hub = (config.process == 0).then(|| {
         let commits = CommitMetrics::default();
@@ -68,7 +70,7 @@ pub fn serve_job(
         Arc::new(hub)
     });
     let registry = metrics::registry(Arc::clone(source), hub.as_ref().map(|h| h.metrics()));
-    let local = start(addr, hub.clone(), registry)?;
+    let local = start(addr, hub.clone(), registry, ready)?;
     let publisher = hub
         .map(Publisher::spawn)
         .transpose()
@@ -90,14 +92,19 @@ pub fn serve_job(
 }
 
 /// Starts the server on `addr`; returns the address it listens on.
-pub fn start(addr: &str, hub: Option<Arc<Hub>>, registry: Registry) -> Result<String, ServeError> {
+pub fn start(
+    addr: &str,
+    hub: Option<Arc<Hub>>,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> Result<String, ServeError> {
     let server = bind(addr)?;
     let local = local_addr(&server);
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                handle(request, hub.as_ref(), &registry);
+                handle(request, hub.as_ref(), &registry, &ready);
             }
         })
         .map_err(|e| ServeError {
@@ -107,7 +114,12 @@ pub fn start(addr: &str, hub: Option<Arc<Hub>>, registry: Registry) -> Result<St
     Ok(local)
 }
 
-fn handle(request: tiny_http::Request, hub: Option<&Arc<Hub>>, registry: &Registry) {
+fn handle(
+    request: tiny_http::Request,
+    hub: Option<&Arc<Hub>>,
+    registry: &Registry,
+    ready: &AtomicBool,
+) {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     debug!(path, "http request");
@@ -115,9 +127,27 @@ fn handle(request: tiny_http::Request, hub: Option<&Arc<Hub>>, registry: &Regist
         let _ = request.respond(error(405, "only GET is served"));
         return;
     }
-    if path == "/metrics" {
-        let _ = request.respond(text_response(encode(registry), CONTENT_TYPE, 200));
-        return;
+    // Every process: metrics, and the probes of an orchestrator. Alive is answering at all
+    // (a frozen process does not); ready is running the dataflow with every peer connected.
+    let plain = "text/plain; charset=utf-8";
+    match path {
+        "/metrics" => {
+            let _ = request.respond(text_response(encode(registry), CONTENT_TYPE, 200));
+            return;
+        }
+        "/healthz" => {
+            let _ = request.respond(text_response("ok\n".into(), plain, 200));
+            return;
+        }
+        "/readyz" => {
+            let _ = request.respond(if ready.load(Ordering::Relaxed) {
+                text_response("ready\n".into(), plain, 200)
+            } else {
+                error(503, "starting: the processes are not connected yet")
+            });
+            return;
+        }
+        _ => {}
     }
     let Some(hub) = hub else {
         let _ = request.respond(error(
@@ -152,7 +182,8 @@ fn handle(request: tiny_http::Request, hub: Option<&Arc<Hub>>, registry: &Regist
         },
         _ => error(
             404,
-            "not found; try /, /events, /api/state, /api/epochs, /api/progress or /metrics",
+            "not found; try /, /events, /api/state, /api/epochs, /api/progress, /metrics, \
+             /healthz or /readyz",
         ),
     };
     let _ = request.respond(response);
