@@ -43,3 +43,4 @@ shift
 exec sh -c "$1""#,
     )
 }
+pub mod netns;
