@@ -389,6 +389,8 @@ fn restart_one_alone(net: &Net, job: &Job, address: &str, start: impl Fn(usize) 
     };
     let mut finished = [false, false];
     let mut restarts = 0;
+    // When process 0 came back: the job's first commit after it is the recovery's.
+    let mut zero_back = None;
     let deadline = at + LIMIT;
     while finished != [true, true] {
         assert!(
@@ -407,17 +409,27 @@ fn restart_one_alone(net: &Net, job: &Job, address: &str, start: impl Fn(usize) 
                     assert!(restarts < 10, "restarted too often:\n{}", lines.text());
                     restarts += 1;
                     children[i] = spawn(i);
+                    if i == 0 {
+                        zero_back.get_or_insert_with(Instant::now);
+                    }
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let zero_back = zero_back.unwrap_or_else(|| {
+        panic!(
+            "process 0 went on beside a restarted peer:\n{}",
+            lines.text()
+        )
+    });
     eprintln!(
-        "a process restarted alone: first line naming it after {:.1} s: {line}; first new \
-         commit after {}",
+        "a process restarted alone: first line naming it after {:.1} s: {line}; process 0 \
+         restarted after {:.1} s, first new commit after {}",
         (seen - at).as_secs_f64(),
+        (zero_back - at).as_secs_f64(),
         commits
-            .first_growth_after(seen)
+            .first_growth_after(zero_back)
             .map_or("-".into(), |c| format!("{:.1} s", (c - at).as_secs_f64()))
     );
     for i in 0..2 {
