@@ -1,8 +1,11 @@
-//! Chaos: a bounded run over 1M records is killed with SIGKILL at random points (once as a
-//! two-process job with one process killed), restarted each time, and also sees the broker
-//! restart under it. At the end its committed outputs, read with `read_committed`, equal those
-//! of an uninterrupted run byte for byte, and its summary equals a fold over the topic. The job
-//! runs with a short invoice retention, so invoices close (and leave the state) between kills.
+//! Chaos: a bounded run over 1M records is killed with SIGKILL five times (once as a
+//! two-process job with one process killed), each time after a random number of newly
+//! committed epochs and while it provably still runs, restarted each time, and also sees the
+//! broker restart under it while it reads. At the end its committed outputs, read with
+//! `read_committed`, equal those of an uninterrupted run byte for byte, and its summary equals
+//! a fold over the topic. The job runs with a short invoice retention, so invoices close (and
+//! leave the state) between kills. The kill points come from a seed that the test prints;
+//! `CHAOS_SEED=N` repeats them.
 
 mod common;
 
@@ -70,6 +73,50 @@ fn finish_within(child: &mut Child, log: &Path, full: Duration) -> std::process:
     );
 }
 
+/// Waits until the run whose process 0 logs to `log` (started with `--http 127.0.0.1:0`) has
+/// committed `k` epochs (`retail_stream_epochs_committed` on its `/metrics`: confirmed by the
+/// Kafka transaction), while every process in `procs` still runs and no `summary.json` is in
+/// `out`: a kill right after lands in a live job, after a commit of its own.
+fn wait_for_commits(log: &Path, out: &Path, k: u64, procs: &mut [Child]) -> u64 {
+    let alive = |procs: &mut [Child]| {
+        for (i, p) in procs.iter_mut().enumerate() {
+            let status = p.try_wait().unwrap();
+            assert!(
+                status.is_none(),
+                "process {i} ended before the kill: {status:?}"
+            );
+        }
+        assert!(
+            !out.join("summary.json").exists(),
+            "the run finished before the kill"
+        );
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut addr = None;
+    loop {
+        alive(procs);
+        assert!(
+            Instant::now() < deadline,
+            "{k} epochs not committed in 180 s"
+        );
+        if addr.is_none() {
+            addr = http_addr_in(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        let committed = addr.as_deref().map_or(0, |addr| {
+            let (_, body) = get(addr, "/metrics");
+            body.lines()
+                .find_map(|l| l.strip_prefix("retail_stream_epochs_committed_total "))
+                .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+        });
+        if committed >= k {
+            // Still running after the commit that was seen: the kill lands mid-run.
+            alive(procs);
+            return committed;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A small deterministic-per-run pseudo-random source for kill points.
 struct Dice(u64);
 
@@ -101,17 +148,28 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     let full = started.elapsed();
     eprintln!("uninterrupted run: {full:?}");
 
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = std::env::var("CHAOS_SEED").map_or_else(
+        |_| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        },
+        |s| s.parse().expect("CHAOS_SEED is a number"),
+    );
+    eprintln!("chaos seed {seed} (CHAOS_SEED={seed} repeats these kill points)");
     let mut dice = Dice(seed);
     let chaos = dir.path().join("chaos");
     let aggregates = format!("{topic}.chaos");
+    // Each round kills after 1 to an eighth of all epochs are committed by the run: five
+    // rounds leave at least a third of the job for the broker restart.
+    let epochs = read_jsonl(&reference, "epochs").len();
+    let most = (epochs / 8).max(2);
+    eprintln!("{epochs} epochs; each kill after 1 to {most} committed by the run");
 
-    // Five kills at random points, the third of a two-process job with one process killed.
+    // Five kills, the third of a two-process job with one process killed.
     for round in 0..5 {
-        let at = Duration::from_secs_f64(full.as_secs_f64() * dice.between(0.3, 0.95));
+        let k = dice.between(1.0, most as f64 + 1.0) as u64;
         if round == 2 {
             let hostfile = dir.path().join("hosts");
             write_hostfile(&hostfile, &["127.0.0.1", "127.0.0.1"]);
@@ -120,58 +178,60 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
                     spawn_logged(
                         job(&topic, &chaos, &aggregates)
                             .args(["-n", "2", "-p", &p.to_string(), "-w", "1"])
-                            .args(["-h", &hostfile.display().to_string()]),
+                            .args(["-h", &hostfile.display().to_string()])
+                            .args(["--http", "127.0.0.1:0"]),
                         &dir.path().join(format!("run-{round}-p{p}.log")),
                     )
                 })
                 .collect();
-            std::thread::sleep(at);
-            eprintln!("round {round}: killing process 1 of 2 after {at:?}");
+            let log = dir.path().join(format!("run-{round}-p0.log"));
+            let committed = wait_for_commits(&log, &chaos, k, &mut procs);
+            eprintln!("round {round}: killing process 1 of 2 after {committed} committed epochs");
             procs[1].kill().unwrap();
             procs[1].wait().unwrap();
-            // Its peer cannot go on alone; give it a moment to notice, then kill it too.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && procs[0].try_wait().unwrap().is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = procs[0].kill();
-            procs[0].wait().unwrap();
+            // Its peer cannot go on alone: the broken connection stops it with 75.
+            let status = wait_exit(&mut procs[0], Duration::from_secs(15))
+                .expect("process 0 lives on without its peer");
+            assert_eq!(status.code(), Some(75), "process 0: {status}");
         } else {
-            let mut child = spawn_logged(
-                job(&topic, &chaos, &aggregates).args(["-w", "2"]),
-                &dir.path().join(format!("run-{round}.log")),
-            );
-            std::thread::sleep(at);
-            eprintln!("round {round}: kill -9 after {at:?}");
-            let _ = child.kill();
-            child.wait().unwrap();
+            let log = dir.path().join(format!("run-{round}.log"));
+            let mut procs = vec![spawn_logged(
+                job(&topic, &chaos, &aggregates).args(["-w", "2", "--http", "127.0.0.1:0"]),
+                &log,
+            )];
+            let committed = wait_for_commits(&log, &chaos, k, &mut procs);
+            eprintln!("round {round}: kill -9 after {committed} committed epochs");
+            procs[0].kill().unwrap();
+            procs[0].wait().unwrap();
         }
     }
 
-    // The kills must have hit a job that had committed something, or nothing was proven.
-    let resumed = std::fs::read_dir(dir.path())
+    // Every run after the first resumed a checkpoint with commits in it.
+    let logs: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .filter(|p| {
-            let log = std::fs::read_to_string(p).unwrap();
-            log.contains("resuming after the last checkpoint") && !log.contains("commits=0")
-        })
-        .count();
-    eprintln!("{resumed} runs resumed from a checkpoint");
-    assert!(
-        resumed >= 2,
-        "only {resumed} runs resumed after a committed epoch"
-    );
+        .filter(|p| !p.ends_with("run-0.log"))
+        .collect();
+    assert_eq!(logs.len(), 5, "{logs:?}");
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains("resuming after the last checkpoint") && !text.contains("commits=0"),
+            "{} did not resume a committed epoch:\n{text}",
+            log.display()
+        );
+    }
 
     // A run that sees the broker restart under it, then finishes. It serves `/metrics`, so
     // that a run that never finishes fails the test with what its sources were doing.
     let log = dir.path().join("run-broker-restart.log");
-    let mut child = spawn_logged(
+    let mut procs = vec![spawn_logged(
         job(&topic, &chaos, &aggregates).args(["-w", "2", "--http", "127.0.0.1:0"]),
         &log,
-    );
-    std::thread::sleep(full.mul_f64(0.3));
+    )];
+    wait_for_commits(&log, &chaos, 1, &mut procs);
+    let [mut child] = <[Child; 1]>::try_from(procs).unwrap();
     eprintln!("restarting the broker mid-run");
     kafka_script(&["down"]);
     kafka_script(&["up"]);
