@@ -52,22 +52,11 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// Whether the dataflow binary has `flag` (its command line is still growing: checkpoints
-/// brought `--job-id`).
-fn dataflow_has(flag: &str) -> bool {
-    static HELP: OnceLock<String> = OnceLock::new();
-    HELP.get_or_init(|| {
-        let out = run(Command::new(binary("dataflow")).arg("--help"), 0);
-        text(&out.stdout)
-    })
-    .contains(flag)
-}
-
 /// The flags of a bounded run that writes only the JSON-lines files and summary.json. Every
 /// run is its own job (`--job-id`), so that no checkpoint of another run, test or demo is
 /// resumed; a restart inside one `cluster` run keeps the same flags and so the same job.
 fn dataflow_flags(topic: &str, out: &Path) -> Vec<String> {
-    let mut flags = vec![
+    vec![
         "--topic".into(),
         topic.into(),
         "--until-end".into(),
@@ -81,11 +70,9 @@ fn dataflow_flags(topic: &str, out: &Path) -> Vec<String> {
         bootstrap(),
         "--progress-interval".into(),
         "1s".into(),
-    ];
-    if dataflow_has("--job-id") {
-        flags.extend(["--job-id".into(), unique("job")]);
-    }
-    flags
+        "--job-id".into(),
+        unique("job"),
+    ]
 }
 
 /// `cluster` with the real dataflow next to it and quiet children.

@@ -239,7 +239,9 @@ fn a_refused_message_fails_the_run_with_exit_code_3() {
         3,
     );
     let s = summary(&out.stdout);
-    assert!(s["failed"].as_u64().unwrap() > 0, "{s}");
+    // Every message is larger than the limit: none is published, each is counted failed.
+    assert_eq!(s["failed"].as_u64(), Some(100), "{s}");
+    assert_eq!(s["published"].as_u64(), Some(0), "{s}");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("not delivered"), "{stderr}");
     delete_topics(&[&topic]);
