@@ -83,19 +83,46 @@ fn sh(line: &str) {
     assert!(status.success(), "`{line}` failed: {status}");
 }
 
-/// Removes what an earlier, interrupted test may have left.
+/// Removes the hosts, with whatever still runs in them (a failed test's processes, the relays'
+/// forks), and what an earlier, interrupted test may have left.
 fn clean(hosts: usize) {
     for i in 0..hosts.max(4) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &format!("rsh{i}")])
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/rsh{i}"));
+        let ns = format!("rsh{i}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pids(&ns).is_empty() && Instant::now() < deadline {
+            for pid in pids(&ns) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        quiet(&["netns", "del", &ns]);
+        // Deleting one end of a veth pair deletes both.
+        quiet(&["link", "del", &format!("rsv{i}")]);
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
     }
-    let _ = Command::new("ip")
-        .args(["link", "del", BRIDGE])
+    quiet(&["link", "del", BRIDGE]);
+}
+
+/// `ip ARGS`, for what may not exist.
+fn quiet(args: &[&str]) {
+    let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+}
+
+/// The processes in namespace `ns`.
+fn pids(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
         .stderr(Stdio::null())
-        .status();
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Net {
@@ -232,16 +259,11 @@ exec ip netns exec "$ns" sh -c "exec $1""#
         )
     }
 
-    /// Pids of processes still in host `i`, but for the harness's own relay.
+    /// Pids of processes still in host `i`, but for the harness's relays.
     pub fn leftovers(&self, i: usize) -> Vec<u32> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &self.hosts[i].ns])
-            .output()
-            .unwrap();
         let relay = self.relays[i + 1].id();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
+        pids(&self.hosts[i].ns)
+            .into_iter()
             .filter(|&p| p != relay && !is_relay_fork(p))
             .collect()
     }
@@ -275,15 +297,6 @@ impl Drop for Net {
         for relay in &mut self.relays {
             let _ = relay.kill();
             let _ = relay.wait();
-        }
-        for host in &self.hosts {
-            // Whatever still runs in the host (a failed test's processes, the relays' forks).
-            let _ = Command::new("sh")
-                .args([
-                    "-c",
-                    &format!("ip netns pids {} | xargs -r kill -KILL", host.ns),
-                ])
-                .status();
         }
         clean(self.hosts.len());
     }
