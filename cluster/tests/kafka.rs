@@ -1,6 +1,6 @@
 //! End-to-end against the real broker (`scripts/kafka up`; address from
-//! `KAFKA_BOOTSTRAP_SERVERS`, default localhost:9092): one fresh topic filled by the real
-//! `ingest`, one uninterrupted 1 process x 1 worker `dataflow` run as the reference, and
+//! `KAFKA_BOOTSTRAP_SERVERS`, default localhost:9092): one fresh topic of the real `ingest`'s
+//! generated sales with bad messages, late lines and closed invoices mixed in, one uninterrupted 1 process x 1 worker `dataflow` run as the reference, and
 //! `cluster` runs of other shapes, with a killed process, with a 127.0.0.x hostfile and over a
 //! stand-in ssh, each of which must write the same output files byte for byte.
 
@@ -12,12 +12,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    DATAFLOW_OUTPUTS, assert_same_files, binary, bootstrap, cluster, fake_ssh, publish, run,
-    spawn_piped, text, unique, wait_for_file, write_hostfile,
+    DATAFLOW_OUTPUTS, assert_same_files, binary, bootstrap, cluster, fake_ssh, publish_dirty,
+    read_summary, run, spawn_piped, text, unique, wait_for_file, write_hostfile,
 };
 
 /// Long enough (about 3 s for one process here) that a process can be killed mid-run.
-const RECORDS: &str = "300000";
+const RECORDS: usize = 300_000;
 
 /// The topic every test reads, and the reference outputs of a plain 1 x 1 run over it.
 struct Fixture {
@@ -36,17 +36,23 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let topic = unique("sales");
-        publish(
-            &topic,
-            &["--generate", RECORDS, "--seed", "7"],
-            &scratch("ingest"),
-        );
+        // Dead letters of every reason, late lines and closed invoices cross the processes.
+        publish_dirty(&topic, RECORDS, 7, &scratch("ingest"));
         let reference = scratch("reference");
         run(
             Command::new(binary("dataflow"))
                 .args(dataflow_flags(&topic, &reference))
                 .env("RUST_LOG", "warn"),
             0,
+        );
+        let summary = read_summary(&reference);
+        assert!(
+            summary["totals"]["late_lines"].as_u64() > Some(0),
+            "{summary}"
+        );
+        assert!(
+            summary["dead_letters"]["total"].as_u64() > Some(0),
+            "{summary}"
         );
         Fixture { topic, reference }
     })
@@ -70,6 +76,10 @@ fn dataflow_flags(topic: &str, out: &Path) -> Vec<String> {
         bootstrap(),
         "--progress-interval".into(),
         "1s".into(),
+        "--lateness".into(),
+        "1h".into(),
+        "--invoice-retention".into(),
+        "3h".into(),
         "--job-id".into(),
         unique("job"),
     ]

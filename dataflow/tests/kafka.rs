@@ -48,16 +48,22 @@ fn same_results_for_any_parallelism(
     root: &std::path::Path,
     epoch: &str,
 ) -> std::path::PathBuf {
-    let flags = ["--sinks", "jsonl", "--epoch", epoch];
+    same_results_with(topic, root, &["--epoch", epoch])
+}
+
+/// [`same_results_for_any_parallelism`] with the job's `flags`.
+fn same_results_with(topic: &str, root: &std::path::Path, flags: &[&str]) -> std::path::PathBuf {
+    let flags = [&["--sinks", "jsonl"], flags].concat();
+    let flags = flags.as_slice();
     let one = root.join("w1");
-    run_ok(dataflow(topic, &one, &flags).args(["-w", "1"]));
+    run_ok(dataflow(topic, &one, flags).args(["-w", "1"]));
     let three = root.join("w3");
-    run_ok(dataflow(topic, &three, &flags).args(["-w", "3"]));
+    run_ok(dataflow(topic, &three, flags).args(["-w", "3"]));
     let procs = root.join("n2w2");
-    dataflow_cluster(topic, &procs, 2, 2, &flags);
+    dataflow_cluster(topic, &procs, 2, 2, flags);
     // The tightest flow control only delays reading: the outputs are the same.
     let held = root.join("w2-max-buffered-0");
-    run_ok(dataflow(topic, &held, &flags).args(["-w", "2", "--max-buffered", "0"]));
+    run_ok(dataflow(topic, &held, flags).args(["-w", "2", "--max-buffered", "0"]));
     assert_same_outputs(&one, &three);
     assert_same_outputs(&one, &procs);
     assert_same_outputs(&one, &held);
@@ -101,6 +107,60 @@ fn generated_data_gives_identical_results_equal_to_a_fold() {
         .collect();
     assert!(keys.len() > 5, "only {} epochs", keys.len());
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
+}
+
+#[test]
+fn dirty_data_gives_identical_outputs_and_dead_letters_for_any_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("dirty");
+    let dirt = publish_dirty(&topic, 60_000, 13, dir.path());
+    eprintln!("mixed in: {dirt:?}");
+    // Lines moved back 1 h or 2 h are late or not, but count; early lines sent again at the
+    // end (over 7 h later) find their invoices closed.
+    let flags = [
+        "--epoch",
+        "1h",
+        "--lateness",
+        "1h",
+        "--invoice-retention",
+        "3h",
+    ];
+    let out = same_results_with(&topic, dir.path(), &flags);
+
+    // Every bad message is a dead letter with its reason; closed invoices' lines too.
+    let letters = read_jsonl(&out, "dlq");
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for letter in &letters {
+        *reasons
+            .entry(letter["reason"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let closed = reasons.remove("invoice_closed").unwrap_or(0);
+    let expected: BTreeMap<String, usize> =
+        dirt.bad.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+    assert_eq!(reasons, expected);
+    assert_eq!(closed, dirt.resent, "invoice_closed dead letters");
+    let summary = read_summary(&out);
+    let late = summary["totals"]["late_lines"].as_u64().unwrap();
+    assert!(late > 0, "no late line: {summary}");
+
+    // The totals are a fold over the topic's valid sales but the dead letters.
+    let dead: BTreeSet<(i32, i64)> = letters
+        .iter()
+        .map(|l| {
+            let partition = l["partition"].as_i64().unwrap() as i32;
+            (partition, l["offset"].as_i64().unwrap())
+        })
+        .collect();
+    let sales: Vec<Sale> = read_topic(&topic, true)
+        .iter()
+        .filter(|m| !dead.contains(&(m.partition(), m.offset())))
+        .map(|m| Sale::from_json(m.payload().unwrap()).expect("a valid sale"))
+        .collect();
+    let bad: usize = dirt.bad.values().sum();
+    assert_eq!(sales.len() + letters.len(), 60_000 + bad + dirt.resent);
+    assert_eq!(comparable(&summary), fold(sales));
+    delete_topics(&[&topic]);
 }
 
 #[test]

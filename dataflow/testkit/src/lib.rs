@@ -10,6 +10,8 @@
 //!   it belongs to);
 //! - [`process`]: running a command for an expected exit status, or with a time limit that
 //!   kills its whole process group, waiting for a child, publishing with `ingest`;
+//! - [`dirty`]: topics of generated sales with bad messages of every dead-letter reason and
+//!   lines out of order mixed in;
 //! - [`files`]: a run's output folder (listing, byte-for-byte comparison, `summary.json`, JSON
 //!   lines) and waiting for a file to contain a text;
 //! - [`net`]: free loopback ports and the hostfiles of multi-process jobs;
@@ -20,6 +22,7 @@
 //! `pub use retail_testkit::*;` and adds only what is its own.
 
 pub mod broker;
+pub mod dirty;
 pub mod files;
 pub mod http;
 pub mod net;
@@ -27,6 +30,7 @@ pub mod places;
 pub mod process;
 
 pub use broker::*;
+pub use dirty::*;
 pub use files::*;
 pub use http::*;
 pub use net::*;
