@@ -134,7 +134,7 @@ fn spoil(text: &str, k: usize) -> (&'static str, Vec<u8>) {
             "not_utf8",
             [b"{\"invoice_no\":\"\xff", text.as_bytes()].concat(),
         ),
-        1 => ("not_json", text[..text.len() / 2].as_bytes().to_vec()),
+        1 => ("not_json", text.as_bytes()[..text.len() / 2].to_vec()),
         2 => (
             "missing_field",
             text.replacen("\"country\"", "\"nation\"", 1).into_bytes(),
