@@ -145,20 +145,10 @@ fn dirty_data_gives_identical_outputs_and_dead_letters_for_any_parallelism() {
     assert!(late > 0, "no late line: {summary}");
 
     // The totals are a fold over the topic's valid sales but the dead letters.
-    let dead: BTreeSet<(i32, i64)> = letters
-        .iter()
-        .map(|l| {
-            let partition = l["partition"].as_i64().unwrap() as i32;
-            (partition, l["offset"].as_i64().unwrap())
-        })
-        .collect();
-    let sales: Vec<Sale> = read_topic(&topic, true)
-        .iter()
-        .filter(|m| !dead.contains(&(m.partition(), m.offset())))
-        .map(|m| Sale::from_json(m.payload().unwrap()).expect("a valid sale"))
-        .collect();
+    let (sales, dead) = sales_but_dead_letters(&topic, &out);
+    assert_eq!(dead, letters.len(), "one dead letter per message");
     let bad: usize = dirt.bad.values().sum();
-    assert_eq!(sales.len() + letters.len(), 60_000 + bad + dirt.resent);
+    assert_eq!(sales.len() + dead, 60_000 + bad + dirt.resent);
     assert_eq!(comparable(&summary), fold(sales));
     delete_topics(&[&topic]);
 }

@@ -74,6 +74,25 @@ pub fn topic_sales(topic: &str) -> Vec<Sale> {
         .collect()
 }
 
+/// The sales of `topic` that are not among the dead letters of the run into `out`
+/// (`dlq.jsonl`: bad messages, and lines of invoices closed under invoice retention), and
+/// how many messages were dead letters.
+pub fn sales_but_dead_letters(topic: &str, out: &Path) -> (Vec<Sale>, usize) {
+    let dead: BTreeSet<(i32, i64)> = read_jsonl(out, "dlq")
+        .iter()
+        .map(|l| {
+            let partition = l["partition"].as_i64().unwrap() as i32;
+            (partition, l["offset"].as_i64().unwrap())
+        })
+        .collect();
+    let sales = read_topic(topic, true)
+        .iter()
+        .filter(|m| !dead.contains(&(m.partition(), m.offset())))
+        .map(|m| Sale::from_json(m.payload().unwrap()).expect("a valid sale"))
+        .collect();
+    (sales, dead.len())
+}
+
 /// The aggregates of `summary.json`, computed by a plain fold over the sales.
 pub fn fold(sales: impl IntoIterator<Item = Sale>) -> Value {
     let mut lines = 0i64;
