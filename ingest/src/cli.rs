@@ -129,7 +129,8 @@ pub struct Args {
     )]
     pub rejects: PathBuf,
 
-    /// Publish at most R records per second, evenly spaced (default: as fast as possible).
+    /// Publish at most R records per second, evenly spaced (above 100/s, in small bursts
+    /// 10 ms apart, sleeping in between) (default: as fast as possible).
     #[arg(long, value_name = "R", env = "INGEST_RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
 

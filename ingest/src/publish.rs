@@ -288,8 +288,12 @@ impl Sink {
             }
             let step = (deadline - now).min(Duration::from_millis(50));
             match self {
-                Sink::Kafka(kafka) => kafka.producer.poll(step),
-                Sink::Lines(_) => std::thread::sleep(step),
+                // The producer's poll counts whole milliseconds: a shorter rest is slept, not
+                // spun on with polls that return at once.
+                Sink::Kafka(kafka) if step >= Duration::from_millis(1) => {
+                    kafka.producer.poll(step);
+                }
+                _ => std::thread::sleep(step),
             }
         }
     }

@@ -29,11 +29,14 @@ fn assert_exit(command: &Command, output: &Output, code: i32) {
     );
 }
 
-/// Runs the command to completion and returns its output; it must exit with `expect_code`.
+/// The longest a test's command may run: one that hangs fails its test with its output
+/// (and is killed with every process it started) instead of holding the suite for ever.
+pub const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs the command to completion (at most [`RUN_LIMIT`]) and returns its output; it must
+/// exit with `expect_code`.
 pub fn run(command: &mut Command, expect_code: i32) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    let (output, _) = run_timeout(command, RUN_LIMIT);
     assert_exit(command, &output, expect_code);
     output
 }

@@ -43,25 +43,29 @@ pub fn dataflow(topic: &str, out: &Path, extra: &[&str]) -> Command {
 pub fn dataflow_cluster(topic: &str, out: &Path, processes: usize, workers: usize, extra: &[&str]) {
     let hostfile = out.with_extension("hosts");
     write_hostfile(&hostfile, &vec!["127.0.0.1"; processes]);
+    // Logs in files beside the output folder: a child never blocks on a full pipe.
+    let log = |p: usize| out.with_extension(format!("p{p}.log"));
     let children: Vec<_> = (0..processes)
         .map(|p| {
             dataflow(topic, out, extra)
                 .args(["-n", &processes.to_string(), "-p", &p.to_string()])
                 .args(["-w", &workers.to_string()])
                 .args(["-h", &hostfile.display().to_string()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log(p)).unwrap())
                 .spawn()
                 .expect("dataflow starts")
         })
         .collect();
-    for (p, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
+    for (p, mut child) in children.into_iter().enumerate() {
+        let status = wait_exit(&mut child, RUN_LIMIT);
+        let stderr = std::fs::read_to_string(log(p)).unwrap_or_default();
+        let status = status.unwrap_or_else(|| {
+            panic!("process {p} did not exit within {RUN_LIMIT:?}; killed it\nstderr:\n{stderr}")
+        });
         assert!(
-            out.status.success(),
-            "process {p} failed with {}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "process {p} failed with {status}\nstderr:\n{stderr}"
         );
     }
 }
