@@ -7,10 +7,10 @@
 //! A process not heard yet is still starting (ssh, loading): its peers' `--peer-wait` covers
 //! that. One that said goodbye (its part of a bounded run is over) is no longer watched.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use retail_common::heartbeat::{Beat, PROBE};
+use retail_common::heartbeat::{Beat, PROBE, resolve};
 
 /// A process taken for failed by the launcher.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,11 +104,7 @@ impl Probe {
                 if !running(index) {
                     continue;
                 }
-                let resolved: Vec<SocketAddr> = address
-                    .to_socket_addrs()
-                    .map(Iterator::collect)
-                    .unwrap_or_default();
-                for to in resolved {
+                for to in resolve(address) {
                     for socket in &self.sockets {
                         // The wrong family fails; a process not listening yet refuses.
                         let _ = socket.send_to(PROBE, to);

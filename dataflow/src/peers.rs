@@ -15,13 +15,13 @@
 //! watching thread also answers the probes of `cluster`, which so tells a frozen or cut-off
 //! process from a quiet one.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use retail_common::heartbeat::{Beat, is_probe, job_hash};
+use retail_common::heartbeat::{Beat, is_probe, job_hash, resolve};
 use tracing::{info, warn};
 
 pub use retail_common::heartbeat::UNKNOWN;
@@ -420,11 +420,7 @@ fn send(socket: &UdpSocket, config: &PeerConfig, beat: Beat) {
         if i == config.index {
             continue;
         }
-        let resolved: Vec<SocketAddr> = address
-            .to_socket_addrs()
-            .map(Iterator::collect)
-            .unwrap_or_default();
-        for to in resolved {
+        for to in resolve(address) {
             // A peer not listening yet refuses: that is what the wait is for.
             let _ = socket.send_to(&bytes, to);
         }

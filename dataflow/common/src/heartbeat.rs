@@ -60,6 +60,17 @@ impl Beat {
     }
 }
 
+/// Every socket address `address` (`host:port`) resolves to now, none when it does not
+/// resolve: `localhost` may be `::1` and `127.0.0.1`, and a Kubernetes pod's name resolves
+/// only once the pod runs, so callers resolve each time they send.
+pub fn resolve(address: &str) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default()
+}
+
 /// Whether a datagram is a probe.
 pub fn is_probe(bytes: &[u8]) -> bool {
     bytes == PROBE
