@@ -1,0 +1,168 @@
+//! The fast path of the wire record's parser: a scan of the one layout `ingest` writes
+//! (`serde_json` over the record's fields, in their order, without spaces), borrowing every
+//! string that has no escape. Anything else, or anything this scan is unsure of (a `\u`
+//! escape, a control character, a number that is not a plain integer, another key order,
+//! spaces, trailing bytes), returns `None`, and the caller parses with `serde_json`: its
+//! result, and so every dead letter's reason and detail, stays exactly what `serde_json`
+//! gives. Where the scan returns a record, `serde_json` returns the same one (the equivalence
+//! test in `record.rs` compares them on generated and mutated messages).
+
+use std::borrow::Cow;
+
+/// The fields of one record as the scan read them, before validation.
+pub(crate) struct Scanned<'a> {
+    pub invoice_no: Cow<'a, str>,
+    pub stock_code: Cow<'a, str>,
+    pub description: Option<Cow<'a, str>>,
+    pub quantity: i64,
+    pub invoice_date: Cow<'a, str>,
+    pub unit_price: Cow<'a, str>,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub country: Cow<'a, str>,
+}
+
+/// Scans `text` (valid UTF-8) as `ingest` writes a record; `None` when it is laid out any
+/// other way.
+pub(crate) fn scan(text: &str) -> Option<Scanned<'_>> {
+    // ingest writes no control character anywhere; JSON forbids them raw in strings.
+    if has_control(text.as_bytes()) {
+        return None;
+    }
+    let mut c = Cursor {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    c.literal(b"{\"invoice_no\":")?;
+    let invoice_no = c.string()?;
+    c.literal(b",\"stock_code\":")?;
+    let stock_code = c.string()?;
+    c.literal(b",\"description\":")?;
+    let description = c.optional_string()?;
+    c.literal(b",\"quantity\":")?;
+    let quantity = c.integer()?;
+    c.literal(b",\"invoice_date\":")?;
+    let invoice_date = c.string()?;
+    c.literal(b",\"unit_price\":")?;
+    let unit_price = c.string()?;
+    c.literal(b",\"customer_id\":")?;
+    let customer_id = c.optional_string()?;
+    c.literal(b",\"country\":")?;
+    let country = c.string()?;
+    c.literal(b"}")?;
+    (c.at == c.bytes.len()).then_some(Scanned {
+        invoice_no,
+        stock_code,
+        description,
+        quantity,
+        invoice_date,
+        unit_price,
+        customer_id,
+        country,
+    })
+}
+
+/// Whether any byte is below 0x20, in 16-byte steps the compiler turns into vector compares.
+fn has_control(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(16);
+    let found = chunks
+        .by_ref()
+        .any(|chunk| chunk.iter().fold(false, |found, &b| found | (b < 0x20)));
+    found || chunks.remainder().iter().any(|&b| b < 0x20)
+}
+
+struct Cursor<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn literal(&mut self, expected: &[u8]) -> Option<()> {
+        let found = self.bytes.get(self.at..self.at + expected.len())?;
+        (found == expected).then(|| self.at += expected.len())
+    }
+
+    /// A JSON string: borrowed when it has no escape. Slices fall on ASCII bytes (quotes,
+    /// backslashes), so always on character boundaries.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.literal(b"\"")?;
+        let start = self.at;
+        let end = start + memchr::memchr2(b'"', b'\\', &self.bytes[start..])?;
+        self.at = end;
+        if self.bytes[end] == b'\\' {
+            return self.escaped(start);
+        }
+        self.at += 1;
+        Some(Cow::Borrowed(&self.text[start..end]))
+    }
+
+    /// The rest of a string from its first escape on; `\u` escapes are left to serde_json.
+    fn escaped(&mut self, start: usize) -> Option<Cow<'a, str>> {
+        let mut out = String::with_capacity(self.at - start + 16);
+        out.push_str(&self.text[start..self.at]);
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(Cow::Owned(out));
+                }
+                b'\\' => {
+                    out.push(match *self.bytes.get(self.at + 1)? {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        _ => return None,
+                    });
+                    self.at += 2;
+                }
+                _ => {
+                    let run = self.at;
+                    while self
+                        .bytes
+                        .get(self.at)
+                        .is_some_and(|&b| b != b'"' && b != b'\\')
+                    {
+                        self.at += 1;
+                    }
+                    out.push_str(&self.text[run..self.at]);
+                }
+            }
+        }
+    }
+
+    fn optional_string(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.literal(b"null").is_some() {
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// A JSON integer that fits an `i64`, as serde_json reads one into an `i64`: no leading
+    /// zero, no fraction or exponent (the next literal would not match), and not `-0`
+    /// (serde_json reads that as a float).
+    fn integer(&mut self) -> Option<i64> {
+        let negative = self.literal(b"-").is_some();
+        let start = self.at;
+        // Accumulated negatively, so that i64::MIN fits.
+        let mut value: i64 = 0;
+        while let Some(&b) = self.bytes.get(self.at).filter(|b| b.is_ascii_digit()) {
+            value = value.checked_mul(10)?.checked_sub(i64::from(b - b'0'))?;
+            self.at += 1;
+        }
+        let digits = self.at - start;
+        if digits == 0 || (digits > 1 && self.bytes[start] == b'0') {
+            return None;
+        }
+        if negative {
+            (value != 0).then_some(value)
+        } else {
+            value.checked_neg()
+        }
+    }
+}
