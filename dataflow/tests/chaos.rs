@@ -47,7 +47,8 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
 
 /// Waits for a run started with `--http 127.0.0.1:0` and its stderr in `log` to exit: a
 /// broker restart plus many times its uninterrupted time `full`. A run still going then fails
-/// the test with its `/metrics` (partitions held, bytes buffered, lag) and its log.
+/// the test with its `/metrics` (partitions held, bytes buffered, lag), its log and where its
+/// threads wait.
 fn finish_within(child: &mut Child, log: &Path, full: Duration) -> std::process::ExitStatus {
     let limit = Duration::from_secs(240) + full * 10;
     let deadline = Instant::now() + limit;
@@ -61,13 +62,26 @@ fn finish_within(child: &mut Child, log: &Path, full: Duration) -> std::process:
     let metrics = http_addr_in(&logged)
         .and_then(|addr| std::panic::catch_unwind(|| get(&addr, "/metrics").1).ok())
         .unwrap_or_default();
+    // Where every thread waits, when gdb is there to tell.
+    let stacks = Command::new("gdb")
+        .args([
+            "-p",
+            &child.id().to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 20",
+        ])
+        .output()
+        .map(|o| text(&o.stdout))
+        .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"));
     let _ = child.kill();
     let _ = child.wait();
     let source: Vec<&str> = (metrics.lines())
         .filter(|l| l.starts_with("retail_stream_"))
         .collect();
     panic!(
-        "the run did not finish within {limit:?}; killed it.\n/metrics:\n{}\n{}:\n{logged}",
+        "the run did not finish within {limit:?}; killed it.\n/metrics:\n{}\n{}:\n{logged}\n\
+         threads:\n{stacks}",
         source.join("\n"),
         log.display()
     );

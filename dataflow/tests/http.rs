@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -608,5 +608,71 @@ fn a_live_page_updates_and_shows_an_error_once_the_job_stops() {
 
     interrupt(&feed);
     wait_exit(&mut feed, Duration::from_secs(30)).expect("ingest ends");
+    delete_topics(&[&topic]);
+}
+
+/// With checkpoints on, as a job is deployed: the API serves committed results only. Before
+/// any epoch is committed `/api/state` answers 503 (while `/healthz` and `/readyz` say the
+/// process is up and connected); once epochs close it answers their totals, never the open
+/// epoch's lines.
+#[test]
+fn the_api_serves_committed_epochs_only_with_checkpoints_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("http-live");
+    create_topic(&topic, 2, &[]);
+    let out = dir.path().join("out");
+    let log = dir.path().join("job.log");
+    // A live job (no --until-end) with the default exactly-once mode.
+    let mut job = spawn_logged(
+        dataflow_job(&topic, &job_id(&topic, &out), &out).args([
+            "--sinks",
+            "jsonl",
+            "--epoch",
+            "10m",
+            "--http",
+            "127.0.0.1:0",
+        ]),
+        &log,
+    );
+    let addr = served_addr(&log, Duration::from_secs(60));
+    wait_until_served(&addr, "/readyz", Duration::from_secs(60));
+    assert_eq!(get(&addr, "/healthz"), (200, "ok\n".to_owned()));
+    let (status, body) = get(&addr, "/api/state");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no epoch has been committed yet"), "{body}");
+
+    // 5,000 sales over several 10-minute epochs: all but the newest close and commit.
+    publish(&topic, &["--generate", "5000", "--seed", "15"], dir.path());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let state = loop {
+        let (status, body) = get(&addr, "/api/state");
+        if status == 200 {
+            break serde_json::from_str::<Value>(&body).unwrap();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "no epoch committed within 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines = state["totals"]["lines"].as_i64().unwrap();
+    assert!(
+        lines > 0 && lines < 5000,
+        "{lines} lines: the open epoch counted"
+    );
+    // The committed epochs' rows hold exactly those lines.
+    let epochs = get_json(&addr, "/api/epochs?last=1000");
+    let committed: i64 = epochs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["epoch"].as_str() <= state["epoch"].as_str())
+        .map(|row| row["lines"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        committed, lines,
+        "lines in the committed epochs' rows and in the state"
+    );
+    interrupt(&job);
+    let status = wait_exit(&mut job, Duration::from_secs(60)).expect("the job stops on Ctrl-C");
+    assert_eq!(status.code(), Some(130));
     delete_topics(&[&topic]);
 }

@@ -340,3 +340,33 @@ fn bad_flags_exit_2_before_anything_starts() {
     );
     assert!(text(&out.stderr).contains("64MiB"));
 }
+
+/// A secret stays secret at the most verbose log level on a run that succeeds: a SASL password
+/// given with -X (which the plaintext listener does not use) shows in no log line, report or
+/// output file.
+#[test]
+fn a_password_never_shows_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("redact");
+    publish(&topic, &["--generate", "2000", "--seed", "16"], dir.path());
+    let out = dir.path().join("out");
+    let secret = "Tr4ce-S3cret-9d1f";
+    let output = run_ok(
+        dataflow(&topic, &out, &["--sinks", "console,jsonl"])
+            .args(["-X", &format!("sasl.password={secret}")])
+            .args(["-X", "sasl.username=retail"])
+            .env("RUST_LOG", "trace"),
+    );
+    let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(said.contains("TRACE"), "trace logging was not on:\n{said}");
+    assert!(!said.contains(secret), "the password was printed");
+    for (path, bytes) in files_under(&out) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "the password is in {}",
+            path.display()
+        );
+    }
+    assert_eq!(read_summary(&out)["totals"]["lines"], 2000);
+    delete_topics(&[&topic]);
+}
