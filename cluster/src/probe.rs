@@ -10,7 +10,7 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use retail_common::heartbeat::{Beat, PROBE, resolve};
+use retail_common::heartbeat::{self, Beat, PROBE, resolve};
 
 /// A process taken for failed by the launcher.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Probe {
             sockets,
             answers: Answers::new(addresses.len(), timeout),
             addresses,
-            period: (timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            period: heartbeat::period(timeout),
             last_sent: None,
         })
     }

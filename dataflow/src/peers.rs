@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use retail_common::heartbeat::{Beat, is_probe, job_hash, resolve};
+use retail_common::heartbeat::{self, Beat, is_probe, job_hash, resolve};
 use tracing::{info, warn};
 
 pub use retail_common::heartbeat::UNKNOWN;
@@ -291,7 +291,7 @@ impl PeerWatch {
                 format!("cannot bind the heartbeat socket on UDP {own}: {e}"),
             )
         })?;
-        let period = (config.timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let period = heartbeat::period(config.timeout);
         socket.set_read_timeout(Some(period))?;
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

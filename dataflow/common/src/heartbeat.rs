@@ -60,6 +60,13 @@ impl Beat {
     }
 }
 
+/// How often heartbeats (and the launcher's probes) go out for a silence `timeout`: five
+/// chances before it, at least every second and at most every 50 ms.
+pub fn period(timeout: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    (timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
 /// Every socket address `address` (`host:port`) resolves to now, none when it does not
 /// resolve: `localhost` may be `::1` and `127.0.0.1`, and a Kubernetes pod's name resolves
 /// only once the pod runs, so callers resolve each time they send.

@@ -163,37 +163,22 @@ impl std::error::Error for Reject {}
 /// The JSON object on the wire, borrowing from the message where no unescaping is needed.
 #[derive(Serialize, Deserialize)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
-struct Wire<'a> {
+pub(crate) struct Wire<'a> {
     #[serde(borrow)]
-    invoice_no: Cow<'a, str>,
+    pub(crate) invoice_no: Cow<'a, str>,
     #[serde(borrow)]
-    stock_code: Cow<'a, str>,
+    pub(crate) stock_code: Cow<'a, str>,
     #[serde(borrow, deserialize_with = "optional_cow")]
-    description: Option<Cow<'a, str>>,
-    quantity: i64,
+    pub(crate) description: Option<Cow<'a, str>>,
+    pub(crate) quantity: i64,
     #[serde(borrow)]
-    invoice_date: Cow<'a, str>,
+    pub(crate) invoice_date: Cow<'a, str>,
     #[serde(borrow)]
-    unit_price: Cow<'a, str>,
+    pub(crate) unit_price: Cow<'a, str>,
     #[serde(borrow, deserialize_with = "optional_cow")]
-    customer_id: Option<Cow<'a, str>>,
+    pub(crate) customer_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    country: Cow<'a, str>,
-}
-
-impl<'a> From<crate::wire_scan::Scanned<'a>> for Wire<'a> {
-    fn from(s: crate::wire_scan::Scanned<'a>) -> Wire<'a> {
-        Wire {
-            invoice_no: s.invoice_no,
-            stock_code: s.stock_code,
-            description: s.description,
-            quantity: s.quantity,
-            invoice_date: s.invoice_date,
-            unit_price: s.unit_price,
-            customer_id: s.customer_id,
-            country: s.country,
-        }
-    }
+    pub(crate) country: Cow<'a, str>,
 }
 
 /// `Option<Cow<str>>` that borrows: serde's `#[serde(borrow)]` borrows a `Cow<str>` field but
@@ -390,7 +375,7 @@ impl<'a> SaleRef<'a> {
         // The layout ingest writes is scanned in place; any other goes through serde_json,
         // whose errors name the reasons.
         let wire: Wire<'a> = match crate::wire_scan::scan(text) {
-            Some(scanned) => Wire::from(scanned),
+            Some(wire) => wire,
             None => serde_json::from_str(text).map_err(classify_json_error)?,
         };
         // The checks run in this order so that a message with several faults gets the same
@@ -1053,7 +1038,7 @@ mod tests {
             };
             taken += 1;
             let serde: Result<Wire<'_>, _> = serde_json::from_str(text);
-            assert_eq!(serde.ok(), Some(Wire::from(scanned)), "{text}");
+            assert_eq!(serde.ok(), Some(scanned), "{text}");
         }
         // The scan took a good share: the comparison was not vacuous.
         assert!(taken > 30_000, "the scan took only {taken} messages");

@@ -9,21 +9,11 @@
 
 use std::borrow::Cow;
 
-/// The fields of one record as the scan read them, before validation.
-pub(crate) struct Scanned<'a> {
-    pub invoice_no: Cow<'a, str>,
-    pub stock_code: Cow<'a, str>,
-    pub description: Option<Cow<'a, str>>,
-    pub quantity: i64,
-    pub invoice_date: Cow<'a, str>,
-    pub unit_price: Cow<'a, str>,
-    pub customer_id: Option<Cow<'a, str>>,
-    pub country: Cow<'a, str>,
-}
+use crate::record::Wire;
 
 /// Scans `text` (valid UTF-8) as `ingest` writes a record; `None` when it is laid out any
 /// other way.
-pub(crate) fn scan(text: &str) -> Option<Scanned<'_>> {
+pub(crate) fn scan(text: &str) -> Option<Wire<'_>> {
     // ingest writes no control character anywhere; JSON forbids them raw in strings.
     if has_control(text.as_bytes()) {
         return None;
@@ -50,7 +40,7 @@ pub(crate) fn scan(text: &str) -> Option<Scanned<'_>> {
     c.literal(b",\"country\":")?;
     let country = c.string()?;
     c.literal(b"}")?;
-    (c.at == c.bytes.len()).then_some(Scanned {
+    (c.at == c.bytes.len()).then_some(Wire {
         invoice_no,
         stock_code,
         description,
