@@ -237,14 +237,6 @@ fn alive(pid: u32) -> bool {
             .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     Kill,

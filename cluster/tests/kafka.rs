@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{
     DATAFLOW_OUTPUTS, assert_same_files, binary, bootstrap, cluster, fake_ssh, publish_dirty,
-    read_summary, run, spawn_piped, text, unique, wait_for_file, write_hostfile,
+    read_summary, run, signal, spawn_piped, text, unique, wait_for_file, write_hostfile,
 };
 
 /// Long enough (about 3 s for one process here) that a process can be killed mid-run.
@@ -132,11 +132,7 @@ fn killing_one_process_restarts_the_job_and_ends_with_the_same_results() {
     let victim = victim.trim();
     // Mid-run: the whole job takes seconds; the processes are connected or connecting.
     std::thread::sleep(Duration::from_millis(300));
-    let killed = Command::new("kill")
-        .args(["-KILL", victim])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "p1 (pid {victim}) was already gone");
+    signal(victim.parse().unwrap(), "-KILL");
     let result = child.wait_with_output().unwrap();
     let stderr = text(&result.stderr);
     assert_eq!(result.status.code(), Some(0), "{stderr}");

@@ -61,15 +61,6 @@ fn exit_within(child: &mut Child, limit: Duration) -> Option<(ExitStatus, Durati
     None
 }
 
-/// Sends `signal` (e.g. `-STOP`) to `child`.
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 struct Job {
     dir: tempfile::TempDir,
     topic: String,
@@ -178,7 +169,7 @@ fn a_frozen_process_is_noticed_and_the_job_recovers_exactly() {
     let job = Job::new("peers-frozen", RECORDS);
     let mut children = [job.spawn(0, "run-0"), job.spawn(1, "run-1")];
     wait_for_a_commit(&job.out, &mut children);
-    signal(&children[1], "-STOP");
+    signal(children[1].id(), "-STOP");
     let (status, took) = exit_within(&mut children[0], Duration::from_secs(30))
         .expect("process 0 still waits for its frozen peer after 30 s");
     eprintln!("a frozen peer noticed after {took:?}");
@@ -186,7 +177,7 @@ fn a_frozen_process_is_noticed_and_the_job_recovers_exactly() {
     assert!(took <= Duration::from_secs(15), "noticed after {took:?}");
     names_the_peer(&job.log("run-0"), 1, &job.address(1));
     // Thawed, the frozen one finds its peer gone and stops too: nothing is left behind.
-    signal(&children[1], "-CONT");
+    signal(children[1].id(), "-CONT");
     let (status, _) = exit_within(&mut children[1], Duration::from_secs(30))
         .expect("the thawed process lives on without its peer");
     assert_eq!(status.code(), Some(75), "process 1: {status}");

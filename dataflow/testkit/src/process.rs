@@ -166,13 +166,19 @@ pub fn spawn_piped(command: &mut Command) -> Child {
         .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"))
 }
 
-/// Sends SIGINT (Ctrl-C) to a child, which must still be there to receive it.
-pub fn interrupt(child: &Child) {
+/// Sends `signal` (`-INT`, `-STOP`, `-KILL`, ...) to process `pid`, which must still be
+/// there to receive it.
+pub fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .expect("run kill");
-    assert!(status.success(), "pid {} was already gone", child.id());
+    assert!(status.success(), "kill {signal} {pid}: it was already gone");
+}
+
+/// Sends SIGINT (Ctrl-C) to a child, which must still be there to receive it.
+pub fn interrupt(child: &Child) {
+    signal(child.id(), "-INT");
 }
 
 /// Ctrl-C for a child of [`spawn_piped`]: [`interrupt`]s it and waits for its output; it must
