@@ -42,17 +42,33 @@ fn csv_sales(path: &std::path::Path) -> Vec<Sale> {
 }
 
 /// Runs 1 worker, 3 workers and 2 processes of 2 workers over `topic` and checks that all
-/// outputs are byte-identical; returns the directory of the first run.
+/// outputs are byte-identical and equal to the oracle's; returns the directory of the first
+/// run.
 fn same_results_for_any_parallelism(
     topic: &str,
     root: &std::path::Path,
-    epoch: &str,
+    epoch_secs: u64,
 ) -> std::path::PathBuf {
-    same_results_with(topic, root, &["--epoch", epoch])
+    let oracle = Flags {
+        epoch_secs,
+        ..Flags::default()
+    };
+    same_results_with(
+        topic,
+        root,
+        &["--epoch", &format!("{epoch_secs}s")],
+        &oracle,
+    )
 }
 
-/// [`same_results_for_any_parallelism`] with the job's `flags`.
-fn same_results_with(topic: &str, root: &std::path::Path, flags: &[&str]) -> std::path::PathBuf {
+/// [`same_results_for_any_parallelism`] with the job's `flags`, which `oracle` states for the
+/// oracle.
+fn same_results_with(
+    topic: &str,
+    root: &std::path::Path,
+    flags: &[&str],
+    oracle: &Flags,
+) -> std::path::PathBuf {
     let flags = [&["--sinks", "jsonl"], flags].concat();
     let flags = flags.as_slice();
     let one = root.join("w1");
@@ -67,6 +83,8 @@ fn same_results_with(topic: &str, root: &std::path::Path, flags: &[&str]) -> std
     assert_same_outputs(&one, &three);
     assert_same_outputs(&one, &procs);
     assert_same_outputs(&one, &held);
+    let (messages, partitions) = topic_messages(topic);
+    assert_outputs_match(&one, &common::oracle(&messages, partitions, oracle));
     one
 }
 
@@ -76,7 +94,7 @@ fn real_data_set_gives_identical_results_equal_to_a_fold() {
     let topic = unique("real");
     let file = data_file("online_retail.csv.gz");
     publish(&topic, &["--file", &file.display().to_string()], dir.path());
-    let out = same_results_for_any_parallelism(&topic, dir.path(), "1d");
+    let out = same_results_for_any_parallelism(&topic, dir.path(), 86_400);
     let summary = read_summary(&out);
     let expected = fold(csv_sales(&file));
     assert_eq!(comparable(&summary), expected);
@@ -93,7 +111,7 @@ fn generated_data_gives_identical_results_equal_to_a_fold() {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("generated");
     publish(&topic, &["--generate", "60000", "--seed", "11"], dir.path());
-    let out = same_results_for_any_parallelism(&topic, dir.path(), "1h");
+    let out = same_results_for_any_parallelism(&topic, dir.path(), 3600);
     // The independent computation reads the topic back and folds it.
     let sales = topic_sales(&topic);
     assert_eq!(sales.len(), 60_000);
@@ -125,7 +143,12 @@ fn dirty_data_gives_identical_outputs_and_dead_letters_for_any_parallelism() {
         "--invoice-retention",
         "3h",
     ];
-    let out = same_results_with(&topic, dir.path(), &flags);
+    let oracle = Flags {
+        lateness_secs: 3600,
+        retention_secs: Some(3 * 3600),
+        ..Flags::default()
+    };
+    let out = same_results_with(&topic, dir.path(), &flags, &oracle);
 
     // Every bad message is a dead letter with its reason; closed invoices' lines too.
     let letters = read_jsonl(&out, "dlq");

@@ -14,6 +14,8 @@
 //!   lines out of order mixed in;
 //! - [`files`]: a run's output folder (listing, byte-for-byte comparison, `summary.json`, JSON
 //!   lines) and waiting for a file to contain a text;
+//! - [`oracle`]: what a run's outputs must be, computed from the topic by README's
+//!   definitions alone (validation, money, watermarks, retention, alerts, partitioner);
 //! - [`net`]: free loopback ports and the hostfiles of multi-process jobs;
 //! - [`http`]: GETs to `--http` servers and their `/metrics` checked and parsed by real
 //!   Prometheus parsers.
@@ -26,6 +28,7 @@ pub mod dirty;
 pub mod files;
 pub mod http;
 pub mod net;
+pub mod oracle;
 pub mod places;
 pub mod process;
 
@@ -34,5 +37,6 @@ pub use dirty::*;
 pub use files::*;
 pub use http::*;
 pub use net::*;
+pub use oracle::*;
 pub use places::*;
 pub use process::*;
