@@ -12,8 +12,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    DATAFLOW_OUTPUTS, assert_same_files, binary, bootstrap, cluster, fake_ssh, publish_dirty,
-    read_summary, run, signal, spawn_piped, text, unique, wait_for_file, write_hostfile,
+    DATAFLOW_OUTPUTS, Flags, assert_outputs_match, assert_same_files, binary, bootstrap, cluster,
+    fake_ssh, oracle, publish_dirty, read_summary, run, signal, spawn_piped, text, topic_messages,
+    unique, wait_for_file, write_hostfile,
 };
 
 /// Long enough (about 3 s for one process here) that a process can be killed mid-run.
@@ -54,6 +55,14 @@ fn fixture() -> &'static Fixture {
             summary["dead_letters"]["total"].as_u64() > Some(0),
             "{summary}"
         );
+        // The reference every run is compared with equals the independent oracle.
+        let (messages, partitions) = topic_messages(&topic);
+        let flags = Flags {
+            lateness_secs: 3600,
+            retention_secs: Some(3 * 3600),
+            ..Flags::default()
+        };
+        assert_outputs_match(&reference, &oracle(&messages, partitions, &flags));
         Fixture { topic, reference }
     })
 }

@@ -293,4 +293,14 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     assert_eq!(sales.len() + dead, RECORDS + bad + dirt.resent);
     assert!(read_summary(&chaos)["totals"]["late_lines"].as_u64() > Some(0));
     assert_eq!(comparable(&read_summary(&chaos)), fold(sales));
+
+    // Every output stream, and the dead-letter topic, equal the oracle's.
+    let (messages, partitions) = topic_messages(&topic);
+    let flags = Flags {
+        retention_secs: Some(6 * 3600),
+        ..Flags::default()
+    };
+    let expected = common::oracle(&messages, partitions, &flags);
+    assert_outputs_match(&chaos, &expected);
+    assert_dead_letter_topic_matches(&format!("{}.dlq", job_id(&topic, &chaos)), &expected);
 }

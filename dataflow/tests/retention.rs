@@ -74,6 +74,16 @@ fn closing_invoices_changes_no_total_and_keeps_only_open_ones() {
     dataflow_cluster(&topic, &procs, 2, 2, &flags("5m"));
     assert_same_outputs(&on, &three);
     assert_same_outputs(&on, &procs);
+    // Both equal the oracle: with retention, invoices close and their alerts are settled.
+    let (messages, partitions) = topic_messages(&topic);
+    for (out, retention_secs) in [(&off, None), (&on, Some(300))] {
+        let flags = Flags {
+            epoch_secs: 60,
+            retention_secs,
+            ..Flags::default()
+        };
+        assert_outputs_match(out, &common::oracle(&messages, partitions, &flags));
+    }
 
     // The late copy is a line without retention and a dead letter with it; nothing else
     // differs, distinct invoices included.

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use chrono::NaiveDateTime;
-use rdkafka::message::Message as _;
+use rdkafka::message::{Headers as _, Message as _};
 use serde_json::{Value, json};
 
 use crate::broker::{partitions, read_topic};
@@ -522,6 +522,34 @@ pub fn assert_outputs_match(out: &Path, expected: &Expected) {
         })
         .collect();
     assert_eq!(dead, expected.dead, "dlq.jsonl differs from the oracle's");
+}
+
+/// Asserts that the dead-letter topic `topic` holds, committed, exactly the oracle's dead
+/// letters, by their provenance headers.
+pub fn assert_dead_letter_topic_matches(topic: &str, expected: &Expected) {
+    let header = |m: &rdkafka::message::OwnedMessage, name: &str| -> String {
+        let headers = m.headers().expect("dead letters carry headers");
+        let value = headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .unwrap_or_else(|| panic!("a dead letter without header {name}"));
+        String::from_utf8(value.to_vec()).expect("a UTF-8 header")
+    };
+    let dead: BTreeSet<(i32, i64, String)> = read_topic(topic, true)
+        .iter()
+        .map(|m| {
+            (
+                header(m, "source.partition").parse().expect("a partition"),
+                header(m, "source.offset").parse().expect("an offset"),
+                header(m, "reason"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dead, expected.dead,
+        "{topic} differs from the oracle's dead letters"
+    );
 }
 
 #[cfg(test)]
