@@ -430,3 +430,92 @@ fn a_job_killed_while_its_topic_grows_counts_every_record_once() {
         ),
     ]);
 }
+
+#[test]
+fn every_identity_field_and_a_shrunk_topic_refuse_a_resume_in_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("identity");
+    publish(&topic, &["--generate", "300", "--seed", "4"], dir.path());
+    let out = dir.path().join("out");
+    run_ok(&mut dataflow(&topic, &out, &["--sinks", "jsonl"]));
+    let job = job_id(&topic, &out);
+    let elsewhere = dir.path().join("elsewhere");
+    let changed: [(&str, &str); 9] = [
+        ("--epoch", "1d"),
+        ("--lateness", "2h"),
+        ("--invoice-retention", "off"),
+        ("--aggregates-topic", "identity-other.aggregates"),
+        ("--dlq-topic", "identity-other.dlq"),
+        ("--alert-invoice-value", "100"),
+        ("--alert-quantity", "7"),
+        ("--alert-cancellations", "2"),
+        ("--output-dir", ""),
+    ];
+    for (flag, value) in changed {
+        // `dataflow_job` names the output directory itself.
+        let (into, args) = match flag {
+            "--output-dir" => (&elsewhere, vec![]),
+            _ => (&out, vec![flag, value]),
+        };
+        let refused = run(
+            dataflow_job(&topic, &job, into)
+                .args(["--until-end", "--sinks", "jsonl"])
+                .args(args),
+            2,
+        );
+        let said = text(&refused.stderr);
+        assert!(
+            said.contains(&format!("{flag}: checkpoint")),
+            "{flag} {value} was not refused by name:\n{said}"
+        );
+    }
+    // Every process of a two-process job checks, not only process 0.
+    let hostfile = dir.path().join("hosts");
+    write_hostfile(&hostfile, &["127.0.0.1", "127.0.0.1"]);
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            dataflow_job(&topic, &job, &out)
+                .args(["--until-end", "--sinks", "jsonl", "--alert-quantity", "7"])
+                .args(["-n", "2", "-p", &p.to_string(), "-h"])
+                .arg(&hostfile)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (p, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().unwrap();
+        let said = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "process {p}:\n{said}");
+        assert!(
+            said.contains("--alert-quantity: checkpoint"),
+            "process {p}:\n{said}"
+        );
+    }
+    // The topic deleted and made again with fewer partitions: its checkpoint is not its own.
+    delete_topics(&[&topic]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while topic_names().contains(&topic) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} is not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run_ok(ingest_to(&topic, dir.path()).args([
+        "--partitions",
+        "2",
+        "--generate",
+        "300",
+        "--seed",
+        "4",
+    ]));
+    let refused = run(
+        dataflow_job(&topic, &job, &out).args(["--until-end", "--sinks", "jsonl"]),
+        2,
+    );
+    let said = text(&refused.stderr);
+    assert!(said.contains("the topic was recreated"), "{said}");
+    delete_topics(&[&topic, &format!("retail-aggregates.checkpoints.{job}")]);
+}
