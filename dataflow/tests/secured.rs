@@ -7,7 +7,8 @@
 //! - batches compressed by another producer (kcat) with gzip, snappy, lz4 and zstd, checked
 //!   on disk with Kafka's DumpLogSegments, are all read; so is `ingest --compression zstd`;
 //! - a batch with an unknown codec or a corrupt payload, made by editing the segment file on
-//!   the broker's disk, stops the job quickly, naming the topic and the partition;
+//!   the broker's disk, stops the job quickly, naming the topic and the partition; so does one
+//!   in the checkpoint topic, at start;
 //! - a job id resumes only the job that wrote its checkpoint.
 //!
 //! The secured listeners' client settings come from `RETAIL_SASL_SSL_PROPERTIES` and
@@ -1007,4 +1008,34 @@ fn a_job_id_resumes_only_the_job_that_wrote_its_checkpoint() {
         outputs(&out_a) == first,
         "the resumed run over A changed its outputs"
     );
+}
+
+#[test]
+fn an_undecodable_checkpoint_topic_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let sales = unique("sales-of-a-bad-checkpoint");
+    publish(&sales, &["--generate", "200", "--seed", "3"], dir.path());
+    // A checkpoint topic whose first batch has a codec no client knows.
+    let (checkpoints, _) = gzip_topic("checkpoint-codec-7", 1);
+    let file = segment(&checkpoints, 0);
+    let bytes = std::fs::read(&file).unwrap();
+    let attributes = u16::from_be_bytes(bytes[21..23].try_into().unwrap());
+    overwrite(&file, ATTRIBUTES, &((attributes & !7) | 7).to_be_bytes());
+    let out = dir.path().join("out");
+    let (result, took) = run_timeout(
+        &mut dataflow_via(
+            Via::Plaintext,
+            &sales,
+            &out,
+            &["--sinks", "jsonl", "--checkpoint-topic", &checkpoints],
+        ),
+        Duration::from_secs(60),
+    );
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(20), "took {took:?}: {stderr}");
+    assert!(stderr.contains(&checkpoints), "{stderr}");
+    assert!(stderr.contains("decode"), "{stderr}");
+    assert!(!out.join("summary.json").exists());
+    delete_topics(&[&sales, &checkpoints]);
 }
