@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    DATAFLOW_OUTPUTS, Flags, assert_outputs_match, assert_same_files, binary, bootstrap, cluster,
-    fake_ssh, oracle, publish_dirty, read_summary, run, signal, spawn_piped, text, topic_messages,
-    unique, wait_for_file, write_hostfile,
+    DATAFLOW_OUTPUTS, Flags, assert_java_partitioned, assert_outputs_match, assert_same_files,
+    binary, bootstrap, cluster, fake_ssh, oracle, publish_dirty, read_summary, run, signal,
+    spawn_piped, text, topic_messages, unique, wait_for_file, write_hostfile,
 };
 
 /// Long enough (about 3 s for one process here) that a process can be killed mid-run.
@@ -62,7 +62,8 @@ fn fixture() -> &'static Fixture {
             retention_secs: Some(3 * 3600),
             ..Flags::default()
         };
-        assert_outputs_match(&reference, &oracle(&messages, partitions, &flags));
+        assert_java_partitioned(&messages, partitions);
+        assert_outputs_match(&reference, &oracle(&messages, &flags));
         Fixture { topic, reference }
     })
 }
