@@ -196,6 +196,12 @@ pub struct Args {
     #[arg(long, requires_all = ["http", "until_end"])]
     pub http_linger: bool,
 
+    /// With --http: the currency of the amounts, as the live page shows them (an ISO 4217
+    /// code such as GBP, EUR or USD; the browser's locale places the symbol and separators).
+    /// Amounts stay integer thousandths in every output.
+    #[arg(long, default_value = "GBP", value_parser = parse_currency, value_name = "CODE")]
+    pub currency: String,
+
     /// Timely: worker threads per process.
     #[arg(
         short = 'w',
@@ -245,6 +251,16 @@ pub struct Args {
 /// `--idle-timeout`, `--invoice-retention`: a duration or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrOff(pub Option<Duration>);
+
+fn parse_currency(text: &str) -> Result<String, String> {
+    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(text.to_ascii_uppercase())
+    } else {
+        Err(format!(
+            "expected an ISO 4217 currency code of three letters, such as GBP, EUR or USD; got {text:?}"
+        ))
+    }
+}
 
 fn parse_idle(text: &str) -> Result<OrOff, String> {
     if text == "off" {
@@ -335,6 +351,8 @@ pub struct Config {
     pub http: Option<String>,
     /// `--http-linger`: keep serving after a bounded run.
     pub http_linger: bool,
+    /// `--currency`: how the page shows amounts.
+    pub currency: String,
     /// This process's index and the process count.
     pub process: usize,
     pub processes: usize,
@@ -458,6 +476,7 @@ impl Args {
                 .then_some(self.progress_interval),
             http: self.http,
             http_linger: self.http_linger,
+            currency: self.currency,
             process: self.process,
             processes: self.processes,
             timely_args,

@@ -55,16 +55,31 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Decimal text as the page shows money, in thousandths.
+/// Money as the page shows it in en-GB ("£1,350,818.683", "-£0.50"), in thousandths.
 fn milli(text: &str) -> i64 {
+    let plain = text.replace(',', "");
+    let text = plain.replacen('£', "", 1);
+    assert_ne!(text, plain, "no pound sign in {plain:?}");
     let (sign, digits) = match text.strip_prefix('-') {
         Some(rest) => (-1, rest),
-        None => (1, text),
+        None => (1, text.as_str()),
     };
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    assert!(frac.len() <= 3, "{text}");
+    assert!(
+        (2..=3).contains(&frac.len()),
+        "{text}: two or three decimals"
+    );
     let frac = format!("{frac:0<3}");
     sign * (whole.parse::<i64>().unwrap() * 1000 + frac.parse::<i64>().unwrap())
+}
+
+/// A count as the page shows it in en-GB ("1,234"), as the digits alone.
+fn digits(text: &str) -> String {
+    assert!(
+        text.split(',').skip(1).all(|group| group.len() == 3),
+        "thousands separators misplaced in {text:?}"
+    );
+    text.replace(',', "")
 }
 
 /// The rows `epochs.jsonl` holds at the end: label -> value (`{"epoch": label, ..}`).
@@ -370,18 +385,24 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
     // The page, in Chromium, shows the same numbers.
     let shot = artifacts().join("dashboard-final.png");
     let _ = std::fs::remove_file(&shot);
-    let page = read_page(&[
+    let _ = std::fs::remove_file(artifacts().join("dashboard-final-phone.png"));
+    let lines = read_page(&[
         "final",
         &format!("http://{addr}/"),
         &shot.display().to_string(),
     ]);
-    let page = &page[0];
+    let page = &lines[0];
+    let phones: Vec<&Value> = lines.iter().filter(|l| l.get("phone").is_some()).collect();
+    assert_eq!(phones.len(), 1, "{lines:?}");
     assert!(shot.is_file(), "no screenshot at {}", shot.display());
     assert_eq!(page["status"], "finished");
     assert_eq!(page["last_epoch"], last_label.as_str());
     let totals = &summary["totals"];
-    let shown = |key: &str| page[key].as_str().unwrap().to_owned();
-    assert_eq!(milli(&shown("total_revenue")), totals["revenue_milli"]);
+    let shown = |key: &str| digits(page[key].as_str().unwrap());
+    assert_eq!(
+        milli(page["total_revenue"].as_str().unwrap()),
+        totals["revenue_milli"]
+    );
     for (key, field) in [
         ("total_lines", "lines"),
         ("total_units", "units"),
@@ -405,7 +426,11 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
         .map(|r| {
             let name = r[0].as_str().unwrap().to_owned();
             let c = &summary["by_country"][&name];
-            assert_eq!(r[1], c["lines"].to_string(), "{name} lines");
+            assert_eq!(
+                digits(r[1].as_str().unwrap()),
+                c["lines"].to_string(),
+                "{name} lines"
+            );
             (name, Value::from(milli(r[2].as_str().unwrap())))
         })
         .collect();
@@ -418,7 +443,10 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
     assert_eq!(countries, expected);
     // The last epoch's row.
     assert_eq!(page["epoch_label"], last_label.as_str());
-    assert_eq!(milli(&shown("epoch_revenue")), last_row["revenue_milli"]);
+    assert_eq!(
+        milli(page["epoch_revenue"].as_str().unwrap()),
+        last_row["revenue_milli"]
+    );
     assert_eq!(shown("epoch_lines"), last_row["lines"].to_string());
     assert_eq!(shown("epoch_invoices"), last_row["invoices"].to_string());
     let epoch_top: Vec<Value> = page["epoch_top"]
@@ -448,7 +476,10 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d.as_str().unwrap().to_owned())
+        .map(|d| {
+            let (reason, n) = d.as_str().unwrap().split_once(": ").unwrap();
+            format!("{reason}: {}", digits(n))
+        })
         .collect();
     dead.sort();
     shown_dead.sort();
@@ -473,6 +504,38 @@ fn page_api_and_metrics_of_a_bounded_run_equal_its_summary() {
     }
     assert_eq!(page["lag"].as_array().unwrap().len(), 8);
     assert_eq!(page["chart_bars"], rows.len().min(60));
+    // The chart has a value axis in money (0 and four ticks up to the highest bar), epoch
+    // labels, and each bar's exact value on hover.
+    let axis: Vec<&str> = page["chart_axis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(axis[0], "£0", "{axis:?}");
+    assert!(axis[..5].iter().all(|t| t.starts_with('£')), "{axis:?}");
+    assert!(
+        axis.contains(&&last_label.replace('T', " ")[..16]),
+        "{axis:?}"
+    );
+    let hover = page["chart_hover"].as_array().unwrap();
+    let last_hover = hover.last().unwrap().as_str().unwrap();
+    let (_, revenue) = last_hover.split_once(": revenue ").unwrap();
+    let (revenue, _) = revenue.split_once(", ").unwrap();
+    assert!(last_hover.starts_with(last_label.as_str()), "{last_hover}");
+    assert_eq!(milli(revenue), last_row["revenue_milli"], "{last_hover}");
+    // On a phone, nothing is wider than the screen.
+    let phone = &phones[0]["phone"];
+    assert_eq!(
+        phone["scroll_width"], phone["width"],
+        "horizontal scrolling on a phone"
+    );
+    let phone_shot = artifacts().join("dashboard-final-phone.png");
+    assert!(
+        phone_shot.is_file(),
+        "no screenshot at {}",
+        phone_shot.display()
+    );
 
     // Ctrl-C ends the lingering server; the run itself had succeeded.
     interrupt(&job);
@@ -539,7 +602,7 @@ fn a_live_page_updates_and_shows_an_error_once_the_job_stops() {
     assert_eq!(first["status"], "live");
     assert_ne!(first["last_epoch"], second["last_epoch"]);
     assert!(second["last_epoch"].as_str() > first["last_epoch"].as_str());
-    let lines = |r: &Value| r["total_lines"].as_str().unwrap().parse::<u64>().unwrap();
+    let lines = |r: &Value| digits(r["total_lines"].as_str().unwrap()).parse::<u64>().unwrap();
     assert!(lines(second) > lines(first), "{first}\n{second}");
 
     // ingest's own /metrics while it publishes.

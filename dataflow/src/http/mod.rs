@@ -70,7 +70,8 @@ pub fn serve_job(
         Arc::new(hub)
     });
     let registry = metrics::registry(Arc::clone(source), hub.as_ref().map(|h| h.metrics()));
-    let local = start(addr, hub.clone(), registry, ready)?;
+    let index: Arc<str> = INDEX_HTML.replace("{{currency}}", &config.currency).into();
+    let local = start(addr, hub.clone(), registry, ready, index)?;
     let publisher = hub
         .map(Publisher::spawn)
         .transpose()
@@ -91,12 +92,14 @@ pub fn serve_job(
     Ok((local, publisher))
 }
 
-/// Starts the server on `addr`; returns the address it listens on.
+/// Starts the server on `addr`, serving `index` as the page; returns the address it listens
+/// on.
 pub fn start(
     addr: &str,
     hub: Option<Arc<Hub>>,
     registry: Registry,
     ready: Arc<AtomicBool>,
+    index: Arc<str>,
 ) -> Result<String, ServeError> {
     let server = bind(addr)?;
     let local = local_addr(&server);
@@ -104,7 +107,7 @@ pub fn start(
         .name("http".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                handle(request, hub.as_ref(), &registry, &ready);
+                handle(request, hub.as_ref(), &registry, &ready, &index);
             }
         })
         .map_err(|e| ServeError {
@@ -119,6 +122,7 @@ fn handle(
     hub: Option<&Arc<Hub>>,
     registry: &Registry,
     ready: &AtomicBool,
+    index: &str,
 ) {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
@@ -157,7 +161,7 @@ fn handle(
         return;
     };
     let response = match path {
-        "/" | "/index.html" => text_response(INDEX_HTML.into(), "text/html; charset=utf-8", 200),
+        "/" | "/index.html" => text_response(index.into(), "text/html; charset=utf-8", 200),
         "/app.js" => text_response(APP_JS.into(), "text/javascript; charset=utf-8", 200),
         "/style.css" => text_response(STYLE_CSS.into(), "text/css; charset=utf-8", 200),
         "/events" => {

@@ -1,7 +1,10 @@
 // Reads the job's live page in headless Chromium for dataflow/tests/http.rs, which compares
 // what it prints with the job's own files. One JSON object per line on stdout.
 //
-//   node page.mjs final URL SCREENSHOT  waits for the final state; prints the page's figures
+//   node page.mjs final URL SCREENSHOT  waits for the final state; prints the page's figures,
+//                                       then takes SCREENSHOT and, at a phone's 390x844,
+//                                       SCREENSHOT with "-phone" before ".png", and prints
+//                                       {"phone": {"width", "scroll_width"}}
 //   node page.mjs live URL              prints two readings of a live page that differ
 //   node page.mjs lost URL              prints {"ready":..} once figures show, then waits for
 //                                       the error state (the test stops the job) and prints
@@ -57,6 +60,10 @@ async function read(page) {
       dead_letters: items("dead-letters"),
       lag: table("lag"),
       chart_bars: document.querySelectorAll('[data-testid="chart"] rect').length,
+      chart_axis: [...document.querySelectorAll('[data-testid="chart"] text.axis')]
+        .map((t) => t.textContent),
+      chart_hover: [...document.querySelectorAll('[data-testid="chart"] rect title')]
+        .map((t) => t.textContent),
     };
   });
 }
@@ -75,7 +82,8 @@ const browser = await chromium.launch({
 });
 let failed = false;
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  // A fixed locale, so that the test knows the separators: en-GB, "£1,234.5".
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 }, locale: "en-GB" });
   page.on("pageerror", (e) => {
     console.error(`page error: ${e.message}`);
     failed = true;
@@ -86,7 +94,14 @@ try {
   if (mode === "final") {
     await state("finished");
     console.log(JSON.stringify(await read(page)));
-    if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+    if (screenshot) {
+      await page.screenshot({ path: screenshot, fullPage: true });
+      await page.setViewportSize({ width: 390, height: 844 });
+      await page.waitForTimeout(200);
+      await page.screenshot({ path: screenshot.replace(/\.png$/, "-phone.png"), fullPage: true });
+      const width = await page.evaluate(() => document.documentElement.scrollWidth);
+      console.log(JSON.stringify({ phone: { width: 390, scroll_width: width } }));
+    }
   } else if (mode === "live") {
     await state("live");
     const first = await read(page);

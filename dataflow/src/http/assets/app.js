@@ -7,19 +7,42 @@
 const $ = (id) => document.getElementById(id);
 const NONE = "\u2014";
 
-// Money arrives as integer thousandths; shown as their exact shortest decimal, as
-// retail-stream writes amounts everywhere ("12.5", "-3.075").
+// The page's currency (`--currency`, an ISO 4217 code) and the browser's locale decide how
+// amounts and counts look: "£1,350,818.683" in en-GB, "1.350.818,683 £" in de-DE.
+const CURRENCY = document.querySelector('meta[name="currency"]').content;
+const LOCALE_MONEY = new Intl.NumberFormat(undefined, {
+  style: "currency", currency: CURRENCY, minimumFractionDigits: 0, maximumFractionDigits: 0,
+});
+const LOCALE_COUNT = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+const DECIMAL = new Intl.NumberFormat(undefined).formatToParts(1.5)
+  .find((p) => p.type === "decimal").value;
+
+// Money arrives as integer thousandths and is shown exactly, never through a float: the
+// whole units by the locale's currency format, then at least two decimals (three when the
+// amount has them: "£2.55", "£12.345").
 function money(milli) {
   if (milli === null || milli === undefined) return NONE;
   const negative = milli < 0;
-  const digits = String(Math.abs(milli)).padStart(4, "0");
-  const whole = digits.slice(0, -3);
-  const frac = digits.slice(-3).replace(/0+$/, "");
-  return (negative ? "-" : "") + whole + (frac ? "." + frac : "");
+  const abs = Math.abs(milli);
+  const whole = (abs - (abs % 1000)) / 1000;
+  const frac = String(abs % 1000).padStart(3, "0").replace(/(\d\d)0$/, "$1");
+  // -0 keeps the sign of amounts between -1 and 0.
+  const parts = LOCALE_MONEY.formatToParts(negative ? -whole || -0 : whole);
+  let at = parts.length;
+  for (let i = parts.length - 1; i >= 0; i--) {
+    if (parts[i].type === "integer") { at = i + 1; break; }
+  }
+  parts.splice(at, 0, { type: "decimal", value: DECIMAL }, { type: "fraction", value: frac });
+  return parts.map((p) => p.value).join("");
+}
+
+// Money in whole units, for the chart's axis.
+function moneyWhole(milli) {
+  return LOCALE_MONEY.format(Math.round(milli / 1000));
 }
 
 function count(n) {
-  return n === null || n === undefined ? NONE : String(n);
+  return n === null || n === undefined ? NONE : LOCALE_COUNT.format(n);
 }
 
 function text(id, value) {
@@ -64,17 +87,25 @@ function svg(name, attrs) {
   return el;
 }
 
-// Revenue as bars (left scale) and lines as a line (right scale), one slot per epoch.
+// Revenue as bars against a value axis on the left, lines as a line (its highest value in the
+// legend), one slot per epoch labelled by its start; each bar's value shows on hover.
 function chart(epochs) {
   const el = $("chart");
   el.replaceChildren();
   text("chart-count", String(epochs.length));
   if (!epochs.length) return;
-  const W = 800, H = 220, top = 12, bottom = 22, left = 4;
-  const slot = (W - left) / epochs.length;
+  const W = 800, H = 240, top = 12, bottom = 24, left = 86, right = 6;
+  const slot = (W - left - right) / epochs.length;
   const maxRevenue = Math.max(1, ...epochs.map((e) => e.revenue_milli));
   const maxLines = Math.max(1, ...epochs.map((e) => e.lines));
   const y = (v, max) => top + (H - top - bottom) * (1 - Math.max(0, v) / max);
+  for (let k = 0; k <= 4; k++) {
+    const value = (maxRevenue * k) / 4;
+    el.appendChild(svg("line", { class: "grid", x1: left, x2: W - right, y1: y(value, maxRevenue), y2: y(value, maxRevenue) }));
+    const tick = svg("text", { class: "axis", x: left - 6, y: y(value, maxRevenue) + 4, "text-anchor": "end" });
+    tick.textContent = moneyWhole(value);
+    el.appendChild(tick);
+  }
   const points = [];
   epochs.forEach((e, i) => {
     const x = left + i * slot;
@@ -83,18 +114,21 @@ function chart(epochs) {
       y: y(e.revenue_milli, maxRevenue), height: H - bottom - y(e.revenue_milli, maxRevenue),
     });
     const title = svg("title", {});
-    title.textContent = `${e.epoch}: revenue ${money(e.revenue_milli)}, ${e.lines} lines`;
+    title.textContent = `${e.epoch}: revenue ${money(e.revenue_milli)}, ${count(e.lines)} lines`;
     bar.appendChild(title);
     el.appendChild(bar);
     points.push(`${x + slot / 2},${y(e.lines, maxLines)}`);
   });
   el.appendChild(svg("polyline", { class: "line", points: points.join(" ") }));
-  const first = svg("text", { class: "axis", x: left, y: H - 6 });
-  first.textContent = epochs[0].epoch;
-  const last = svg("text", { class: "axis", x: W - 4, y: H - 6, "text-anchor": "end" });
-  last.textContent = epochs[epochs.length - 1].epoch;
-  el.append(first, last);
-  text("chart-scale", `highest: revenue ${money(maxRevenue)}, ${maxLines} lines`);
+  const label = (i, anchor) => {
+    const t = svg("text", { class: "axis", x: left + (i + 0.5) * slot, y: H - 6, "text-anchor": anchor });
+    t.textContent = epochs[i].epoch.replace("T", " ").slice(0, 16);
+    el.appendChild(t);
+  };
+  label(0, "start");
+  if (epochs.length > 2) label(Math.floor(epochs.length / 2), "middle");
+  if (epochs.length > 1) label(epochs.length - 1, "end");
+  text("chart-scale", `highest: revenue ${money(maxRevenue)}, ${count(maxLines)} lines`);
 }
 
 function render(view, state) {
@@ -145,16 +179,16 @@ function render(view, state) {
   });
   text("open-alerts", count(s.alerts));
   const p = view.progress;
-  text("records-per-sec", String(Math.round(h.records_per_sec)));
+  text("records-per-sec", count(Math.round(h.records_per_sec)));
   text("records-read", count(h.records_read));
   text("late-lines", count(h.late_lines));
   text("watermark", (p && p.eventTime.watermark) || NONE);
   const reasons = Object.entries(h.dead_letters);
-  list("dead-letters", reasons.length ? reasons : [["none", 0]], ([r, n]) => `${r}: ${n}`);
+  list("dead-letters", reasons.length ? reasons : [["none", 0]], ([r, n]) => `${r}: ${count(n)}`);
   rows("lag", h.partitions, (tr, part) => {
     cell(tr, String(part.partition));
-    cell(tr, part.lag === null ? "?" : String(part.lag), true);
-    cell(tr, String(part.read), true);
+    cell(tr, part.lag === null ? "?" : count(part.lag), true);
+    cell(tr, count(part.read), true);
   });
 }
 
