@@ -602,7 +602,11 @@ fn a_live_page_updates_and_shows_an_error_once_the_job_stops() {
     assert_eq!(first["status"], "live");
     assert_ne!(first["last_epoch"], second["last_epoch"]);
     assert!(second["last_epoch"].as_str() > first["last_epoch"].as_str());
-    let lines = |r: &Value| digits(r["total_lines"].as_str().unwrap()).parse::<u64>().unwrap();
+    let lines = |r: &Value| {
+        digits(r["total_lines"].as_str().unwrap())
+            .parse::<u64>()
+            .unwrap()
+    };
     assert!(lines(second) > lines(first), "{first}\n{second}");
 
     // ingest's own /metrics while it publishes.

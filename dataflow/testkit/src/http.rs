@@ -14,22 +14,29 @@ use crate::places::workspace_root;
 
 /// A GET over plain HTTP/1.0: status and body.
 pub fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    try_get(addr, path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"))
+}
+
+/// [`get`], or why no answer came (the server is gone, or the connection broke).
+pub fn try_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response from {addr}{path}: {response:?}"));
+        .ok_or_else(|| format!("no HTTP response: {response:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    (status, body.to_owned())
+        .ok_or_else(|| format!("bad status line: {head}"))?;
+    Ok((status, body.to_owned()))
 }
 
 /// The address a process started with `--http 127.0.0.1:0` serves on, from its log line
