@@ -304,4 +304,5 @@ fn killed_and_restarted_job_commits_exactly_what_an_uninterrupted_one_does() {
     let expected = common::oracle(&messages, &flags);
     assert_outputs_match(&chaos, &expected);
     assert_dead_letter_topic_matches(&format!("{}.dlq", job_id(&topic, &chaos)), &expected);
+    delete_topics_of(&topic);
 }

@@ -109,6 +109,7 @@ fn partitions_added_under_a_running_job_are_read_from_their_start() {
         "{stderr}"
     );
     assert_eq!(comparable(&read_summary(&out)), fold(sales));
+    delete_topics_of(&topic);
 }
 
 #[test]
@@ -137,4 +138,5 @@ fn a_new_partition_for_a_worker_without_one_stops_the_job_for_a_restart_that_rea
     let sales = topic_sales(&topic);
     assert_eq!(sales.len(), 4000);
     assert_eq!(comparable(&read_summary(&out)), fold(sales));
+    delete_topics_of(&topic);
 }

@@ -105,6 +105,7 @@ fn real_data_set_gives_identical_results_equal_to_a_fold() {
         .map(|row| row["value"]["lines"].as_i64().unwrap())
         .sum();
     assert_eq!(epoch_lines, expected["totals"]["lines"].as_i64().unwrap());
+    delete_topics_of(&topic);
 }
 
 #[test]
@@ -126,6 +127,7 @@ fn generated_data_gives_identical_results_equal_to_a_fold() {
         .collect();
     assert!(keys.len() > 5, "only {} epochs", keys.len());
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
+    delete_topics_of(&topic);
 }
 
 #[test]

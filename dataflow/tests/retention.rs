@@ -156,6 +156,7 @@ fn closing_invoices_changes_no_total_and_keeps_only_open_ones() {
         "{open} of {all} invoices still open"
     );
     assert_eq!(count(&state, "open"), open);
+    delete_topics_of(&topic);
 }
 
 #[test]
@@ -212,4 +213,5 @@ fn a_checkpoint_taken_before_invoices_close_restores_to_the_uninterrupted_output
     );
     assert!(!uninterrupted.is_empty());
     assert_eq!(restored, uninterrupted);
+    delete_topics_of(&topic);
 }

@@ -358,6 +358,7 @@ fn sasl_ssl_and_mutual_tls_give_the_same_outputs_as_plaintext() {
         &[&over_cluster],
         &[&password],
     );
+    delete_topics_of(&topic);
 }
 
 /// Asserts that neither password shows in a run's output or in any file under `dirs`.
@@ -499,6 +500,7 @@ fn a_wrong_password_fails_at_once_and_no_password_is_ever_shown() {
     assert!(took < Duration::from_secs(20), "cluster took {took:?}");
     assert!(stderr.contains("SASL authentication"), "{stderr}");
     assert_no_password("cluster -X wrong", &out, &[&cluster_out], &passwords);
+    delete_topics_of(&topic);
 }
 
 /// With librdkafka's debug logging on (`-X debug=...`, what one sets to debug SASL), the
@@ -531,6 +533,7 @@ fn a_wrong_password_is_named_at_once_even_with_librdkafka_debug_logs() {
             .join("\n")
     );
     assert!(took < Duration::from_secs(15), "took {took:?}");
+    delete_topics_of(&topic);
 }
 
 #[test]
@@ -660,6 +663,7 @@ fn ingest_compresses_with_zstd_and_the_job_reads_it() {
     );
     // The same records kcat sent above: `ingest --dry-run` with the same seed.
     assert_summary_is_fold(&out, &sales_of(generated_lines()));
+    delete_topics_of(&topic);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ fn the_console_shows_the_totals_and_alerts_of_each_batch_as_the_files_do() {
     assert!(batches > 20, "only {batches} batches printed");
     // Every epoch with sales has its batch (an epoch may also close with only dead letters).
     assert!(batches >= epochs, "{batches} batches for {epochs} epochs");
+    delete_topics_of(&topic);
 }
 
 #[test]
@@ -147,6 +148,7 @@ fn a_fenced_job_exits_75_and_the_restart_resumes() {
     assert_eq!(sales.len(), 10_000);
     assert_eq!(comparable(&read_summary(&out)), fold(sales));
     assert_checkpoints_hold_every_partition(&job_id, &topic);
+    delete_topics_of(&topic);
 }
 
 #[test]

@@ -59,6 +59,22 @@ pub fn delete_topics(topics: &[&str]) {
     }
 }
 
+/// Deletes `topic` and every topic a test's jobs over it made: names starting with `topic`
+/// (job ids are `<topic>-<run>`, so their dead-letter and aggregates topics) and the state
+/// topics `retail-aggregates.checkpoints.<topic>...`. Checkpoint records keyed by those jobs
+/// stay in the shared checkpoint topic; compaction keeps one per job.
+pub fn delete_topics_of(topic: &str) {
+    let state = format!("retail-aggregates.checkpoints.{topic}");
+    let made: Vec<String> = topic_names()
+        .into_iter()
+        .filter(|t| t.starts_with(topic) || t.starts_with(&state))
+        .collect();
+    let names: Vec<&str> = made.iter().map(String::as_str).collect();
+    if !names.is_empty() {
+        delete_topics(&names);
+    }
+}
+
 /// A consumer of its own group that commits nothing and reports the end of each partition.
 fn consumer(read_committed: bool) -> BaseConsumer {
     let isolation = if read_committed {
