@@ -146,6 +146,10 @@ def write(runs_path: str, meta_path: str, out_path: str) -> int:
             line += f" {rd[n]['records_per_s']:11.2f} {rd[n]['peak_rss']:8.3f}"
         print(line)
     print(f"(medians of {figures[first]['runs']} run(s); {figures[first]['records']:,} records)")
+    if "parse" in meta:
+        p = meta["parse"]
+        print(f"{'parse alone (wire_bench)':28} {'':8} {'':11} {p['cpu_s_per_million']:11.2f}"
+              f"   ({p['saleref_from_json_best_ns']:.0f} ns a record, best of 5)")
     for k, v in result.get("goals", {}).items():
         print(f"goal {k}: {'yes' if v else 'NO'}")
     print(f"results: {out_path}")
