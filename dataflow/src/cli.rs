@@ -17,7 +17,6 @@ use crate::aggregate::AlertRules;
 use humantime::parse_duration;
 
 use crate::epoch::{EpochClock, EpochError};
-use crate::source::StartFrom;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StartArg {
@@ -301,6 +300,13 @@ pub enum ConfigError {
     Epoch(#[from] EpochError),
     #[error(transparent)]
     ClientConfig(#[from] PropertiesError),
+}
+
+/// Where the sources start reading a partition that no checkpoint positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
 }
 
 /// The validated configuration of one process of the job.

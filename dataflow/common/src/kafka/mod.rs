@@ -1,7 +1,8 @@
 //! Kafka client settings shared by the binaries: the bootstrap address, client properties
 //! files (`-F`, as kcat and the Java tools read them) and `-X key=value` pass-through to
 //! librdkafka (for secured clusters and tuning), secrets kept out of every printout, the
-//! errors that mean a batch cannot be decoded, and topic creation.
+//! errors that mean a batch cannot be decoded, and topic creation; in `clients`, the pieces
+//! of consumers and producers that several of them share.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
+
+mod clients;
+
+pub use clients::{DeliveryCounter, ReadToEnd, send_waiting, warn_client_error};
 
 /// Default bootstrap address: the broker `scripts/kafka up` and `docker compose` start.
 pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
