@@ -11,6 +11,7 @@ use clap::Parser;
 use humantime::parse_duration;
 
 use crate::backoff::Backoff;
+pub use crate::command::HttpBase;
 use crate::command::{find_timely_flag, redact_setting};
 use crate::hostfile::{self, HostPort, HostfileError};
 
@@ -189,20 +190,6 @@ pub struct Config {
     pub pid_dir: Option<PathBuf>,
     /// `--http`: process i serves on the base port + i.
     pub http: Option<HttpBase>,
-}
-
-/// `--http HOST:PORT`: the address of process 0; process i listens on PORT+i.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpBase {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HttpBase {
-    /// The address process `index` serves on.
-    pub fn of(&self, index: usize) -> String {
-        format!("{}:{}", self.host, usize::from(self.port) + index)
-    }
 }
 
 fn parse_http(text: &str) -> Result<HttpBase, String> {
