@@ -20,16 +20,17 @@ Everything after `--` goes to every dataflow process unchanged, except timely's 
 which cluster sets itself (same -n and -w everywhere, -p 0..n-1, -h the hostfile).
 
 Exit status: 0 every process exited 0; 130 interrupted (Ctrl-C, SIGTERM or SIGHUP, forwarded to
-every process as SIGINT so the dataflow closes its epochs and flushes); 2 bad usage (here or in a
+every process as SIGINT, which stops it as Ctrl-C does); 2 bad usage (here or in a
 dataflow process, which is never restarted); 1 cluster itself failed (e.g. cannot start a
 process); otherwise the exit status of the process that failed last, or 128+N if a signal N
 killed it.
 
 Supervision: when a process exits non-zero or is killed while others run, cluster stops the
 others (SIGTERM, SIGKILL after --grace), waits --backoff (doubling per restart, at most
---backoff-max) and starts the whole job again, at most --max-restarts times. A restart re-runs
-the job from the start; process 0 rewrites its outputs, so a bounded --until-end run ends with
-the same results as an uninterrupted one.
+--backoff-max) and starts the whole job again, at most --max-restarts times. A restart resumes
+from the job's last checkpoint: every process reads on from the committed positions and state,
+and nothing committed is written twice, so a bounded --until-end run ends with the same results
+as an uninterrupted one (with --no-checkpoint, a restart runs the job again from the start).
 
 Examples:
   cluster -n 2 -w 1 -- --topic retail-transactions --until-end -o out/cluster

@@ -75,7 +75,9 @@ pub struct Args {
     #[arg(short = 't', long, env = "DATAFLOW_TOPIC", default_value = retail_common::DEFAULT_TOPIC)]
     pub topic: String,
 
-    /// Where to start reading.
+    /// Where a job without a checkpoint starts reading. Ignored when the job resumes a
+    /// checkpoint: every partition it read goes on from its checkpointed position (a partition
+    /// the checkpoint does not know starts here)
     #[arg(long, value_enum, default_value = "earliest")]
     pub from: StartArg,
 

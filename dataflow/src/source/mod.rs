@@ -403,7 +403,16 @@ pub fn kafka_source<'scope>(
                         // holding the capability keeps every process from writing them.
                         return;
                     }
-                    info!(worker = index, "stopping the source: closing open epochs");
+                    if config.save {
+                        // The writer commits nothing more: the next run reads it again.
+                        info!(
+                            worker = index,
+                            "stopping the source: what was read after the last committed epoch \
+                             is not committed"
+                        );
+                    } else {
+                        info!(worker = index, "stopping the source: closing open epochs");
+                    }
                     cap = None;
                     return;
                 }
