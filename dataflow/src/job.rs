@@ -135,20 +135,10 @@ fn run_process(
         .map_err(JobError::Timely)?;
 
     let done = Arc::new(AtomicBool::new(false));
-    let watch = watch_partitions(
-        &config.settings,
-        &config.topic,
-        partitions,
-        &done,
-        config.until_end,
-    );
+    let watch = watch_partitions(&config, partitions, &done);
     let restored = resumed.restored;
-    let source_config = Arc::new(SourceConfig::new(
-        &config,
-        partitions,
-        watch,
-        restored.as_ref(),
-    ));
+    let source = SourceConfig::new(&config, partitions, watch, restored.as_ref());
+    let source_config = Arc::new(source);
     // The restored state enters the dataflow once, on worker 0 of process 0, at the committed
     // epoch; the writer holds it already and writes nothing for that epoch. Other processes
     // needed the state only for the open invoices.
