@@ -5,6 +5,10 @@
 //! argument handling decides what they mean. Clap's `-h` is therefore the hostfile, as in every
 //! timely program; help is `--help`.
 
+// The flags' doc comments are the `--help` text, where `<job-id>` and the like are placeholders
+// for people to read, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

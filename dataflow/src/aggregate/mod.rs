@@ -1,6 +1,6 @@
 //! The differential-dataflow part of the job: incremental aggregates over sale lines.
 //!
-//! One operator ([`derive`]) reads each batch of lines once and folds it into the input of
+//! One operator ([`derive`](mod@derive)) reads each batch of lines once and folds it into the input of
 //! every aggregate, summed per key. Each aggregate is then a `count_total` (or `distinct`)
 //! over those sums, so an epoch's work is proportional to the keys it touches, never to the
 //! history; the per-invoice sums, with a key per invoice, are the same computation kept in a

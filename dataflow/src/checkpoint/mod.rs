@@ -10,7 +10,7 @@
 //! - in the job's own compacted state topic `<checkpoint-topic>.<job-id>` (as Kafka Streams
 //!   keeps a changelog topic per application), one entry per aggregate key whose state changed,
 //!   keyed `<run>/<identity>`: the accumulated input of the arrangements for that key
-//!   ([`Saved`], in postcard's binary encoding) and the writer's open alerts (JSON).
+//!   ([`Saved`](crate::aggregate::Saved), in postcard's binary encoding) and the writer's open alerts (JSON).
 //!   Compaction keeps the newest value of each key, so the topic holds one record per
 //!   distinct key, however many records were read.
 //!

@@ -1,6 +1,6 @@
 //! What the page and the query API show: the committed results, handed over by the writer.
 //!
-//! The writer builds an [`Update`] per commit (one [`EpochView`] per closed epoch, rendered from
+//! The writer builds an [`Update`] per commit (one [`EpochView`](super::update::EpochView) per closed epoch, rendered from
 //! the same state and with the same shaping as `summary.json`) and hands it to the [`Hub`] once
 //! the commit is confirmed: by the Kafka commit thread after its transaction, or right after
 //! the files are written when the job does not commit to Kafka. So nothing shown here can be

@@ -48,7 +48,7 @@ const READER: [(&str, &str); 4] = [
 ];
 
 impl ClientSettings {
-    /// A consumer config: the bootstrap address, [`READER`]'s settings, then `defaults`, then the
+    /// A consumer config: the bootstrap address, the shared reader settings, then `defaults`, then the
     /// user's `-X`.
     pub fn reader_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut all: Vec<(&str, &str)> = READER.to_vec();
