@@ -2,8 +2,7 @@
 //! fallback), and [`Args::into_config`] turns them once into a validated [`Config`], rejecting
 //! bad values and combinations with a clear message before any process starts.
 
-// The flags' doc comments are the `--help` text, where `<job-id>` and the like are placeholders
-// for people to read, not HTML.
+// The flags' doc comments are the `--help` text: `<index>` and the like are not HTML.
 #![allow(rustdoc::invalid_html_tags)]
 
 use std::ffi::OsString;
