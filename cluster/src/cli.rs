@@ -2,6 +2,9 @@
 //! fallback), and [`Args::into_config`] turns them once into a validated [`Config`], rejecting
 //! bad values and combinations with a clear message before any process starts.
 
+// The flags' doc comments are the `--help` text: `<index>` and the like are not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +14,7 @@ use clap::Parser;
 use humantime::parse_duration;
 
 use crate::backoff::Backoff;
+pub use crate::command::HttpBase;
 use crate::command::{find_timely_flag, redact_setting};
 use crate::hostfile::{self, HostPort, HostfileError};
 
@@ -19,16 +23,17 @@ Everything after `--` goes to every dataflow process unchanged, except timely's 
 which cluster sets itself (same -n and -w everywhere, -p 0..n-1, -h the hostfile).
 
 Exit status: 0 every process exited 0; 130 interrupted (Ctrl-C, SIGTERM or SIGHUP, forwarded to
-every process as SIGINT so the dataflow closes its epochs and flushes); 2 bad usage (here or in a
+every process as SIGINT, which stops it as Ctrl-C does); 2 bad usage (here or in a
 dataflow process, which is never restarted); 1 cluster itself failed (e.g. cannot start a
 process); otherwise the exit status of the process that failed last, or 128+N if a signal N
 killed it.
 
 Supervision: when a process exits non-zero or is killed while others run, cluster stops the
 others (SIGTERM, SIGKILL after --grace), waits --backoff (doubling per restart, at most
---backoff-max) and starts the whole job again, at most --max-restarts times. A restart re-runs
-the job from the start; process 0 rewrites its outputs, so a bounded --until-end run ends with
-the same results as an uninterrupted one.
+--backoff-max) and starts the whole job again, at most --max-restarts times. A restart resumes
+from the job's last checkpoint: every process reads on from the committed positions and state,
+and nothing committed is written twice, so a bounded --until-end run ends with the same results
+as an uninterrupted one (with --no-checkpoint, a restart runs the job again from the start).
 
 Examples:
   cluster -n 2 -w 1 -- --topic retail-transactions --until-end -o out/cluster
@@ -189,20 +194,6 @@ pub struct Config {
     pub pid_dir: Option<PathBuf>,
     /// `--http`: process i serves on the base port + i.
     pub http: Option<HttpBase>,
-}
-
-/// `--http HOST:PORT`: the address of process 0; process i listens on PORT+i.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpBase {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HttpBase {
-    /// The address process `index` serves on.
-    pub fn of(&self, index: usize) -> String {
-        format!("{}:{}", self.host, usize::from(self.port) + index)
-    }
 }
 
 fn parse_http(text: &str) -> Result<HttpBase, String> {

@@ -65,7 +65,7 @@ pub struct JobShape<'a> {
     /// The user's dataflow flags, passed through untouched after timely's.
     pub dataflow_args: &'a [OsString],
     /// `--http`: process i serves on the base port + i.
-    pub http: Option<&'a crate::cli::HttpBase>,
+    pub http: Option<&'a HttpBase>,
 }
 
 /// The dataflow command of process `index`.
@@ -111,6 +111,20 @@ pub fn ssh_command(ssh_bin: &Path, host: &str, inner: &LaunchCommand) -> LaunchC
             "--".into(),
             inner.to_shell_line().into(),
         ],
+    }
+}
+
+/// `--http HOST:PORT`: the address of process 0; process i listens on PORT+i.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpBase {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HttpBase {
+    /// The address process `index` serves on.
+    pub fn of(&self, index: usize) -> String {
+        format!("{}:{}", self.host, usize::from(self.port) + index)
     }
 }
 
@@ -270,7 +284,7 @@ mod tests {
 
     #[test]
     fn each_process_gets_its_own_http_port() {
-        let http = crate::cli::HttpBase {
+        let http = HttpBase {
             host: "0.0.0.0".into(),
             port: 9300,
         };

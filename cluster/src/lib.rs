@@ -11,12 +11,14 @@
 //! - [`command`]: each process's command line, ssh wrapping, shell quoting.
 //! - [`backoff`]: restart delays and the duration syntax.
 //! - [`probe`]: heartbeat probes that tell a frozen or cut-off process from a quiet one.
-//! - [`supervise`]: spawning, output prefixing, interrupts, stop-all and restart-all.
+//! - [`supervise`]: spawning, interrupts, stop-all and restart-all.
+//! - `output`: each process's output with its `[p<i>]` prefix, and the last lines it wrote.
 
 pub mod backoff;
 pub mod cli;
 pub mod command;
 pub mod hostfile;
+mod output;
 pub mod probe;
 pub mod supervise;
 

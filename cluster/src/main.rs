@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("cluster: error: {e}");
+            retail_common::say!("cluster: error: {e}");
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             // A closed pipe (`cluster --print | head -1`) is not an error.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("cluster: error: cannot print the commands: {e}");
+                retail_common::say!("cluster: error: cannot print the commands: {e}");
                 ExitCode::from(exit::ERROR)
             }
         };
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             } else {
                 "/metrics"
             };
-            eprintln!(
+            retail_common::say!(
                 "cluster: process {i} serves {what} on http://{}/",
                 http.of(i)
             );
@@ -46,20 +46,22 @@ fn main() -> ExitCode {
     }
     let shutdown = Shutdown::new();
     if let Err(e) = shutdown.install_signal_handlers() {
-        eprintln!("cluster: warning: cannot handle Ctrl-C/SIGTERM, children will not be told: {e}");
+        retail_common::say!(
+            "cluster: warning: cannot handle Ctrl-C/SIGTERM, children will not be told: {e}"
+        );
     }
     match cluster::run(&config, &shutdown) {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Success { .. } => tracing::info!("{outcome}"),
-                Outcome::Interrupted => eprintln!("cluster: interrupted"),
+                Outcome::Interrupted => retail_common::say!("cluster: interrupted"),
                 // Already logged in full; repeat it as the last line a user sees.
-                Outcome::Failed { .. } => eprintln!("cluster: error: {outcome}"),
+                Outcome::Failed { .. } => retail_common::say!("cluster: error: {outcome}"),
             }
             ExitCode::from(outcome.exit_code())
         }
         Err(e) => {
-            eprintln!("cluster: error: {:#}", anyhow::Error::new(e));
+            retail_common::say!("cluster: error: {:#}", anyhow::Error::new(e));
             ExitCode::from(exit::ERROR)
         }
     }

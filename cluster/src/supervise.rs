@@ -9,9 +9,8 @@
 //! and is forwarded exactly once (the dataflow treats a second SIGINT as "quit now"). Children
 //! are reaped only by this module's loop, so a pid we signal is never a recycled one.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 
@@ -29,12 +28,12 @@ use tracing::{info, warn};
 use crate::cli::{Config, Hosts, Mode};
 use crate::command::{JobShape, LaunchCommand, dataflow_command, ssh_command};
 use crate::hostfile::{self, HostPort};
+use crate::output::{Stream, Tails, copy_lines};
 use crate::probe::Probe;
 
 /// How often the loop looks at the children and at the interrupt count.
 const POLL: Duration = Duration::from_millis(20);
 /// Lines of each process kept for the failure report.
-const TAIL_LINES: usize = 10;
 /// How long to wait for the output copiers after a process exited (a grandchild may keep its
 /// pipe open; we do not hang on it).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -393,27 +392,6 @@ struct Running {
     pid_file: Option<PathBuf>,
 }
 
-/// The last lines a process wrote to each stream. Kept apart because the two pipes are read
-/// by two threads, so their interleaving is arbitrary, and because stderr is the log (the
-/// dataflow's stdout is its console tables).
-#[derive(Default)]
-struct Tails {
-    stdout: VecDeque<String>,
-    stderr: VecDeque<String>,
-}
-
-impl Tails {
-    /// The log's last lines, or stdout's when the process wrote nothing to stderr.
-    fn last_lines(&self) -> Vec<String> {
-        let lines = if self.stderr.is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
-        lines.iter().cloned().collect()
-    }
-}
-
 impl Running {
     /// Signals the child's process group (itself and anything it started), if not yet reaped.
     fn signal(&self, signal: Signal) {
@@ -705,64 +683,6 @@ fn spawn(
         running.pid_file = Some(path);
     }
     Ok(running)
-}
-
-#[derive(Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Copies `from` line by line to our stdout or stderr as `[p<index>] line`, keeping the last
-/// lines in `tails`. Bytes that are not UTF-8 pass through as they are; a `\r` before the
-/// newline (ssh -tt) is dropped. Write errors (e.g. our stdout closed) do not stop the copy:
-/// the child must never block on a full pipe.
-fn copy_lines(
-    index: usize,
-    from: impl Read + Send + 'static,
-    stream: Stream,
-    tails: Arc<Mutex<Tails>>,
-    drained: mpsc::Sender<()>,
-) {
-    let prefix = format!("[p{index}] ");
-    let spawned = std::thread::Builder::new()
-        .name(format!("p{index}-output"))
-        .spawn(move || {
-            let mut reader = BufReader::new(from);
-            let mut line = Vec::with_capacity(256);
-            let mut out = Vec::with_capacity(256);
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                while matches!(line.last(), Some(b'\n' | b'\r')) {
-                    line.pop();
-                }
-                out.clear();
-                out.extend_from_slice(prefix.as_bytes());
-                out.extend_from_slice(&line);
-                out.push(b'\n');
-                let _ = match stream {
-                    Stream::Stdout => io::stdout().lock().write_all(&out),
-                    Stream::Stderr => io::stderr().lock().write_all(&out),
-                };
-                let mut tails = tails.lock().expect("tails lock");
-                let tail = match stream {
-                    Stream::Stdout => &mut tails.stdout,
-                    Stream::Stderr => &mut tails.stderr,
-                };
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(String::from_utf8_lossy(&line).into_owned());
-            }
-            let _ = drained.send(());
-        });
-    if let Err(e) = spawned {
-        warn!("cannot start the output thread of p{index}: {e}");
-    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,20 @@ fn bad_flags_exit_2_with_a_clear_message_before_anything_starts() {
 }
 
 #[test]
+fn help_says_a_restart_resumes_from_the_checkpoint() {
+    let out = run(cluster().arg("--help"), 0);
+    let help = text(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("A restart resumes from the job's last checkpoint"),
+        "{help}"
+    );
+    assert!(!help.contains("re-runs the job from the start"), "{help}");
+}
+
+#[test]
 fn help_explains_the_flags() {
     assert_help_mentions(
         &mut cluster(),

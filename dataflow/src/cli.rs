@@ -5,6 +5,9 @@
 //! argument handling decides what they mean. Clap's `-h` is therefore the hostfile, as in every
 //! timely program; help is `--help`.
 
+// The flags' doc comments are the `--help` text: `<job-id>` and the like are not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,10 +20,10 @@ use crate::aggregate::AlertRules;
 use humantime::parse_duration;
 
 use crate::epoch::{EpochClock, EpochError};
-use crate::source::StartFrom;
 
+/// Where the sources start reading a partition that no checkpoint positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StartArg {
+pub enum StartFrom {
     /// The oldest retained message of every partition.
     Earliest,
     /// Only messages produced after the job starts.
@@ -76,9 +79,10 @@ pub struct Args {
     #[arg(short = 't', long, env = "DATAFLOW_TOPIC", default_value = retail_common::DEFAULT_TOPIC)]
     pub topic: String,
 
-    /// Where to start reading.
+    /// Where a job without a checkpoint starts reading; ignored when it resumes one (each
+    /// partition it read goes on from its checkpointed position; a new one starts here)
     #[arg(long, value_enum, default_value = "earliest")]
-    pub from: StartArg,
+    pub from: StartFrom,
 
     /// Bounded run: read up to the end offsets seen at start, close every epoch, write
     /// summary.json and exit.
@@ -442,10 +446,7 @@ impl Args {
             .unwrap_or_else(|| format!("retail-stream-dataflow.{job_id}"));
         Ok(Config {
             settings,
-            from: match self.from {
-                StartArg::Earliest => StartFrom::Earliest,
-                StartArg::Latest => StartFrom::Latest,
-            },
+            from: self.from,
             until_end: self.until_end,
             clock,
             idle_timeout: self.idle_timeout.0,

@@ -11,6 +11,7 @@
 //! - [`state`]: the current value of every aggregate, as the writer keeps it.
 //! - [`checkpoint`]: what is committed, for exactly-once output across restarts.
 //! - [`job`]: wires them together and runs one process of the job.
+//! - [`outcome`]: what a run ends with: its report, or its error and the exit status it means.
 //! - [`peers`]: heartbeats between the processes of a job, so that a failed one is noticed.
 //! - [`http`]: `--http`: the live page, the query API and `/metrics`.
 //! - [`native`]: the calls into C that the safe wrappers do not offer (the only `unsafe`).
@@ -24,6 +25,7 @@ pub mod http;
 pub mod job;
 #[allow(unsafe_code)]
 pub mod native;
+pub mod outcome;
 pub mod parse;
 pub mod peers;
 pub mod retention;

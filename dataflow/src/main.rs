@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            retail_common::say!("error: {e}");
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -93,12 +93,12 @@ fn main() -> ExitCode {
         }
         let _ = writeln!(std::io::stderr(), "{interrupted}");
     }) {
-        eprintln!("warning: cannot install the Ctrl-C handler: {e}");
+        retail_common::say!("warning: cannot install the Ctrl-C handler: {e}");
     }
     let linger = config.http_linger;
     match job::run(config, Arc::clone(&shutdown)) {
         Ok(report) => {
-            eprintln!(
+            retail_common::say!(
                 "{}",
                 serde_json::to_string(&report).expect("report serialises")
             );
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
                 .filter(|_| linger && !report.interrupted)
             {
                 lingering.store(true, Ordering::Relaxed);
-                eprintln!("the final state stays on http://{addr}/ until Ctrl-C");
+                retail_common::say!("the final state stays on http://{addr}/ until Ctrl-C");
                 while !shutdown.load(Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("error: {:#}", anyhow::Error::new(e));
+            retail_common::say!("error: {:#}", anyhow::Error::new(e));
             ExitCode::from(code)
         }
     }

@@ -119,15 +119,16 @@ pub struct Args {
     pub live: bool,
 
     /// Rows that fail validation are written here as CSV (line, reason, detail, raw). The
-    /// file is written, with its header, even when there are none. Only with --file.
+    /// file is written, with its header, even when there are none. Only with --file; with
+    /// --dry-run only when given (rejected rows are counted either way)
+    /// [default: rejects.csv]
     #[arg(
         long,
         value_name = "PATH",
-        default_value = "rejects.csv",
         env = "INGEST_REJECTS",
         help_heading = "Input"
     )]
-    pub rejects: PathBuf,
+    pub rejects: Option<PathBuf>,
 
     /// Publish at most R records per second, evenly spaced (above 100/s, in small bursts
     /// 10 ms apart, sleeping in between) (default: as fast as possible).
@@ -230,8 +231,9 @@ impl Compression {
 pub struct Config {
     pub source: Source,
     pub sink: SinkConfig,
-    /// Rejected CSV rows go here (only written when reading a file).
-    pub rejects: PathBuf,
+    /// Rejected CSV rows go here (only written when reading a file); `None`: a dry run not
+    /// asked for them, which leaves no file behind in the working directory.
+    pub rejects: Option<PathBuf>,
     /// Records per second, or `None` for as fast as possible.
     pub rate: Option<f64>,
     /// `--http`: where to serve `/metrics`.
@@ -348,7 +350,9 @@ impl Args {
         Ok(Config {
             source,
             sink,
-            rejects: self.rejects,
+            rejects: self
+                .rejects
+                .or_else(|| (!self.dry_run).then(|| PathBuf::from("rejects.csv"))),
             rate: self.rate,
             http: self.http,
         })

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -315,16 +315,23 @@ impl CsvSource {
 
 /// The rejects file: CSV with a header `line,reason,detail,raw`.
 pub struct RejectWriter {
-    writer: csv::Writer<BufWriter<File>>,
+    writer: csv::Writer<Box<dyn Write>>,
     path: PathBuf,
 }
 
 impl RejectWriter {
     /// Creates (or truncates) the file and writes its header, so it exists even when no row
-    /// is rejected.
-    pub fn create(path: &Path) -> Result<RejectWriter, IngestError> {
+    /// is rejected. Without a path, rejected rows are only counted.
+    pub fn create(path: Option<&Path>) -> Result<RejectWriter, IngestError> {
+        let Some(path) = path else {
+            return Ok(RejectWriter {
+                writer: csv::Writer::from_writer(Box::new(std::io::sink())),
+                path: PathBuf::new(),
+            });
+        };
         let file = File::create(path).map_err(|e| IngestError::rejects(path, e))?;
-        let mut writer = csv::Writer::from_writer(BufWriter::new(file));
+        let out: Box<dyn Write> = Box::new(BufWriter::new(file));
+        let mut writer = csv::Writer::from_writer(out);
         writer
             .write_record(["line", "reason", "detail", "raw"])
             .map_err(|e| IngestError::rejects(path, e))?;
@@ -365,7 +372,6 @@ impl RejectWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     const UCI: &str =
         "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n";
@@ -377,7 +383,7 @@ mod tests {
     }
 
     fn rejects(dir: &tempfile::TempDir) -> RejectWriter {
-        RejectWriter::create(&dir.path().join("rejects.csv")).unwrap()
+        RejectWriter::create(Some(&dir.path().join("rejects.csv"))).unwrap()
     }
 
     /// Reads every row; returns the sales as JSON and the rejects file.

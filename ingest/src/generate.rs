@@ -13,7 +13,7 @@
 //! (`large_invoice`), and a customer cancelling a whole order of 6 to 15 lines
 //! (`cancellation_burst`).
 //!
-//! Every random choice is drawn from one [`ChaCha8Rng`] through the small [`Dice`] helpers
+//! Every random choice is drawn from one [`ChaCha8Rng`] through the small `Dice` helpers
 //! below (not through `rand`'s distributions, whose algorithms may change between versions),
 //! so the same seed and count give byte-identical records with a given build. The catalogue
 //! and the customers come from a fixed seed, like a real shop's; `--seed` drives the sales.

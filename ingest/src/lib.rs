@@ -120,7 +120,7 @@ impl Records {
             Source::File(input) => {
                 let source = CsvSource::open(input)?;
                 tracing::info!(%input, gzip = source.gzip, "reading CSV");
-                Records::Csv(source, RejectWriter::create(&config.rejects)?)
+                Records::Csv(source, RejectWriter::create(config.rejects.as_deref())?)
             }
             Source::Generate { count, seed, clock } => {
                 tracing::info!(count, seed, "generating synthetic sales");
@@ -252,7 +252,7 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<Summary, IngestErro
         Some(addr) => {
             let m = Arc::new(IngestMetrics::default());
             let local = metrics::serve(addr, &m).map_err(IngestError::Http)?;
-            eprintln!("http: metrics on http://{local}/metrics");
+            retail_common::say!("http: metrics on http://{local}/metrics");
             Some(m)
         }
         None => None,

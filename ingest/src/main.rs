@@ -27,10 +27,10 @@ fn main() -> ExitCode {
     let handler = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             // The second Ctrl-C: the user does not want to wait for the flush.
-            eprintln!("ingest: interrupted again, exiting without waiting for Kafka");
+            retail_common::say!("ingest: interrupted again, exiting without waiting for Kafka");
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
-        eprintln!("ingest: interrupted, flushing what was sent (Ctrl-C again to abort)");
+        retail_common::say!("ingest: interrupted, flushing what was sent (Ctrl-C again to abort)");
     });
     if let Err(e) = handler {
         tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 writeln!(std::io::stdout(), "{line}")
             };
             if summary.failed > 0 {
-                eprintln!(
+                retail_common::say!(
                     "error: {} message(s) not delivered; first error: {}",
                     summary.failed,
                     summary.first_error.as_deref().unwrap_or("unknown")
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         // `ingest --dry-run | head`: the reader has what it wanted.
         Err(IngestError::BrokenPipe) => ExitCode::from(EXIT_OK),
         Err(e) => {
-            eprintln!("error: {}", describe(&anyhow::Error::new(e)));
+            retail_common::say!("error: {}", describe(&anyhow::Error::new(e)));
             ExitCode::from(EXIT_ERROR)
         }
     }

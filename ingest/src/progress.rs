@@ -3,7 +3,7 @@
 //! CI logs and `docker logs`.
 //!
 //! The run loop calls [`Progress::update`] for every record; it looks at the clock only every
-//! [`Progress::check_every`] calls, so the hot path pays an integer increment.
+//! `Progress::check_every` calls, so the hot path pays an integer increment.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};

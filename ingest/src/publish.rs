@@ -11,14 +11,11 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use retail_common::kafka::{DeliveryCounter, send_waiting};
 
 use crate::cli::{Compression, SinkConfig};
 use crate::error::IngestError;
@@ -47,59 +44,6 @@ const POLL_WAIT: Duration = Duration::from_millis(5);
 /// this keeps up, and it spares the clock reads a poll costs (2% of the time when polling
 /// after every send).
 const POLL_EVERY: u64 = 64;
-
-/// Counts delivery reports; librdkafka calls it from [`BaseProducer::poll`].
-#[derive(Default)]
-pub struct DeliveryCounter {
-    delivered: AtomicU64,
-    /// Payload bytes of the delivered messages.
-    bytes: AtomicU64,
-    failed: AtomicU64,
-    /// The first failure, for the error message.
-    first_error: OnceLock<String>,
-}
-
-impl DeliveryCounter {
-    fn fail(&self, error: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        self.first_error.get_or_init(|| {
-            tracing::error!(%error, "a message was not delivered; stopping");
-            error
-        });
-    }
-}
-
-impl ClientContext for DeliveryCounter {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // Transport errors are retried by librdkafka; a fatal one fails the messages, which
-        // the delivery reports then count.
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(%error, reason, "fatal Kafka producer error");
-        } else {
-            tracing::warn!(%error, reason, "Kafka client error");
-        }
-    }
-}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(message) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-                self.bytes
-                    .fetch_add(message.payload_len() as u64, Ordering::Relaxed);
-            }
-            Err((error, message)) => self.fail(format!(
-                "{error} (topic {}, partition {}, key {})",
-                message.topic(),
-                message.partition(),
-                String::from_utf8_lossy(message.key().unwrap_or_default())
-            )),
-        }
-    }
-}
 
 /// What a sink did, once it is finished.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -141,7 +85,10 @@ impl KafkaSink {
         settings.push(("compression.type", compression.name()));
         let producer = client
             .config(&settings)
-            .create_with_context(DeliveryCounter::default())
+            .create_with_context(DeliveryCounter::new(
+                "a message was not delivered; stopping",
+                true,
+            ))
             .map_err(|source| IngestError::Producer {
                 bootstrap: client.bootstrap.clone(),
                 source,
@@ -154,20 +101,10 @@ impl KafkaSink {
     }
 
     fn send(&mut self, key: &str, payload: &[u8]) {
-        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), again)) => {
-                    record = again;
-                    self.producer.poll(POLL_WAIT);
-                }
-                // Refused outright (too large, unknown partition...): a failed delivery.
-                Err((error, _)) => {
-                    self.counter().fail(format!("{error} (key {key})"));
-                    break;
-                }
-            }
+        let record = BaseRecord::to(&self.topic).key(key).payload(payload);
+        // Refused outright (too large, unknown partition...): a failed delivery.
+        if let Err(error) = send_waiting(&self.producer, record, POLL_WAIT) {
+            self.counter().fail(format!("{error} (key {key})"));
         }
         self.sent += 1;
         if self.sent.is_multiple_of(POLL_EVERY) {

@@ -161,6 +161,30 @@ fn dry_run_reads_gzip_online_retail_ii_with_rejects_and_lossy_rows() {
 }
 
 #[test]
+fn a_dry_run_writes_no_rejects_file_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sales.csv"), gzip(&retail_ii_fixture())).unwrap();
+    let out = run(
+        ingest(dir.path()).args(["--file", "sales.csv", "--dry-run"]),
+        0,
+    );
+    // Rejected rows are counted all the same.
+    assert_eq!(summary(&out.stderr)["rejected"], 2);
+    assert!(!dir.path().join("rejects.csv").exists());
+}
+
+#[test]
+fn without_input_it_names_both_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&mut ingest(dir.path()), 2);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--file") && stderr.contains("--generate"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn reads_stdin_and_writes_an_empty_rejects_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_piped(

@@ -17,3 +17,13 @@ pub fn init(targets: bool) {
         .with_target(targets)
         .init();
 }
+
+/// `eprintln!` for a stderr that may be closed (`dataflow ... 2>&1 | head`): a failed write is
+/// ignored, as a closed stdout is, where `eprintln!` would panic (exit status 101).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}

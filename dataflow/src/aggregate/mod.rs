@@ -1,6 +1,6 @@
 //! The differential-dataflow part of the job: incremental aggregates over sale lines.
 //!
-//! One operator ([`derive`]) reads each batch of lines once and folds it into the input of
+//! One operator ([`derive`](mod@derive)) reads each batch of lines once and folds it into the input of
 //! every aggregate, summed per key. Each aggregate is then a `count_total` (or `distinct`)
 //! over those sums, so an epoch's work is proportional to the keys it touches, never to the
 //! history; the per-invoice sums, with a key per invoice, are the same computation kept in a
@@ -27,6 +27,10 @@ use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 
 pub use alerts::{Alert, AlertRules};
 
@@ -224,6 +228,27 @@ pub fn drop_superseded(changes: &mut Vec<(Saved, u64, isize)>) {
         .collect();
     let mut flags = superseded.into_iter();
     changes.retain(|_| !flags.next().unwrap_or(false));
+}
+
+/// The changes of `saved` that a checkpoint writes, as `emit` wraps them for the writer: only
+/// the new values of changed entries (and the retractions of removed ones) cross to it (see
+/// [`drop_superseded`]).
+pub fn newest_saved<'scope, E: Clone + 'static>(
+    saved: VecCollection<'scope, u64, Saved>,
+    emit: fn(Saved, u64, isize) -> E,
+) -> Stream<'scope, u64, Vec<E>> {
+    saved
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<E>>, _, _, _>(Pipeline, "NewestSaved", |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    drop_superseded(data);
+                    output
+                        .session(&cap)
+                        .give_iterator(data.drain(..).map(|(s, t, r)| emit(s, t, r)));
+                });
+            }
+        })
 }
 
 /// What `--invoice-retention` takes out of the aggregates when an invoice closes.

@@ -19,6 +19,7 @@
 pub mod hub;
 pub mod metrics;
 pub mod publish;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,8 +31,9 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tracing::debug;
 
-pub use hub::{CommitMetrics, Hub, Update};
+pub use hub::{CommitMetrics, Hub};
 pub use publish::Publisher;
+pub use update::Update;
 
 use crate::checkpoint::Resume;
 use crate::cli::Config;
@@ -80,11 +82,11 @@ pub fn serve_job(
             reason: e.to_string(),
         })?;
     if publisher.is_some() {
-        eprintln!(
+        retail_common::say!(
             "http: the live page is on http://{local}/ (API under /api, metrics on /metrics)"
         );
     } else {
-        eprintln!(
+        retail_common::say!(
             "http: process {} serves http://{local}/metrics",
             config.process
         );

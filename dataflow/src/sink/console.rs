@@ -2,11 +2,18 @@
 //!
 //! It is a view for people, not an exact record: use the JSON-lines files or the Kafka topic
 //! to consume results. A closed stdout (`dataflow ... | head`) silently turns it off.
+//!
+//! `--progress` adds a line on stderr every interval, from a thread of its own.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::Batch;
 use crate::aggregate::Output;
+use crate::source::{Metrics, every};
 
 /// Formats thousandths as a decimal with thousands separators: `1234567` -> `1,234.567`.
 pub fn money(milli: i64) -> String {
@@ -156,6 +163,44 @@ impl ConsoleSink {
     pub fn finish(&mut self) -> io::Result<()> {
         self.out.lock().flush()
     }
+}
+
+/// Starts a thread that prints a progress line to stderr every `period` until `done`.
+pub fn spawn_progress(
+    metrics: &Arc<Metrics>,
+    done: &Arc<AtomicBool>,
+    period: Duration,
+    started: Instant,
+) -> JoinHandle<()> {
+    let (metrics, done) = (Arc::clone(metrics), Arc::clone(done));
+    std::thread::spawn(move || progress(&metrics, &done, period, started))
+}
+
+/// The thread of [`spawn_progress`].
+fn progress(metrics: &Metrics, done: &AtomicBool, period: Duration, started: Instant) {
+    let terminal = std::io::stderr().is_terminal();
+    let mut last = (Instant::now(), 0u64);
+    every(period, done, || {
+        let messages = metrics.messages.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (messages - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, messages);
+        let line = format!(
+            "[{:>6.1}s] {} records in ({}/s), {} late, {} dead letters, lag {}",
+            started.elapsed().as_secs_f64(),
+            group(messages),
+            group(rate as u64),
+            group(metrics.late.load(Ordering::Relaxed)),
+            group(metrics.dead.load(Ordering::Relaxed)),
+            group(metrics.lag.load(Ordering::Relaxed).max(0) as u64),
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = if terminal {
+            writeln!(err, "\x1b[2m{line}\x1b[0m")
+        } else {
+            writeln!(err, "{line}")
+        };
+    });
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
 use crate::http::{Publisher, Update};
-use crate::parse::DeadLetter;
+use crate::parse::{DeadLetter, Parsed};
 use crate::source::{Metrics, ProgressWake};
 
 /// Why the writer could not write.
@@ -71,6 +71,18 @@ impl Emit {
             | Emit::Position(_, _, _, t)
             | Emit::Counted(_, _, t)
             | Emit::Saved(_, t, _) => *t,
+        }
+    }
+
+    /// What the source emits at `time` besides lines and closings (which go to the
+    /// aggregates), as the writer takes it.
+    pub fn from_source(item: Parsed, time: u64) -> Emit {
+        match item {
+            Parsed::Dead(letter) => Emit::Dead(Box::new(letter), time),
+            Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, time),
+            Parsed::Counted(p, offset) => Emit::Counted(p, offset, time),
+            Parsed::Saved(entry, r) => Emit::Saved(entry, time, r),
+            Parsed::Close(..) => unreachable!("closings go to the aggregates"),
         }
     }
 }

@@ -48,9 +48,10 @@ mod place;
 mod poll;
 mod reader;
 mod stall;
+mod watch;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -66,8 +67,9 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::Activator;
 use tracing::{debug, info};
 
-use crate::aggregate::{AlertRules, Line};
-use crate::checkpoint::Resume;
+use crate::aggregate::{Alert, AlertRules, Line, Saved, Text};
+use crate::checkpoint::{Restored, Resume};
+use crate::cli::Config;
 use crate::epoch::EpochClock;
 use crate::flow::Buffered;
 use crate::parse::Parsed;
@@ -75,8 +77,10 @@ use crate::retention::RestoredInvoice;
 use reader::Reader;
 use retail_common::kafka::ClientSettings;
 
+pub use crate::cli::StartFrom;
 pub use metrics::{Metrics, PartitionGauges, Stop};
 pub use reader::owned_partitions;
+pub use watch::{every, watch_partitions};
 
 /// Messages handled per activation before the source yields to other operators.
 const BUDGET: usize = 8192;
@@ -92,13 +96,6 @@ const RESTARTS_BEFORE_STOP: u32 = 5;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a worker that owns no partition looks whether the topic grew one for it.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
-
-/// Where to start reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartFrom {
-    Earliest,
-    Latest,
-}
 
 /// What every worker's source needs to know.
 #[derive(Clone, Debug)]
@@ -145,6 +142,78 @@ pub struct SourceResume {
     pub dead_through: BTreeMap<i32, i64>,
     /// Per partition, the invoices open at the committed epoch.
     pub open: BTreeMap<i32, Vec<RestoredInvoice>>,
+}
+
+impl SourceConfig {
+    /// What `config`'s sources need, on a topic of `partitions` partitions whose current count
+    /// `watch` follows, resuming `restored` when given.
+    pub fn new(
+        config: &Config,
+        partitions: i32,
+        watch: Arc<AtomicI32>,
+        restored: Option<&Restored>,
+    ) -> SourceConfig {
+        SourceConfig {
+            settings: config.settings.clone(),
+            topic: config.topic.clone(),
+            partitions,
+            watch,
+            from: config.from,
+            until_end: config.until_end,
+            clock: config.clock,
+            idle_timeout: config.idle_timeout,
+            max_message_bytes: config.max_message_bytes,
+            buffered: Arc::new(Buffered::new(config.max_buffered)),
+            group_id: config.group_id.clone(),
+            retention: config.retention,
+            rules: config.rules,
+            save: config.checkpoint,
+            resume: restored.and_then(SourceResume::of),
+        }
+    }
+}
+
+impl SourceResume {
+    /// Where the sources pick up after `restored`, unless nothing was committed yet.
+    fn of(restored: &Restored) -> Option<SourceResume> {
+        let c = &restored.checkpoint;
+        c.epoch.map(|committed| SourceResume {
+            committed,
+            partitions: c.partitions.clone(),
+            counted_through: c.counted_through.clone(),
+            dead_through: c.dead_through.clone(),
+            open: open_invoices(&restored.saved),
+        })
+    }
+}
+
+/// The open invoices of a checkpoint's state, per partition: each `Open` entry with the
+/// alerts its invoice's lines raised.
+fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
+    let mut alerts: HashMap<&Text, Vec<Alert>> = HashMap::new();
+    for s in saved {
+        if let Saved::LineAlert(a) = s
+            && let Some(invoice) = a.invoice()
+        {
+            alerts.entry(invoice).or_default().push(Alert::clone(a));
+        }
+    }
+    let mut open: BTreeMap<i32, Vec<RestoredInvoice>> = BTreeMap::new();
+    for s in saved {
+        if let Saved::Open {
+            partition,
+            invoice,
+            last,
+        } = s
+        {
+            open.entry(*partition).or_default().push(RestoredInvoice {
+                invoice: invoice.clone(),
+                last: *last,
+                alerts: alerts.get(invoice).cloned().unwrap_or_default(),
+            });
+        }
+    }
+    open
 }
 
 /// What the source emits besides lines (dead letters, positions, closings, its own state) at
@@ -334,7 +403,16 @@ pub fn kafka_source<'scope>(
                         // holding the capability keeps every process from writing them.
                         return;
                     }
-                    info!(worker = index, "stopping the source: closing open epochs");
+                    if config.save {
+                        // The writer commits nothing more: the next run reads it again.
+                        info!(
+                            worker = index,
+                            "stopping the source: what was read after the last committed epoch \
+                             is not committed"
+                        );
+                    } else {
+                        info!(worker = index, "stopping the source: closing open epochs");
+                    }
                     cap = None;
                     return;
                 }

@@ -19,7 +19,7 @@ use crate::epoch::{EpochClock, PartitionClock};
 use crate::native::fetch::BatchQueue;
 use crate::parse::Parsed;
 use crate::retention::OpenInvoices;
-use retail_common::kafka::is_end_of_partition;
+use retail_common::kafka::warn_client_error;
 
 /// librdkafka context that records each partition's last stable offset from the client
 /// statistics, so lag can be shown without a blocking request on the worker thread.
@@ -30,9 +30,7 @@ pub(super) struct LagContext {
 impl ClientContext for LagContext {
     /// End of partition is a normal event here (it ends bounded runs), not an error to log.
     fn error(&self, error: KafkaError, reason: &str) {
-        if !is_end_of_partition(&error) {
-            warn!(%error, reason, "Kafka client error");
-        }
+        warn_client_error(&error, reason, "Kafka client error");
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -177,13 +175,10 @@ impl Reader {
         let fetch_wait = if config.until_end { "10" } else { "100" };
         let mut consumer: BaseConsumer<LagContext> = config
             .settings
-            .config(&[
+            .reader_config(&[
                 ("fetch.wait.max.ms", fetch_wait),
                 ("group.id", &config.group_id),
-                ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
-                ("enable.partition.eof", "true"),
-                ("isolation.level", "read_committed"),
                 ("auto.offset.reset", "earliest"),
                 ("statistics.interval.ms", "1000"),
                 // Read-ahead: fetches of up to 128 KB per partition (or one whole batch, if
@@ -191,13 +186,12 @@ impl Reader {
                 // partition holds is its queue plus its decompressed batches, so these bound the
                 // consumer's memory: 256 KB fetches and a 1 MB queue cost about 20 MiB more peak
                 // memory on 10M records, and were 6-7% faster only where the job outruns the
-                // broker (the bench topic without checkpoints). librdkafka's default is to
-                // postpone a fetch by a whole second once a queue is full, which left a busy
-                // worker idle for about 40% of a replay; 5 ms keeps the queues topped up instead.
+                // broker (the bench topic without checkpoints). The reader settings' 5 ms queue
+                // back-off matters here too: librdkafka's second left a busy worker idle for
+                // about 40% of a replay.
                 ("fetch.max.bytes", "52428800"),
                 ("max.partition.fetch.bytes", "131072"),
                 ("queued.max.messages.kbytes", "512"),
-                ("fetch.queue.backoff.ms", "5"),
             ])
             .create_with_context(context)?;
         let mut assignment = TopicPartitionList::new();

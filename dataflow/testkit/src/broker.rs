@@ -2,8 +2,8 @@
 //! deleted, and what `scripts/kafka` keeps on disk.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use retail_common::kafka::ClientSettings;
 
-use crate::places::workspace_root;
+use crate::places::{binary, workspace_root};
 use crate::process::run_ok;
 
 /// The broker the tests use: `KAFKA_BOOTSTRAP_SERVERS`, else the one `scripts/kafka up`
@@ -257,4 +257,24 @@ pub fn kafka_classpath() -> String {
         .pop()
         .unwrap_or_else(|| panic!("no Kafka jars under {}/<version>/libs", cache.display()));
     format!("{}/*", libs.display())
+}
+
+/// The real `ingest` publishing to `topic` on the test broker, run in `dir` (its rejects file
+/// goes there), quiet but for warnings; the caller adds the input and `--partitions`.
+pub fn ingest_to(topic: &str, dir: &Path) -> Command {
+    let mut command = Command::new(binary("ingest"));
+    command
+        .args(["--topic", topic, "-b", &bootstrap()])
+        .arg("--rejects")
+        .arg(dir.join("rejects.csv"))
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Publishes a CSV file or generated sales (`args`) to `topic`, created with 8 partitions,
+/// with the real `ingest`; it must succeed.
+pub fn publish(topic: &str, args: &[&str], dir: &Path) {
+    run_ok(ingest_to(topic, dir).args(["--partitions", "8"]).args(args));
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use crate::broker::ingest_to;
 use crate::broker::{bootstrap, create_topic};
-use crate::process::{ingest_to, run_ok};
+use crate::process::run_ok;
 
 /// What [`publish_dirty`] put in the topic besides the good sales.
 #[derive(Debug, Default)]

@@ -2,14 +2,15 @@
 //! only users, as a dev-dependency): they run the real release binaries against the real broker
 //! of `scripts/kafka`, and this crate holds what they need for it, once.
 //!
-//! - [`broker`]: the broker's address, names no other run uses, topics made, read back
-//!   (every partition, `read_committed` or not) and deleted, `scripts/kafka` and what it keeps
-//!   on disk (secured listeners' client settings, the broker's data, the Kafka jars);
+//! - [`broker`]: the broker's address, names no other run uses, topics made, published to with
+//!   `ingest`, read back (every partition, `read_committed` or not) and deleted, `scripts/kafka`
+//!   and what it keeps on disk (secured listeners' client settings, the broker's data, the Kafka
+//!   jars);
 //! - [`places`]: the shared test data (and its rows typed as `ingest` types them) and the
 //!   workspace's built binaries (found next to the running test executable, whichever package
 //!   it belongs to);
 //! - [`process`]: running a command for an expected exit status, or with a time limit that
-//!   kills its whole process group, waiting for a child, publishing with `ingest`;
+//!   kills its whole process group, waiting for a child;
 //! - [`dirty`]: topics of generated sales with bad messages of every dead-letter reason and
 //!   lines out of order mixed in;
 //! - [`files`]: a run's output folder (listing, byte-for-byte comparison, `summary.json`, JSON

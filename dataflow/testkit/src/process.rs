@@ -9,9 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::broker::bootstrap;
-use crate::places::binary;
-
 /// Bytes a process printed, as text (lossily).
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -196,24 +193,4 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
-}
-
-/// The real `ingest` publishing to `topic` on the test broker, run in `dir` (its rejects file
-/// goes there), quiet but for warnings; the caller adds the input and `--partitions`.
-pub fn ingest_to(topic: &str, dir: &Path) -> Command {
-    let mut command = Command::new(binary("ingest"));
-    command
-        .args(["--topic", topic, "-b", &bootstrap()])
-        .arg("--rejects")
-        .arg(dir.join("rejects.csv"))
-        .env("RUST_LOG", "warn")
-        .current_dir(dir)
-        .stdin(Stdio::null());
-    command
-}
-
-/// Publishes a CSV file or generated sales (`args`) to `topic`, created with 8 partitions,
-/// with the real `ingest`; it must succeed.
-pub fn publish(topic: &str, args: &[&str], dir: &Path) {
-    run_ok(ingest_to(topic, dir).args(["--partitions", "8"]).args(args));
 }

@@ -21,7 +21,8 @@ pub fn ingest(dir: &Path) -> Command {
         .env_remove("INGEST_FILE")
         .env_remove("INGEST_GENERATE")
         .env_remove("INGEST_DRY_RUN")
-        .env_remove("INGEST_RATE");
+        .env_remove("INGEST_RATE")
+        .env_remove("INGEST_REJECTS");
     command
 }
 

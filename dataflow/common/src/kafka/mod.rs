@@ -1,7 +1,8 @@
 //! Kafka client settings shared by the binaries: the bootstrap address, client properties
 //! files (`-F`, as kcat and the Java tools read them) and `-X key=value` pass-through to
 //! librdkafka (for secured clusters and tuning), secrets kept out of every printout, the
-//! errors that mean a batch cannot be decoded, and topic creation.
+//! errors that mean a batch cannot be decoded, and topic creation; in `clients`, the pieces
+//! of consumers and producers that several of them share.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
+
+mod clients;
+mod setup;
+
+pub use clients::{DeliveryCounter, ReadToEnd, send_waiting, warn_client_error};
+pub use setup::{SetupContext, wrong_listener};
 
 /// Default bootstrap address: the broker `scripts/kafka up` and `docker compose` start.
 pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
@@ -289,47 +296,6 @@ pub fn partitions_in(metadata: &Metadata, topic: &str) -> Option<i32> {
         .map(|t| t.partitions().len() as i32)
 }
 
-/// Context of the set-up clients: keeps the first error that retrying cannot cure (refused
-/// credentials, a failed TLS handshake), so that set-up fails at once with it.
-#[derive(Default)]
-pub struct SetupContext {
-    refused: std::sync::Mutex<Option<String>>,
-}
-
-impl SetupContext {
-    /// librdkafka's words for why the broker refused the connection, if it did.
-    fn refused(&self) -> Option<String> {
-        self.refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl rdkafka::ClientContext for SetupContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let code = match &error {
-            KafkaError::Global(code) => Some(*code),
-            _ => error.rdkafka_error_code(),
-        };
-        if matches!(
-            code,
-            Some(
-                RDKafkaErrorCode::Authentication
-                    | RDKafkaErrorCode::SaslAuthenticationFailed
-                    | RDKafkaErrorCode::SSL
-            )
-        ) {
-            let mut slot = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-            slot.get_or_insert_with(|| reason.to_owned());
-        }
-        // Anything else (a broker still starting, a lost connection) librdkafka retries; if it
-        // lasts, the set-up call times out with its own error.
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for SetupContext {}
-
 /// Parses one `key=value` pair (the value may contain `=`).
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -364,6 +330,9 @@ impl ClientSettings {
         &self,
     ) -> Result<C, KafkaSetupError> {
         self.config(&[])
+            // librdkafka says that a client is at the wrong listener at INFO only: it must
+            // reach the context whatever the log filter (which still decides what is shown).
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Info)
             .create_with_context(SetupContext::default())
             .map_err(|source| KafkaSetupError::Client {
                 bootstrap: self.bootstrap.clone(),
