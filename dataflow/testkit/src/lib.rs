@@ -15,6 +15,7 @@
 //! - [`files`]: a run's output folder (listing, byte-for-byte comparison, `summary.json`, JSON
 //!   lines) and waiting for a file to contain a text;
 //! - [`net`]: free loopback ports and the hostfiles of multi-process jobs;
+//! - [`postgres`]: `scripts/postgres`, the shared test database and servers of a test's own;
 //! - [`http`]: GETs to `--http` servers and their `/metrics` checked and parsed by real
 //!   Prometheus parsers.
 //!
@@ -27,6 +28,7 @@ pub mod files;
 pub mod http;
 pub mod net;
 pub mod places;
+pub mod postgres;
 pub mod process;
 
 pub use broker::*;
@@ -35,4 +37,5 @@ pub use files::*;
 pub use http::*;
 pub use net::*;
 pub use places::*;
+pub use postgres::*;
 pub use process::*;

@@ -43,8 +43,11 @@ const MOST_WAIT: Duration = Duration::from_secs(2);
 pub enum PgError {
     #[error("cannot connect to PostgreSQL {target}: {reason}")]
     Connect { target: String, reason: String },
-    #[error("PostgreSQL {target}: {source}")]
-    Schema { target: String, source: SchemaError },
+    #[error("PostgreSQL {target}: {problem}")]
+    Schema {
+        target: String,
+        problem: SchemaError,
+    },
     #[error("PostgreSQL {target}: {reason}")]
     Write { target: String, reason: String },
     #[error(
@@ -295,6 +298,11 @@ pub fn init(target: &PgTarget) -> Result<Client, PgError> {
             other => other.to_string(),
         },
     })?;
+    // "already exists, skipping" notices are not news.
+    let quiet = "SET client_min_messages = warning";
+    client
+        .batch_execute(quiet)
+        .map_err(|e| write_error(target, &e))?;
     for statement in schema::create_statements(&target.schema) {
         client
             .batch_execute(&statement)
@@ -302,9 +310,9 @@ pub fn init(target: &PgTarget) -> Result<Client, PgError> {
     }
     let found =
         schema::columns(&mut client, &target.schema).map_err(|e| write_error(target, &e))?;
-    schema::check(&target.schema, &found).map_err(|source| PgError::Schema {
+    schema::check(&target.schema, &found).map_err(|problem| PgError::Schema {
         target: target.to_string(),
-        source,
+        problem,
     })?;
     Ok(client)
 }
