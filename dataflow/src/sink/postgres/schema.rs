@@ -100,7 +100,8 @@ pub const TABLES: [Table; 7] = [
             ("rule", "text", "NOT NULL"),
             ("alert", "jsonb", "NOT NULL"),
         ],
-        key: "job_id, epoch_start, key, diff",
+        // Two lines of one invoice may raise alerts with one key and different bodies.
+        key: "job_id, epoch_start, key, diff, alert",
     },
     Table {
         name: "dead_letters",
