@@ -69,6 +69,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    if config.pg_init {
+        return pg_init(&config);
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     // Set once a bounded run is over and --http-linger keeps serving its final state.
     let lingering = Arc::new(AtomicBool::new(false));
@@ -123,6 +126,27 @@ fn main() -> ExitCode {
             let code = e.exit_code();
             retail_common::say!("error: {:#}", anyhow::Error::new(e));
             ExitCode::from(code)
+        }
+    }
+}
+
+/// `--pg-init`: creates the schema and tables of `--sinks postgres` and checks them.
+fn pg_init(config: &dataflow::cli::Config) -> ExitCode {
+    let target = config
+        .postgres
+        .as_ref()
+        .expect("--pg-init builds the target");
+    match dataflow::sink::postgres::init(target) {
+        Ok(_) => {
+            println!(
+                "the tables of --sinks postgres are ready in schema {} of {target}",
+                target.schema
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            ExitCode::from(exit::ERROR)
         }
     }
 }

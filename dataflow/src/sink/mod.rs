@@ -1,5 +1,5 @@
-//! The single writer: turns each closed epoch's changes into console, JSON-lines and Kafka
-//! output, and keeps the final state for `summary.json`.
+//! The single writer: turns each closed epoch's changes into console, JSON-lines, Kafka and
+//! PostgreSQL output, and keeps the final state for `summary.json`.
 //!
 //! All output and dead letters are routed to worker 0, which stashes them by epoch. Once the
 //! frontier passes an epoch, its updates are consolidated and sorted, so what is written depends
@@ -16,6 +16,7 @@
 pub mod console;
 pub mod jsonl;
 pub mod kafka;
+pub mod postgres;
 pub mod writer;
 
 use std::collections::BTreeMap;

@@ -27,6 +27,7 @@ use super::jsonl::JsonlSink;
 use super::kafka::{
     CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
 };
+use super::postgres::{PgError, PostgresSink};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
@@ -45,6 +46,8 @@ pub enum WriteError {
     },
     #[error(transparent)]
     Kafka(#[from] KafkaOutError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
 }
 
 /// What crosses from the aggregates and the source to the single writer. Mostly state
@@ -166,6 +169,8 @@ pub struct Writer {
     console: Option<ConsoleSink>,
     /// Kafka outputs and checkpoints, committed on a thread of their own.
     kafka: Option<Committer>,
+    /// `--sinks postgres`: written before Kafka commits (see `sink/postgres`).
+    postgres: Option<PostgresSink>,
     /// The last checkpoint written (or read at start): epochs up to its epoch are not written
     /// again.
     checkpoint: Option<Checkpoint>,
@@ -213,6 +218,7 @@ impl Writer {
             jsonl: None,
             console: None,
             kafka: None,
+            postgres: None,
             checkpoint,
             carried: None,
             agreed: None,
@@ -359,6 +365,19 @@ impl Writer {
             u.close(state, &next.partitions);
             move || hub.publish(u)
         });
+        // PostgreSQL commits these epochs before the Kafka transaction that checkpoints past
+        // them, so it never lags the checkpoint: a replay after a crash is skipped there.
+        let committed = self.committed();
+        if let Some(pg) = &mut self.postgres {
+            match pg.write(&batches, committed) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e.into());
+                }
+            }
+        }
         if let Some(kafka) = &mut self.kafka {
             let after = show.take().map(|f| Box::new(f) as Box<dyn FnOnce() + Send>);
             let commit = Commit {
@@ -465,7 +484,25 @@ pub fn open_writer(
         checkpoint.identity = Some(identity(config, partitions));
         checkpoint
     });
-    let mut writer = Writer::empty(config, checkpoint, shutdown, metrics);
+    let mut writer = Writer::empty(config, checkpoint, Arc::clone(&shutdown), metrics);
+    // Connected and checked first: a wrong password or table fails the start before any
+    // commit. It holds every epoch the checkpoint has, or the job does not start.
+    if let Some(target) = &config.postgres {
+        let run = writer.checkpoint.as_ref().map(|c| c.run);
+        let committed = resume.as_ref().and_then(|c| c.epoch);
+        let mut pg = PostgresSink::open(
+            target,
+            &config.job_id,
+            run,
+            committed,
+            config.clock,
+            shutdown,
+        )?;
+        if config.reset && run.is_none() {
+            pg.reset()?;
+        }
+        writer.postgres = Some(pg);
+    }
     if config.jsonl {
         let committed = resume.as_ref().map(|c| &c.files);
         let sink = JsonlSink::open(config.output_dir.clone(), committed)
@@ -499,6 +536,19 @@ pub fn open_writer(
                 writer.start_pending = true;
             }
             _ => writer.stale = stale,
+        }
+        // A new run takes the job's rows over once its start is committed: never before, so
+        // that a crash in between resumes the old run with its rows intact.
+        if let Some(pg) = &mut writer.postgres
+            && writer
+                .checkpoint
+                .as_ref()
+                .is_some_and(|c| c.epoch.is_none())
+        {
+            if resume.is_none() {
+                committer.wait_confirmed(1)?;
+            }
+            pg.write(&[], None)?;
         }
         writer.kafka = Some(committer);
     }

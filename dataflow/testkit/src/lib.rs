@@ -18,6 +18,7 @@
 //! - [`oracle`]: what a run's outputs must be, computed from the topic by README's
 //!   definitions alone (validation, money, watermarks, retention, alerts, partitioner);
 //! - [`net`]: free loopback ports and the hostfiles of multi-process jobs;
+//! - [`postgres`]: `scripts/postgres`, the shared test database and servers of a test's own;
 //! - [`http`]: GETs to `--http` servers and their `/metrics` checked and parsed by real
 //!   Prometheus parsers.
 //!
@@ -31,6 +32,7 @@ pub mod http;
 pub mod net;
 pub mod oracle;
 pub mod places;
+pub mod postgres;
 pub mod process;
 
 pub use broker::*;
@@ -40,4 +42,5 @@ pub use http::*;
 pub use net::*;
 pub use oracle::*;
 pub use places::*;
+pub use postgres::*;
 pub use process::*;
