@@ -289,6 +289,23 @@ mod tests {
     }
 
     #[test]
+    fn latest_is_the_latest_assigned_epoch() {
+        let c = clock(2);
+        let mut p = PartitionClock::default();
+        assert!(!p.has_data());
+        assert_eq!(p.latest(), 0);
+        p.assign(&c, 7);
+        assert!(p.has_data());
+        assert_eq!(p.latest(), 7);
+        // An on-time record of an earlier epoch and a late one moved forward leave it.
+        p.assign(&c, 6);
+        p.assign(&c, 1);
+        assert_eq!(p.latest(), 7);
+        p.assign(&c, 9);
+        assert_eq!(p.latest(), 9);
+    }
+
+    #[test]
     fn floor_moves_a_woken_partition_forward() {
         let c = clock(0);
         let mut p = PartitionClock::default();

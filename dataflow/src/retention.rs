@@ -264,6 +264,43 @@ mod tests {
     }
 
     #[test]
+    fn lines_in_a_row_of_one_invoice_move_it_and_others_open_beside_it() {
+        for a in ["536365", "A1"] {
+            let mut open = OpenInvoices::default();
+            let a: Text = a.into();
+            let b: Text = format!("{a}0").as_str().into();
+            assert_eq!(
+                open.add(&a, 5, std::iter::empty()),
+                Some(Moved { from: None, to: 5 })
+            );
+            // The next line of the same invoice, in a later epoch: it moves.
+            assert_eq!(
+                open.add(&a, 7, std::iter::empty()),
+                Some(Moved {
+                    from: Some(5),
+                    to: 7
+                })
+            );
+            assert_eq!(open.add(&a, 6, std::iter::empty()), None);
+            // Another invoice in an earlier epoch opens.
+            assert_eq!(
+                open.add(&b, 4, std::iter::empty()),
+                Some(Moved { from: None, to: 4 })
+            );
+            assert_eq!(open.len(), 2);
+            assert_eq!(
+                expire(&mut open, 8, 3),
+                vec![Closed {
+                    invoice: b,
+                    last: 4,
+                    alerts: vec![],
+                }]
+            );
+            assert_eq!(expire(&mut open, 11, 3)[0].invoice, a);
+        }
+    }
+
+    #[test]
     fn restored_invoices_close_like_the_ones_they_were() {
         let mut open = OpenInvoices::default();
         let alert = Alert::LargeQuantity {

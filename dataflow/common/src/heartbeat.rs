@@ -115,4 +115,29 @@ mod tests {
         assert_eq!(Beat::decode(&other), None);
         assert_ne!(job_hash("a"), job_hash("b"));
     }
+
+    #[test]
+    fn the_job_hash_is_fnv_1a() {
+        // The published 64-bit FNV-1a vectors: every process, of any build, agrees on them.
+        assert_eq!(job_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(job_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(job_hash("foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn five_beats_per_timeout_within_50ms_and_1s() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        assert_eq!(period(ms(2_000)), ms(400));
+        assert_eq!(period(ms(5_000)), ms(1_000));
+        assert_eq!(period(ms(60_000)), ms(1_000));
+        assert_eq!(period(ms(100)), ms(50));
+    }
+
+    #[test]
+    fn an_address_resolves_to_its_sockets_or_to_none() {
+        let local: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(resolve("127.0.0.1:4000"), [local]);
+        assert!(resolve("127.0.0.1").is_empty(), "no port");
+    }
 }

@@ -219,5 +219,17 @@ mod tests {
             assert_eq!(m.to_string(), reference(m), "{amount}");
         }
         assert_eq!(buffer.format(Milli(i64::MIN)), "-9223372036854775.808");
+        assert_eq!(DecimalBuffer::default().format(Milli(-1)), "-0.001");
+    }
+
+    #[test]
+    fn price_errors_say_why() {
+        // Part of every bad_price dead letter's detail.
+        assert_eq!(PriceError::NotDecimal.to_string(), "not a decimal number");
+        assert_eq!(
+            PriceError::TooPrecise.to_string(),
+            "more than 3 decimal places"
+        );
+        assert_eq!(PriceError::Overflow.to_string(), "out of range");
     }
 }

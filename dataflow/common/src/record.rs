@@ -607,6 +607,51 @@ mod tests {
         assert_eq!(normalise_customer_id(""), None);
     }
 
+    #[test]
+    fn customer_ids_lose_only_an_all_zero_fraction() {
+        for (text, id) in [
+            ("17850.000", Some("17850")),
+            ("17850.", Some("17850")),
+            (".0", Some(".0")),
+            ("1a.0", Some("1a.0")),
+            ("12.50", Some("12.50")),
+            ("   ", None),
+        ] {
+            assert_eq!(normalise_customer_id(text).as_deref(), id, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn reject_codes_are_the_stable_names() {
+        // Written to rejects files and dead-letter headers: other programs match on them.
+        let codes = RejectKind::ALL.map(RejectKind::code);
+        assert_eq!(
+            codes,
+            [
+                "not_utf8",
+                "not_json",
+                "missing_field",
+                "wrong_type",
+                "empty_field",
+                "bad_quantity",
+                "bad_price",
+                "bad_date",
+                "value_overflow",
+                "oversized",
+                "bad_row",
+                "invoice_closed",
+            ]
+        );
+        let reject = Reject::new(
+            RejectKind::BadPrice,
+            "unit_price \"x\": not a decimal number",
+        );
+        assert_eq!(
+            reject.to_string(),
+            "bad_price: unit_price \"x\": not a decimal number"
+        );
+    }
+
     /// One message for each reject reason, from a good one.
     fn reject_cases() -> Vec<(Vec<u8>, RejectKind)> {
         let good = Sale::from_fields(&row()).unwrap().to_json();

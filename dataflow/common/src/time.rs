@@ -278,6 +278,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_wire_layout_needs_every_separator_in_place() {
+        let good = *b"2010-12-01T08:26:00";
+        assert!(wire_layout(&good));
+        for at in [4, 7, 10, 13, 16] {
+            let mut text = good;
+            text[at] = b'0';
+            assert!(!wire_layout(&text), "{}", String::from_utf8_lossy(&text));
+        }
+        assert!(!wire_layout(&good[..18]));
+        assert!(!wire_layout(b"2010-12-01T08:26:00Z"));
+    }
+
+    #[test]
+    fn a_default_wire_buffer_formats_too() {
+        let t = parse_wire("2011-12-09T12:50:07").unwrap();
+        assert_eq!(WireBuffer::default().format(t), "2011-12-09T12:50:07");
+    }
+
+    /// The fast path answers the common case itself (chrono is only the fallback for the rest):
+    /// every valid timestamp of years 0 to 9999 written with plain digits, up to 23:59:59.
+    #[test]
+    fn the_fast_path_reads_every_plain_timestamp_itself() {
+        for t in sample_times() {
+            if (0..=9999).contains(&t.year()) {
+                let text = wire(t);
+                assert_eq!(wire_digits(text.as_bytes()), Some(t), "{text}");
+            }
+        }
+        for text in [
+            "2010-12-01T23:59:59",
+            "2010-12-31T00:00:00",
+            "2012-02-29T12:00:00",
+        ] {
+            assert_eq!(
+                wire_digits(text.as_bytes()).map(wire).as_deref(),
+                Some(text)
+            );
+        }
+        // What it leaves to chrono: out-of-range fields, signs, spaces.
+        for text in [
+            "2010-12-01T24:00:00",
+            "2010-12-01T23:60:00",
+            "2010-12-01T23:59:60",
+            "2010-02-29T10:00:00",
+            "+010-12-01T08:26:00",
+            "2010-12-01T 8:26:00",
+        ] {
+            assert_eq!(wire_digits(text.as_bytes()), None, "{text}");
+        }
+    }
+
     /// `parse_wire` before its fast path: the layout check, then chrono.
     fn chrono_wire(text: &str) -> Option<NaiveDateTime> {
         wire_layout(text.as_bytes())

@@ -156,3 +156,126 @@ impl<'a> Cursor<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ingest's layout with `description` and `quantity` as given (raw JSON text).
+    fn message(description: &str, quantity: &str) -> String {
+        format!(
+            r#"{{"invoice_no":"536365","stock_code":"85123A","description":{description},"quantity":{quantity},"invoice_date":"2010-12-01T08:26:00","unit_price":"2.55","customer_id":"17850","country":"United Kingdom"}}"#
+        )
+    }
+
+    fn serde(text: &str) -> Wire<'_> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn ingests_layout_is_read_in_place() {
+        let text = message(r#""WHITE HEART""#, "6");
+        let wire = scan(&text).expect("ingest's own layout");
+        assert_eq!(wire, serde(&text));
+        assert!(matches!(
+            wire.description,
+            Some(Cow::Borrowed("WHITE HEART"))
+        ));
+        let text = message("null", "6").replace(r#""17850""#, "null");
+        let wire = scan(&text).expect("nulls");
+        assert_eq!((wire.description, wire.customer_id), (None, None));
+    }
+
+    /// Every escape but `\u` is unescaped by the scan itself, wherever it falls in the string.
+    #[test]
+    fn the_scan_unescapes_all_but_unicode_escapes() {
+        for (escape, unescaped) in [
+            (r#"\""#, "\""),
+            (r"\\", "\\"),
+            (r"\/", "/"),
+            (r"\b", "\u{8}"),
+            (r"\f", "\u{c}"),
+            (r"\n", "\n"),
+            (r"\r", "\r"),
+            (r"\t", "\t"),
+        ] {
+            for (description, expected) in [
+                (format!("\"{escape}\""), unescaped.to_owned()),
+                (
+                    format!("\"a{escape}b{escape}\""),
+                    format!("a{unescaped}b{unescaped}"),
+                ),
+                (
+                    format!("\"a long text before it{escape} and after\""),
+                    format!("a long text before it{unescaped} and after"),
+                ),
+            ] {
+                let text = message(&description, "6");
+                let wire = scan(&text).unwrap_or_else(|| panic!("{text}"));
+                assert_eq!(
+                    wire.description.as_deref(),
+                    Some(expected.as_str()),
+                    "{text}"
+                );
+                assert_eq!(wire, serde(&text));
+            }
+        }
+        for declined in [r#""\u0041""#, r#""a\x""#, r#""a\""#] {
+            assert!(scan(&message(declined, "6")).is_none(), "{declined}");
+        }
+    }
+
+    #[test]
+    fn integers_are_read_as_serde_json_reads_an_i64() {
+        for (text, value) in [
+            ("0", 0),
+            ("7", 7),
+            ("-1", -1),
+            ("10", 10),
+            ("9223372036854775807", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+        ] {
+            let text = message("null", text);
+            assert_eq!(scan(&text).map(|w| w.quantity), Some(value), "{text}");
+            assert_eq!(serde(&text).quantity, value);
+        }
+        // Left to serde_json: leading zeros, -0 (a float to it), fractions, exponents, out of
+        // range, no digits.
+        for quantity in [
+            "00",
+            "01",
+            "-0",
+            "-01",
+            "1.0",
+            "1e2",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "-",
+            "+1",
+        ] {
+            assert!(scan(&message("null", quantity)).is_none(), "{quantity}");
+        }
+    }
+
+    #[test]
+    fn control_characters_anywhere_are_left_to_serde_json() {
+        let text = message(r#""A LONG DESCRIPTION OF AT LEAST SIXTEEN BYTES""#, "6");
+        assert!(scan(&text).is_some());
+        for at in [0, 5, 20, 40, text.len() - 1] {
+            let mut bytes = text.clone().into_bytes();
+            for control in [0x00, 0x1f] {
+                bytes.insert(at, control);
+                let with = String::from_utf8(bytes.clone()).unwrap();
+                assert!(has_control(with.as_bytes()), "{at}");
+                assert!(scan(&with).is_none(), "{with:?}");
+                bytes.remove(at);
+            }
+        }
+        // Two in one 16-byte step, and in the tail after the last whole step.
+        assert!(has_control(b"0123456789\x01\x01abcdef"));
+        assert!(has_control(b"0123456789abcdef0123\x01"));
+        assert!(!has_control(
+            b" ~\x7f spaces and printable bytes are not control"
+        ));
+    }
+}

@@ -531,6 +531,89 @@ mod tests {
     }
 
     #[test]
+    fn an_escaped_backslash_does_not_escape_the_equals_sign() {
+        let pairs = parse_properties("dir\\\\=C\\:\\\\x\n").unwrap();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].1, "C:\\\\x");
+    }
+
+    #[test]
+    fn metadata_broker_list_is_a_bootstrap_address_too() {
+        let flags = KafkaFlags {
+            bootstrap: None,
+            files: Vec::new(),
+            settings: vec![
+                ("metadata.broker.list".into(), "m:1".into()),
+                ("client.id".into(), "x".into()),
+            ],
+        };
+        let s = flags.into_settings().unwrap();
+        assert_eq!(s.bootstrap, "m:1");
+        assert_eq!(s.extra, [("client.id".to_owned(), "x".to_owned())]);
+        let none = KafkaFlags {
+            bootstrap: None,
+            files: Vec::new(),
+            settings: Vec::new(),
+        };
+        assert_eq!(none.into_settings().unwrap().bootstrap, DEFAULT_BOOTSTRAP);
+    }
+
+    #[test]
+    fn end_of_partition_in_either_form() {
+        assert!(is_end_of_partition(&KafkaError::PartitionEOF(0)));
+        assert!(is_end_of_partition(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_end_of_partition(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_end_of_partition(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BadMessage
+        )));
+    }
+
+    #[test]
+    fn this_build_has_tls_and_every_codec() {
+        let features = builtin_features();
+        let features: Vec<&str> = features.split(',').collect();
+        for feature in ["gzip", "snappy", "ssl", "sasl_scram", "zstd", "lz4"] {
+            assert!(features.contains(&feature), "{feature} in {features:?}");
+        }
+    }
+
+    #[test]
+    fn set_up_keeps_the_first_refusal_only() {
+        use rdkafka::ClientContext;
+        let context = SetupContext::default();
+        assert_eq!(context.refused(), None);
+        // Retried by librdkafka: not a refusal.
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "connection lost",
+        );
+        assert_eq!(context.refused(), None);
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error",
+        );
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::SSL),
+            "handshake failed",
+        );
+        assert_eq!(
+            context.refused().as_deref(),
+            Some("SASL authentication error")
+        );
+        // A refusal reported through another kind of error counts too.
+        let context = SetupContext::default();
+        context.error(
+            KafkaError::MetadataFetch(RDKafkaErrorCode::SaslAuthenticationFailed),
+            "bad password",
+        );
+        assert_eq!(context.refused().as_deref(), Some("bad password"));
+    }
+
+    #[test]
     fn key_value_pairs() {
         assert_eq!(
             parse_key_value("security.protocol=SASL_SSL"),
