@@ -63,13 +63,12 @@ fn skewed_topic(topic: &str, dir: &Path) -> u64 {
     skewed_bytes
 }
 
-/// A gauge's value in Prometheus text.
-fn gauge(text: &str, name: &str) -> f64 {
+/// A gauge's value in Prometheus text; `None` when the text lacks it (an answer cut short as
+/// the job ends).
+fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        .parse()
-        .unwrap()
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs the job over `topic` into `out` with `--max-buffered budget`, sampling its /metrics
@@ -95,9 +94,14 @@ fn run_sampled(topic: &str, out: &Path, budget: &str) -> (f64, f64) {
         let Ok((status, text)) = try_get(&addr, "/metrics") else {
             break;
         };
-        if status == 200 {
-            buffered = buffered.max(gauge(&text, "retail_stream_buffered_bytes"));
-            held = held.max(gauge(&text, "retail_stream_partitions_held"));
+        if status != 200 {
+            continue;
+        }
+        if let Some(b) = gauge(&text, "retail_stream_buffered_bytes") {
+            buffered = buffered.max(b);
+        }
+        if let Some(h) = gauge(&text, "retail_stream_partitions_held") {
+            held = held.max(h);
         }
     }
     wait_for_exit(&mut job, 0, Duration::from_secs(30), &log);
