@@ -212,6 +212,42 @@ mod tests {
     }
 
     #[test]
+    fn a_message_of_exactly_the_limit_is_read() {
+        let clock =
+            EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
+        let limit = |max_message_bytes| Rules {
+            max_message_bytes,
+            ..rules(&clock)
+        };
+        let mut partition = PartitionClock::default();
+        assert!(matches!(
+            place(&limit(SALE.len()), &mut partition, 0, 0, None, SALE),
+            Placed::Line(_)
+        ));
+        assert!(matches!(
+            place(&limit(SALE.len() - 1), &mut partition, 0, 1, None, SALE),
+            Placed::Dead(ref d, _) if d.reason == RejectKind::Oversized.code()
+        ));
+    }
+
+    #[test]
+    fn a_new_line_of_a_committed_epoch_goes_after_the_committed_ones() {
+        // Whatever the worker's frontier says, nothing new lands in a committed epoch.
+        let clock =
+            EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
+        let epoch = clock.epoch_of(1_291_191_960); // SALE's 2010-12-01T08:26:00
+        let resumed = Rules {
+            committed: Some(epoch + 2),
+            frontier: 0,
+            ..rules(&clock)
+        };
+        match place(&resumed, &mut PartitionClock::default(), 0, 0, None, SALE) {
+            Placed::Line(line) => assert_eq!((line.epoch, line.late), (epoch + 3, true)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_resumed_job_drops_what_it_counted_and_counts_what_is_new() {
         let clock =
             EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
@@ -293,6 +329,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Resumed with that dead letter committed: a replay; after it, a new dead letter.
+        let resumed = Rules {
+            dead_through: 2,
+            ..kept
+        };
+        assert_eq!(
+            place(&resumed, &mut partition, 0, 2, None, behind.as_bytes()),
+            Placed::Committed
+        );
+        assert!(matches!(
+            place(&resumed, &mut partition, 0, 3, None, behind.as_bytes()),
+            Placed::Dead(ref d, _) if d.reason == "invoice_closed"
+        ));
         // Without retention the same line is late, not dead.
         assert!(matches!(
             place(&rules(&clock), &mut partition, 0, 3, None, behind.as_bytes()),
