@@ -1,7 +1,8 @@
 //! Flow control against the real broker: on a skewed topic, where one worker's partition has
-//! half the records per hour of the other's and so runs ahead, `--max-buffered` holds it back
-//! and the records read for open epochs peak at well under half of what they reach without a
-//! binding budget. Both runs give the same outputs, equal to the oracle's.
+//! half the records per hour of the other's and so runs ahead, a run without a binding budget
+//! shows the skew in `retail_stream_buffered_bytes`, and `--max-buffered` holds the partition
+//! back (`retail_stream_partitions_held`). Both runs give the same outputs, equal to the
+//! oracle's.
 
 mod common;
 
@@ -127,14 +128,12 @@ fn a_skewed_topic_stays_within_the_budget_and_counts_the_same() {
         free_peak > skewed_bytes as f64 / 4.0,
         "the skew never showed: {free_peak} of {skewed_bytes} bytes buffered"
     );
-    // ...with one, partition 1 is held back while it is ahead, and the peak falls to well
-    // under half. (What remains is partition 0's records waiting for the aggregates, which
-    // the budget does not bound: the partitions at the oldest epoch are always read.)
+    // ...with one, partition 1 is held back while it is ahead. The peaks are printed, not
+    // compared: besides partition 1's read-ahead they hold partition 0's records waiting for
+    // the aggregates, which the budget does not bound (the partitions at the oldest epoch
+    // are always read) and which grow with how busy the machine is (1MiB's peak was a third
+    // of 1GB's on a quiet machine, half on a loaded one).
     assert!(held_partitions >= 1.0, "no partition was ever held");
-    assert!(
-        held_peak < free_peak / 2.0,
-        "{held_peak} bytes buffered with --max-buffered 1MiB, {free_peak} with 1GB"
-    );
     assert_same_outputs(&free, &held);
     let (messages, _) = topic_messages(&topic);
     assert_outputs_match(&held, &common::oracle(&messages, &Flags::default()));
