@@ -67,9 +67,7 @@ fn skewed_topic(topic: &str, dir: &Path) -> u64 {
 /// A gauge's value in Prometheus text; `None` when the text lacks it (an answer cut short as
 /// the job ends).
 fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    metric_sample(text, name).and_then(|v| v.parse().ok())
 }
 
 /// Runs the job over `topic` into `out` with `--max-buffered budget`, sampling its /metrics

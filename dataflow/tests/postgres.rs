@@ -243,12 +243,7 @@ fn wait_for_point(child: &mut Child, log: &Path, k: u64, pg: Option<(&str, &str,
         if addr.is_none() {
             addr = http_addr_in(&std::fs::read_to_string(log).unwrap_or_default());
         }
-        let committed = addr.as_deref().map_or(0, |addr| {
-            let (_, body) = get(addr, "/metrics");
-            body.lines()
-                .find_map(|l| l.strip_prefix("retail_stream_epochs_committed_total "))
-                .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
-        });
+        let committed = addr.as_deref().map_or(0, epochs_committed);
         if committed >= k {
             return;
         }

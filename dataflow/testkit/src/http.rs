@@ -39,6 +39,21 @@ pub fn try_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     Ok((status, body.to_owned()))
 }
 
+/// The value text of the unlabelled sample `name` in Prometheus text (`name value`), if there.
+pub fn metric_sample<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(str::trim)
+}
+
+/// The epochs the job serving `/metrics` on `addr` has committed so far
+/// (`retail_stream_epochs_committed_total`; 0 before the first).
+pub fn epochs_committed(addr: &str) -> u64 {
+    let (_, body) = get(addr, "/metrics");
+    metric_sample(&body, "retail_stream_epochs_committed_total")
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+}
+
 /// The address a process started with `--http 127.0.0.1:0` serves on, from its log line
 /// (`http: ... http://<address>/...`); `None` before it has logged it.
 pub fn http_addr_in(log: &str) -> Option<String> {
