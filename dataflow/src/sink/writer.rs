@@ -406,11 +406,16 @@ impl Writer {
     fn finish(&mut self) -> Result<(), WriteError> {
         // Commits already queued complete, whatever happens next.
         let committed = self.kafka.as_mut().map_or(Ok(()), Committer::finish);
-        let stopping = self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints();
-        if self.failed || stopping || self.metrics.fatal().is_some() {
+        if self.failed {
             return Ok(());
         }
+        // A commit that failed is reported even when the job is stopping (the commit thread
+        // stops it when one fails).
         committed?;
+        let stopping = self.shutdown.load(Ordering::Relaxed) && self.kafka_checkpoints();
+        if stopping || self.metrics.fatal().is_some() {
+            return Ok(());
+        }
         let state = &self.renderer.state;
         if let Some(console) = &mut self.console {
             let _ = console.finish();
@@ -514,7 +519,7 @@ pub fn open_writer(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         kafka.init()?;
-        let mut committer = Committer::spawn(kafka);
+        let mut committer = Committer::spawn(kafka, Arc::clone(&writer.shutdown));
         // A fresh or reset job commits its empty start (deleting an older run's entries), so
         // that a crash before its first epoch cannot fall back to an older run's checkpoint:
         // the commit thread runs it while the job starts, and the writer writes no file

@@ -2,6 +2,7 @@
 //! those handed over while a transaction runs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -96,7 +97,9 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(out: KafkaOut) -> Committer {
+    /// Starts the thread. A failed commit sets `stop`: a live job that closes no further epoch
+    /// would otherwise never hand over the commit that reports the failure, and read on.
+    pub fn spawn(out: KafkaOut, stop: Arc<AtomicBool>) -> Committer {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -128,6 +131,7 @@ impl Committer {
                 if let Err(e) = result {
                     lock.lock().expect("commit state").failed = Some(e);
                     wake.notify_all();
+                    stop.store(true, Ordering::Relaxed);
                 }
             })
             .expect("the commit thread starts");
