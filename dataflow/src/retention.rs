@@ -178,6 +178,18 @@ impl OpenInvoices {
         }
     }
 
+    /// The restored alerts of an invoice that was not open at the committed epoch though a
+    /// line of it was: an out-of-order line landed in a committed epoch while the invoice's
+    /// other lines (and so its open entry) are in later ones. Those lines, read again, open it
+    /// anew, and it closes with these alerts as it would have without the restart.
+    pub fn restore_alerts(&mut self, invoice: &Text, alerts: &[Alert]) {
+        let found = match invoice::pack(invoice) {
+            Some(n) => self.numbers.alerts.entry(n).or_default(),
+            None => self.texts.alerts.entry(invoice.clone()).or_default(),
+        };
+        found.extend_from_slice(alerts);
+    }
+
     /// Closes the invoices whose latest epoch is more than `retention` epochs before
     /// `open_from` (the partition's earliest open epoch).
     pub fn expire(&mut self, open_from: u64, retention: u64, closed: &mut Vec<Closed>) {
@@ -319,5 +331,30 @@ mod tests {
         let closed = expire(&mut open, 7, 2);
         assert_eq!(closed[0].last, 4);
         assert_eq!(closed[0].alerts, vec![alert.clone(), alert]);
+    }
+
+    #[test]
+    fn an_invoice_reopened_after_a_restart_settles_the_alerts_of_its_committed_lines() {
+        let alert = Alert::NonPositivePrice {
+            invoice: "547572".into(),
+            stock_code: "53995".into(),
+            unit_price_milli: 0,
+            quantity: 3,
+        };
+        // Uninterrupted: a line in epoch 5, then an out-of-order one in epoch 4 that raises
+        // the alert.
+        let mut clean = OpenInvoices::default();
+        clean.add(&"547572".into(), 5, std::iter::empty());
+        clean.add(&"547572".into(), 4, std::iter::once(alert.clone()));
+        // Resumed after epoch 4 was committed: the alert's line is not read again, and the
+        // invoice was not open at the checkpoint (its open entry is at epoch 5).
+        let mut resumed = OpenInvoices::default();
+        resumed.restore_alerts(&"547572".into(), std::slice::from_ref(&alert));
+        resumed.add(&"547572".into(), 5, std::iter::empty());
+        for open in [&mut clean, &mut resumed] {
+            let closed = expire(open, 8, 2);
+            assert_eq!(closed.len(), 1);
+            assert_eq!(closed[0].alerts, vec![alert.clone()]);
+        }
     }
 }

@@ -51,7 +51,7 @@ mod stall;
 mod watch;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -142,6 +142,10 @@ pub struct SourceResume {
     pub dead_through: BTreeMap<i32, i64>,
     /// Per partition, the invoices open at the committed epoch.
     pub open: BTreeMap<i32, Vec<RestoredInvoice>>,
+    /// The alerts of invoices that were not open at the committed epoch (their open entries
+    /// are in later epochs, read again): given to every partition, which keeps them for the
+    /// invoice should one of its lines open it.
+    pub reopening: Vec<(Text, Vec<Alert>)>,
 }
 
 impl SourceConfig {
@@ -183,13 +187,13 @@ impl SourceResume {
             counted_through: c.counted_through.clone(),
             dead_through: c.dead_through.clone(),
             open: open_invoices(&restored.saved),
+            reopening: reopening_invoices(&restored.saved),
         })
     }
 }
 
-/// The open invoices of a checkpoint's state, per partition: each `Open` entry with the
-/// alerts its invoice's lines raised.
-fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
+/// The alerts of a checkpoint's state, by the invoice whose line raised them.
+fn line_alerts(saved: &[Saved]) -> HashMap<&Text, Vec<Alert>> {
     let mut alerts: HashMap<&Text, Vec<Alert>> = HashMap::new();
     for s in saved {
         if let Saved::LineAlert(a) = s
@@ -198,6 +202,35 @@ fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
             alerts.entry(invoice).or_default().push(Alert::clone(a));
         }
     }
+    alerts
+}
+
+/// The alerts of a checkpoint's state whose invoices have no `Open` entry (none without
+/// `--invoice-retention`, which writes no `Open` entries and settles no alerts).
+fn reopening_invoices(saved: &[Saved]) -> Vec<(Text, Vec<Alert>)> {
+    let open: HashSet<&Text> = saved
+        .iter()
+        .filter_map(|s| match s {
+            Saved::Open { invoice, .. } => Some(invoice),
+            _ => None,
+        })
+        .collect();
+    if open.is_empty() {
+        return Vec::new();
+    }
+    let mut reopening: Vec<(Text, Vec<Alert>)> = line_alerts(saved)
+        .into_iter()
+        .filter(|(invoice, _)| !open.contains(invoice))
+        .map(|(invoice, alerts)| (invoice.clone(), alerts))
+        .collect();
+    reopening.sort_by(|a, b| a.0.cmp(&b.0));
+    reopening
+}
+
+/// The open invoices of a checkpoint's state, per partition: each `Open` entry with the
+/// alerts its invoice's lines raised.
+fn open_invoices(saved: &[Saved]) -> BTreeMap<i32, Vec<RestoredInvoice>> {
+    let alerts = line_alerts(saved);
     let mut open: BTreeMap<i32, Vec<RestoredInvoice>> = BTreeMap::new();
     for s in saved {
         if let Saved::Open {
@@ -512,4 +545,42 @@ fn watch_sources<'scope>(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price_alert(invoice: &str) -> Alert {
+        Alert::NonPositivePrice {
+            invoice: invoice.into(),
+            stock_code: "P".into(),
+            unit_price_milli: 0,
+            quantity: 1,
+        }
+    }
+
+    #[test]
+    fn alerts_of_invoices_without_an_open_entry_are_kept_for_their_reopening() {
+        let open = |invoice: &str| Saved::Open {
+            partition: 2,
+            invoice: invoice.into(),
+            last: 7,
+        };
+        let alert = |invoice: &str| Saved::LineAlert(Box::new(price_alert(invoice)));
+        let saved = vec![open("1"), alert("1"), alert("2"), alert("3"), open("4")];
+        let restored = open_invoices(&saved);
+        assert_eq!(restored[&2].len(), 2);
+        assert_eq!(restored[&2][0].alerts, vec![price_alert("1")]);
+        assert!(restored[&2][1].alerts.is_empty());
+        assert_eq!(
+            reopening_invoices(&saved),
+            vec![
+                ("2".into(), vec![price_alert("2")]),
+                ("3".into(), vec![price_alert("3")]),
+            ]
+        );
+        // Without --invoice-retention there are no open entries, and nothing to settle.
+        assert!(reopening_invoices(&[alert("1")]).is_empty());
+    }
 }

@@ -241,6 +241,13 @@ impl Reader {
             {
                 state.invoices.restore(restored.clone());
             }
+            if config.retention.is_some()
+                && let Some(r) = &config.resume
+            {
+                for (invoice, alerts) in &r.reopening {
+                    state.invoices.restore_alerts(invoice, alerts);
+                }
+            }
             parts.push(state);
             debug!(worker, partition = p, start, ?end, "assigned");
         }
