@@ -52,7 +52,7 @@ pub(crate) fn scan(text: &str) -> Option<Wire<'_>> {
 
 /// Where the first byte that ends a plain run of string text is: a quote, a backslash or a
 /// control character (below 0x20, which JSON forbids raw in a string). Eight bytes at a time
-/// as one `u64` (the fields are short, so this beats memchr's setup per call): a byte equal
+/// as one `u64` (the fields are short, so this beats a SIMD search's setup per call): a byte equal
 /// to the pattern, or below 0x20, sets its high bit in `found`. Bits above the first match
 /// may be spurious (a borrow runs on), so only the lowest set bit is read.
 fn special(bytes: &[u8]) -> Option<usize> {
