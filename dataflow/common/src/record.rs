@@ -192,9 +192,18 @@ fn optional_cow<'de: 'a, 'a, D: Deserializer<'de>>(
     Option::<Text<'a>>::deserialize(deserializer).map(|text| text.map(|Text(text)| text))
 }
 
+/// `str::trim`, answered at once when the text starts and ends with a printable ASCII byte
+/// (no whitespace to trim: the common case, where `trim` would still decode both ends).
+fn trim(text: &str) -> &str {
+    match text.as_bytes() {
+        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
 /// InvoiceNo, StockCode and Country: trimmed, and never empty.
 fn required<'s>(name: &str, value: &'s str) -> Result<&'s str, Reject> {
-    let value = value.trim();
+    let value = trim(value);
     if value.is_empty() {
         return Err(Reject::new(
             RejectKind::EmptyField,
@@ -206,7 +215,7 @@ fn required<'s>(name: &str, value: &'s str) -> Result<&'s str, Reject> {
 
 /// Description: kept as written (surrounding spaces included) unless it is blank.
 fn optional(value: &str) -> Option<&str> {
-    (!value.trim().is_empty()).then_some(value)
+    (!trim(value).is_empty()).then_some(value)
 }
 
 /// Applies a rule that picks a part of a text (see [`required`], [`optional`],
@@ -218,7 +227,12 @@ fn narrow<'a, E>(
 ) -> Result<Cow<'a, str>, E> {
     match text {
         Cow::Borrowed(text) => rule(text).map(Cow::Borrowed),
-        Cow::Owned(text) => rule(&text).map(|part| Cow::Owned(part.to_owned())),
+        // The whole text (no trimming, the common case) keeps its String; a part is copied.
+        Cow::Owned(text) => match rule(&text) {
+            Ok(part) if part.len() == text.len() => Ok(Cow::Owned(text)),
+            Ok(part) => Ok(Cow::Owned(part.to_owned())),
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -230,7 +244,7 @@ pub fn normalise_customer_id(value: &str) -> Option<String> {
 
 /// [`normalise_customer_id`] without the copy: the identifier is always a part of `value`.
 fn customer_id(value: &str) -> Option<&str> {
-    let value = value.trim();
+    let value = trim(value);
     if value.is_empty() {
         return None;
     }
@@ -265,7 +279,7 @@ fn bad_date(text: &str) -> Reject {
 }
 
 fn price(text: &str) -> Result<Milli, Reject> {
-    Milli::parse(text.trim())
+    Milli::parse(trim(text))
         .map_err(|e| Reject::new(RejectKind::BadPrice, format!("unit_price {text:?}: {e}")))
 }
 
@@ -595,6 +609,24 @@ mod tests {
         for (fields, kind) in cases {
             let err = Sale::from_fields(&fields).unwrap_err();
             assert_eq!(err.kind, kind, "{fields:?} -> {err}");
+        }
+    }
+
+    /// The shortcut of `trim` gives what `str::trim` gives, whatever the text starts and ends
+    /// with: ASCII and Unicode whitespace, control characters, printable and non-ASCII text.
+    #[test]
+    fn trim_is_str_trim() {
+        let ends = [
+            "", " ", "\t", "\n", "\u{b}", "\u{c}", "\r", "\u{1c}", "\u{1f}", "\u{0}", "\u{7f}",
+            "\u{85}", "\u{a0}", "\u{2000}", "\u{3000}", "\u{feff}", "\u{e9}", "a", "!", "~", "0",
+        ];
+        for a in ends {
+            for b in ["", "x", "ab", " x ", "\u{a0}"] {
+                for c in ends {
+                    let text = format!("{a}{b}{c}");
+                    assert_eq!(trim(&text), text.trim(), "{text:?}");
+                }
+            }
         }
     }
 
