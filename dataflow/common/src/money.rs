@@ -63,7 +63,7 @@ impl Milli {
     }
 
     /// Every form [`Milli::parse`] accepts, and its errors.
-    fn parse_general(text: &str) -> Result<Milli, PriceError> {
+    pub(crate) fn parse_general(text: &str) -> Result<Milli, PriceError> {
         let (negative, body) = match text.as_bytes().first() {
             Some(b'-') => (true, &text[1..]),
             Some(b'+') => (false, &text[1..]),
