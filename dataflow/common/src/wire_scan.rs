@@ -55,6 +55,7 @@ pub(crate) fn scan(text: &str) -> Option<Wire<'_>> {
 /// as one `u64` (the fields are short, so this beats a SIMD search's setup per call): a byte equal
 /// to the pattern, or below 0x20, sets its high bit in `found`. Bits above the first match
 /// may be spurious (a borrow runs on), so only the lowest set bit is read.
+#[inline(always)]
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -94,6 +95,7 @@ impl<'a> Cursor<'a> {
 
     /// A JSON string: borrowed when it has no escape. Slices fall on ASCII bytes (quotes,
     /// backslashes), so always on character boundaries. A control character declines.
+    #[inline(always)]
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.literal(b"\"")?;
         let start = self.at;
@@ -110,6 +112,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// The rest of a string from its first escape on; `\u` escapes are left to serde_json.
+    #[cold]
+    #[inline(never)]
     fn escaped(&mut self, start: usize) -> Option<Cow<'a, str>> {
         let mut out = String::with_capacity(self.at - start + 16);
         out.push_str(&self.text[start..self.at]);
@@ -143,6 +147,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    #[inline(always)]
     fn optional_string(&mut self) -> Option<Option<Cow<'a, str>>> {
         if self.literal(b"null").is_some() {
             return Some(None);
@@ -153,6 +158,7 @@ impl<'a> Cursor<'a> {
     /// A JSON integer that fits an `i64`, as serde_json reads one into an `i64`: no leading
     /// zero, no fraction or exponent (the next literal would not match), and not `-0`
     /// (serde_json reads that as a float).
+    #[inline(always)]
     fn integer(&mut self) -> Option<i64> {
         let negative = self.literal(b"-").is_some();
         let start = self.at;
