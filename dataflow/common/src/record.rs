@@ -379,11 +379,12 @@ impl<'a> SaleRef<'a> {
         let text = utf8(bytes)?;
         // The layout ingest writes is scanned in place; any other goes through serde_json,
         // whose errors name the reasons.
-        let wire: Wire<'a> = match crate::wire_scan::scan(text) {
-            Some(wire) => wire,
-            None => serde_json::from_str(text).map_err(classify_json_error)?,
-        };
-        SaleRef::from_wire(wire)
+        // Each path validates its own Wire, so the scan's is built in place rather than copied
+        // into a slot shared with serde_json's.
+        match crate::wire_scan::scan(text) {
+            Some(wire) => SaleRef::from_wire(wire),
+            None => SaleRef::from_wire(serde_json::from_str(text).map_err(classify_json_error)?),
+        }
     }
 
     /// [`SaleRef::from_json`] without the scan: serde_json reads every message. The oracle of

@@ -13,6 +13,7 @@ use crate::record::Wire;
 
 /// Scans `text` (valid UTF-8) as `ingest` writes a record; `None` when it is laid out any
 /// other way.
+#[inline(always)]
 pub(crate) fn scan(text: &str) -> Option<Wire<'_>> {
     // ingest writes no control character anywhere. Outside strings the scan accepts only its
     // literals, digits and `-`, so the strings' scan (`special`) is where they are caught.
