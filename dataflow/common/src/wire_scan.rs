@@ -5,7 +5,8 @@
 //! spaces, trailing bytes), returns `None`, and the caller parses with `serde_json`: its
 //! result, and so every dead letter's reason and detail, stays exactly what `serde_json`
 //! gives. Where the scan returns a record, `serde_json` returns the same one (the equivalence
-//! test in `record.rs` compares them on generated and mutated messages).
+//! test in `record.rs` and the property tests in `record/properties.rs` compare them on
+//! generated and mutated messages).
 
 use std::borrow::Cow;
 
