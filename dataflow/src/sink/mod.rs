@@ -169,7 +169,14 @@ impl Renderer {
         }
         changes.sort_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
         for d in &dead {
-            *self.state.dead_letters.entry(d.reason.clone()).or_default() += 1;
+            // Keyed by code (the summary's `by_reason`); a key is allocated once per reason.
+            let code = d.reason.code();
+            match self.state.dead_letters.get_mut(code) {
+                Some(n) => *n += 1,
+                None => {
+                    self.state.dead_letters.insert(code.to_owned(), 1);
+                }
+            }
         }
         Batch {
             epoch,
@@ -252,6 +259,7 @@ pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use retail_common::record::RejectKind;
 
     fn renderer() -> Renderer {
         Renderer {
@@ -346,7 +354,7 @@ mod tests {
         let d = DeadLetter {
             partition: 3,
             offset: 7,
-            reason: "not_utf8".into(),
+            reason: RejectKind::NotUtf8,
             detail: "x".into(),
             key: None,
             payload: vec![0xff, 0x41],

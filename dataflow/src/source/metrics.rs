@@ -21,8 +21,9 @@ pub struct Metrics {
     pub fatal: Mutex<Option<Stop>>,
     /// Each partition read by this process, as of its worker's last activation (`/metrics`).
     pub partitions: Mutex<BTreeMap<i32, PartitionGauges>>,
-    /// Dead letters by reason, added once per activation (`/metrics`).
-    pub dead_reasons: Mutex<BTreeMap<String, u64>>,
+    /// Dead letters by reason ([`RejectKind::code`](retail_common::record::RejectKind::code)),
+    /// added once per activation (`/metrics`).
+    pub dead_reasons: Mutex<BTreeMap<&'static str, u64>>,
     /// Message bytes read for epochs still open, against `--max-buffered` (`/metrics`).
     pub buffered: AtomicU64,
     /// Partitions held back by flow control at each worker's last activation (`/metrics`).

@@ -153,7 +153,7 @@ pub fn rows(batches: &[Batch], done: Option<u64>, label: impl Fn(u64) -> String)
                 epoch_start: at.clone(),
                 partition: d.partition,
                 offset: d.offset,
-                reason: clean(&d.reason),
+                reason: clean(d.reason.code()),
                 detail: clean(&d.detail),
                 key: d.key.as_ref().map(|k| clean(&String::from_utf8_lossy(k))),
                 payload: text.map(str::to_owned),
@@ -186,6 +186,7 @@ mod tests {
     use crate::epoch::EpochClock;
     use crate::parse::DeadLetter;
     use crate::sink::Renderer;
+    use retail_common::record::RejectKind;
 
     fn sums(lines: i64) -> Sums {
         Sums {
@@ -212,7 +213,7 @@ mod tests {
         let dead = DeadLetter {
             partition: 2,
             offset: 40,
-            reason: "not_json".into(),
+            reason: RejectKind::NotJson,
             detail: "x".into(),
             key: Some(b"k".to_vec()),
             payload: vec![0, 1, 0xff],
