@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::checkpoint::Resume;
-use crate::sink::Batch;
+use crate::sink::{Batch, OutputStream};
 use crate::state::State;
 
 /// One closed epoch as committed: its row and the state after it.
@@ -57,19 +57,19 @@ impl Update {
         let mut row = None;
         let mut alerts = Vec::new();
         for change in &batch.changes {
-            if change.stream != "epochs" && change.stream != "alerts" {
+            if change.stream != OutputStream::Epochs && change.stream != OutputStream::Alerts {
                 continue;
             }
             let Ok(line) = serde_json::from_str::<Value>(&change.line) else {
                 continue;
             };
-            if change.stream == "epochs" && change.key == batch.label {
+            if change.stream == OutputStream::Epochs && change.key == batch.label {
                 row = line.get("value").filter(|v| !v.is_null()).map(|v| {
                     let mut v = v.clone();
                     v["epoch"] = Value::from(batch.label.clone());
                     v
                 });
-            } else if change.stream == "alerts" && line["diff"].as_i64() == Some(1) {
+            } else if change.stream == OutputStream::Alerts && line["diff"].as_i64() == Some(1) {
                 let mut alert = line["alert"].clone();
                 alert["key"] = line["key"].clone();
                 alert["opened_in"] = Value::from(batch.label.clone());

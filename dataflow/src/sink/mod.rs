@@ -20,11 +20,13 @@ pub mod postgres;
 pub mod writer;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use differential_dataflow::consolidation::consolidate;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::aggregate::{Alert, Output, Sums};
@@ -33,13 +35,52 @@ use crate::parse::DeadLetter;
 pub use crate::state::State;
 use crate::state::{ranked_json, sums_json, totals_json};
 
-/// Output streams, in the order they are written within an epoch.
-pub const STREAMS: [&str; 5] = ["totals", "by_country", "top_products", "epochs", "alerts"];
+/// An output stream: a file `<name>.jsonl`, the `stream` field of its lines and the key prefix
+/// of its records in `<job-id>.aggregates`. Ordered as written within an epoch; serialises as
+/// its [`name`](OutputStream::name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Totals,
+    ByCountry,
+    TopProducts,
+    Epochs,
+    /// A set: its lines carry a `diff` rather than a new value.
+    Alerts,
+}
+
+impl OutputStream {
+    /// Every stream, in the order they are written within an epoch.
+    pub const ALL: [OutputStream; 5] = [
+        OutputStream::Totals,
+        OutputStream::ByCountry,
+        OutputStream::TopProducts,
+        OutputStream::Epochs,
+        OutputStream::Alerts,
+    ];
+
+    /// The name in file names, lines and record keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputStream::Totals => "totals",
+            OutputStream::ByCountry => "by_country",
+            OutputStream::TopProducts => "top_products",
+            OutputStream::Epochs => "epochs",
+            OutputStream::Alerts => "alerts",
+        }
+    }
+}
+
+impl fmt::Display for OutputStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One rendered change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
-    pub stream: &'static str,
+    pub stream: OutputStream,
     pub key: String,
     /// The full JSON line.
     pub line: String,
@@ -64,13 +105,17 @@ pub struct Batch {
 const BURST_KEYS: &str = "cancellation_burst/";
 
 /// Stream and key of an output row, and its rendered value.
-fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
+fn describe(o: &Output, clock: &EpochClock) -> (OutputStream, String, Value) {
     match o {
-        Output::Totals(s) => ("totals", "totals".into(), totals_json(s)),
-        Output::Country(c, s) => ("by_country", c.to_string(), sums_json(s)),
-        Output::TopProducts(r) => ("top_products", "top_products".into(), ranked_json(r)),
+        Output::Totals(s) => (OutputStream::Totals, "totals".into(), totals_json(s)),
+        Output::Country(c, s) => (OutputStream::ByCountry, c.to_string(), sums_json(s)),
+        Output::TopProducts(r) => (
+            OutputStream::TopProducts,
+            "top_products".into(),
+            ranked_json(r),
+        ),
         Output::Epoch(e, s, r) => (
-            "epochs",
+            OutputStream::Epochs,
             clock.label(*e).to_string(),
             json!({
                 "lines": s.lines,
@@ -104,7 +149,7 @@ fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
                 key = format!("{BURST_KEYS}{label}/{customer}");
                 obj.insert("epoch".into(), Value::from(label));
             }
-            ("alerts", key, Value::Object(obj))
+            (OutputStream::Alerts, key, Value::Object(obj))
         }
     }
 }
@@ -146,28 +191,27 @@ impl Renderer {
         dead.sort();
         let label = self.clock.label(epoch).to_string();
         // Keyed streams: the +1 row of a key is its new value; a key with only -1 is gone.
-        let mut keyed: BTreeMap<(usize, String), Option<Value>> = BTreeMap::new();
+        let mut keyed: BTreeMap<(OutputStream, String), Option<Value>> = BTreeMap::new();
         let mut changes = Vec::new();
         for (o, diff) in &updates {
             let (stream, key, value) = describe(o, &self.clock);
             self.apply(o, *diff, &key, &value);
-            if stream == "alerts" {
+            if stream == OutputStream::Alerts {
                 let line = json!({"epoch": label, "stream": stream, "key": key, "diff": diff, "alert": value});
-                changes.push((STREAMS.len(), key, stream, line.to_string()));
+                changes.push((stream, key, line.to_string()));
                 continue;
             }
-            let rank = STREAMS.iter().position(|s| *s == stream).unwrap_or(0);
-            let slot = keyed.entry((rank, key)).or_insert(None);
+            let slot = keyed.entry((stream, key)).or_insert(None);
             if *diff > 0 {
                 *slot = Some(value);
             }
         }
-        for ((rank, key), value) in keyed {
-            let stream = STREAMS[rank];
+        for ((stream, key), value) in keyed {
             let line = json!({"epoch": label, "stream": stream, "key": key, "value": value});
-            changes.push((rank, key, stream, line.to_string()));
+            changes.push((stream, key, line.to_string()));
         }
-        changes.sort_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
+        // By stream (in `OutputStream::ALL` order, alerts last), then key, then line.
+        changes.sort();
         for d in &dead {
             // Keyed by code (the summary's `by_reason`); a key is allocated once per reason.
             let code = d.reason.code();
@@ -182,7 +226,7 @@ impl Renderer {
             epoch,
             changes: changes
                 .into_iter()
-                .map(|(_, key, stream, line)| Change { stream, key, line })
+                .map(|(stream, key, line)| Change { stream, key, line })
                 .collect(),
             dead: dead
                 .into_iter()
@@ -260,6 +304,20 @@ pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
 mod tests {
     use super::*;
     use retail_common::record::RejectKind;
+
+    /// The name is what files, lines and record keys show; serde must agree with it.
+    #[test]
+    fn output_streams_serialise_as_their_names() {
+        let names: Vec<&str> = OutputStream::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            ["totals", "by_country", "top_products", "epochs", "alerts"]
+        );
+        for stream in OutputStream::ALL {
+            let text = serde_json::to_string(&stream).unwrap();
+            assert_eq!(text, format!("\"{stream}\""));
+        }
+    }
 
     fn renderer() -> Renderer {
         Renderer {

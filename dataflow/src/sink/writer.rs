@@ -21,13 +21,13 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::{ProbeHandle, Stream};
 use tracing::error;
 
-use super::Renderer;
 use super::console::ConsoleSink;
 use super::jsonl::JsonlSink;
 use super::kafka::{
     CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
 };
 use super::postgres::{PgError, PostgresSink};
+use super::{OutputStream, Renderer};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::cli::Config;
@@ -350,7 +350,7 @@ impl Writer {
         let mut alerts = BTreeMap::new();
         if checkpoints {
             for change in batches.iter().flat_map(|b| &b.changes) {
-                if change.stream == "alerts" {
+                if change.stream == OutputStream::Alerts {
                     alerts.insert(change.key.clone(), state.alerts.get(&change.key).cloned());
                 }
             }

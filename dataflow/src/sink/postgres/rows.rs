@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::aggregate::{Output, Ranked, Sums};
-use crate::sink::Batch;
+use crate::sink::{Batch, OutputStream};
 use crate::state::ranked_json;
 
 /// PostgreSQL text cannot hold NUL: it is written as U+FFFD (never seen in valid records; a
@@ -135,7 +135,11 @@ pub fn rows(batches: &[Batch], done: Option<u64>, label: impl Fn(u64) -> String)
             epochs.insert(key, (v.flatten(), at.clone()));
         }
         // The alerts' rows as the writer rendered them, with their JSON body.
-        for change in batch.changes.iter().filter(|c| c.stream == "alerts") {
+        for change in batch
+            .changes
+            .iter()
+            .filter(|c| c.stream == OutputStream::Alerts)
+        {
             let line: Value = serde_json::from_str(&change.line).expect("the writer's own JSON");
             rows.alerts.push(AlertRow {
                 epoch_start: at.clone(),
