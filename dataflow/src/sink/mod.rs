@@ -29,11 +29,42 @@ use differential_dataflow::consolidation::consolidate;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::aggregate::{Alert, Output, Sums};
+use retail_common::kafka::ClientSettings;
+
+use crate::aggregate::{Alert, AlertRules, Output, Sums};
 use crate::epoch::EpochClock;
 use crate::parse::DeadLetter;
 pub use crate::state::State;
 use crate::state::{ranked_json, sums_json, totals_json};
+
+/// What the writer and its sinks are set up with: the part of the command line they read
+/// ([`Config::sink_config`](crate::cli::Config::sink_config)).
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub settings: ClientSettings,
+    /// The source topic: the checkpoint and the dead letters' headers name it.
+    pub topic: String,
+    pub clock: EpochClock,
+    /// `--invoice-retention` in whole epochs (`None`: off).
+    pub retention: Option<u64>,
+    /// The alert thresholds, recorded in the checkpoint's identity.
+    pub rules: AlertRules,
+    pub job_id: String,
+    /// The consumer group whose offsets each commit moves.
+    pub group_id: String,
+    /// `--reset`: a fresh run takes the job's PostgreSQL rows over.
+    pub reset: bool,
+    pub checkpoint_topic: String,
+    /// Commit outputs with checkpoints in transactions (exactly-once).
+    pub checkpoint: bool,
+    pub output_dir: PathBuf,
+    pub console: bool,
+    pub jsonl: bool,
+    pub kafka: bool,
+    pub postgres: Option<postgres::PgTarget>,
+    pub aggregates_topic: String,
+    pub dlq_topic: String,
+}
 
 /// An output stream: a file `<name>.jsonl`, the `stream` field of its lines and the key prefix
 /// of its records in `<job-id>.aggregates`. Ordered as written within an epoch; serialises as

@@ -27,10 +27,9 @@ use super::kafka::{
     CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
 };
 use super::postgres::{PgError, PostgresSink};
-use super::{OutputStream, Renderer};
+use super::{OutputStream, Renderer, SinkConfig};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
-use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
 use crate::http::{Publisher, Update};
 use crate::parse::{DeadLetter, Parsed};
@@ -141,7 +140,7 @@ pub fn write<'scope>(
 }
 
 /// What this run is built from, as its checkpoint records it.
-pub fn identity(config: &Config, partitions: i32) -> JobIdentity {
+pub fn identity(config: &SinkConfig, partitions: i32) -> JobIdentity {
     let output_dir = std::path::absolute(&config.output_dir)
         .unwrap_or_else(|_| config.output_dir.clone())
         .display()
@@ -201,7 +200,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn empty(
-        config: &Config,
+        config: &SinkConfig,
         checkpoint: Option<Checkpoint>,
         shutdown: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
@@ -445,7 +444,7 @@ fn output_error(dir: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
 /// Connects the writer's Kafka producer, when it writes outputs or checkpoints to Kafka;
 /// slow enough (about 0.15 s) to run while the job reads its checkpoint.
 pub fn connect_kafka(
-    config: &Config,
+    config: &SinkConfig,
     dlq_partitions: i32,
 ) -> Option<JoinHandle<Result<KafkaOut, KafkaOutError>>> {
     let outputs = config.kafka.then(|| OutputTopics {
@@ -472,7 +471,7 @@ pub fn connect_kafka(
 
 /// The writer, with the producer [`connect_kafka`] is connecting (joined here).
 pub fn open_writer(
-    config: &Config,
+    config: &SinkConfig,
     partitions: i32,
     kafka: Option<JoinHandle<Result<KafkaOut, KafkaOutError>>>,
     resume: Option<Checkpoint>,
