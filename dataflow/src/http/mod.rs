@@ -19,7 +19,6 @@
 pub mod hub;
 pub mod metrics;
 pub mod publish;
-pub mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,11 +31,10 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 pub use hub::{CommitMetrics, Hub};
-pub use publish::Publisher;
-pub use update::Update;
 
 use crate::checkpoint::Resume;
 use crate::epoch::EpochClock;
+use crate::sink::publish::Publisher;
 use crate::source::Metrics;
 use retail_common::metrics::{CONTENT_TYPE, ServeError, bind, encode, local_addr, text_response};
 
@@ -79,7 +77,6 @@ pub fn serve_job(
             config.clock,
             config.topic.clone(),
             config.job_id.clone(),
-            Arc::clone(source),
             resumed.unwrap_or(&BTreeMap::new()),
             commits,
         );
@@ -90,7 +87,7 @@ pub fn serve_job(
     let addr = &config.addr;
     let local = start(addr, hub.clone(), registry, ready, index)?;
     let publisher = hub
-        .map(Publisher::spawn)
+        .map(publish::spawn)
         .transpose()
         .map_err(|e| ServeError {
             addr: addr.to_owned(),

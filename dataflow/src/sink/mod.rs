@@ -17,6 +17,7 @@ pub mod console;
 pub mod jsonl;
 pub mod kafka;
 pub mod postgres;
+pub mod publish;
 pub mod writer;
 
 use std::collections::BTreeMap;

@@ -27,11 +27,11 @@ use super::kafka::{
     CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
 };
 use super::postgres::{PgError, PostgresSink};
+use super::publish::{Publisher, Update};
 use super::{OutputStream, Renderer, SinkConfig};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::epoch::{PartitionClock, take_closed};
-use crate::http::{Publisher, Update};
 use crate::parse::{DeadLetter, Parsed};
 use crate::source::{Metrics, ProgressWake};
 
@@ -361,7 +361,7 @@ impl Writer {
         }
         // Shown once committed: after the Kafka transaction, or now that the files are written.
         let mut show = update.zip(self.http.clone()).map(|(mut u, hub)| {
-            u.close(state, &next.partitions);
+            u.close(state, &next.partitions, self.metrics.snapshot());
             move || hub.publish(u)
         });
         // PostgreSQL commits these epochs before the Kafka transaction that checkpoints past

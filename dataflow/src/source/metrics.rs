@@ -30,6 +30,23 @@ pub struct Metrics {
     pub held: AtomicI64,
 }
 
+/// The counters the live page shows, copied at one moment (by the writer, at each commit), so
+/// that `http` reads what the writer publishes and never the sources' locks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub messages: u64,
+    pub late: u64,
+    pub dead_reasons: BTreeMap<&'static str, u64>,
+    pub partitions: BTreeMap<i32, PartitionGauges>,
+}
+
+impl Snapshot {
+    /// Per partition, the lag last seen.
+    pub fn lags(&self) -> BTreeMap<i32, Option<i64>> {
+        self.partitions.iter().map(|(p, g)| (*p, g.lag)).collect()
+    }
+}
+
 /// What `/metrics` shows of one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PartitionGauges {
@@ -72,6 +89,20 @@ impl Stop {
 }
 
 impl Metrics {
+    /// The counters the live page shows, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            messages: self.messages.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
+            dead_reasons: (self.dead_reasons.lock())
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            partitions: (self.partitions.lock())
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
     /// Why a source stopped the job, if one did.
     pub fn fatal(&self) -> Option<Stop> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()

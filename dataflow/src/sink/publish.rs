@@ -1,15 +1,66 @@
-//! What one commit makes visible: the writer renders an [`Update`] per commit (one
-//! [`EpochView`] per closed epoch, from the same state and with the same shaping as
-//! `summary.json`) and the hub shows it once the commit is confirmed.
+//! What the writer publishes for `--http`: an [`Update`] per commit (one [`EpochView`] per
+//! closed epoch, from the same state and with the same shaping as `summary.json`, and a
+//! [`Snapshot`] of this process's sources), queued on a [`Publisher`] once the commit is
+//! confirmed. `http` reads only this: the dependency goes from `http` to `sink`, never back.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::checkpoint::Resume;
 use crate::sink::{Batch, OutputStream};
+use crate::source::Snapshot;
 use crate::state::State;
+
+/// How long the end of a run waits for what it queued to be shown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// What the writer hands to the page's thread, in order.
+pub enum Published {
+    /// The run number, for the progress entries (before any commit).
+    Run(u64),
+    /// A confirmed commit.
+    Commit(Update),
+    /// The run is over; answered once everything before it is shown.
+    Finish(Sender<()>),
+}
+
+/// Queues what the writer publishes; the reader (`http`) shows it on a thread of its own, so
+/// the worker that writes (or the Kafka commit thread) never waits for a page or a scrape.
+#[derive(Clone)]
+pub struct Publisher {
+    queue: Sender<Published>,
+}
+
+impl Publisher {
+    /// A publisher and the end its reader takes what is published from.
+    pub fn channel() -> (Publisher, Receiver<Published>) {
+        let (queue, published) = mpsc::channel();
+        (Publisher { queue }, published)
+    }
+
+    /// Queues a confirmed commit.
+    pub fn publish(&self, update: Update) {
+        // The reader lives as long as the process.
+        let _ = self.queue.send(Published::Commit(update));
+    }
+
+    /// Marks the run finished once everything queued is shown, and waits for that (briefly:
+    /// the run is over), so that the final state is served when the job reports.
+    pub fn finish(&self) {
+        let (done, shown) = mpsc::channel();
+        if self.queue.send(Published::Finish(done)).is_ok() {
+            let _ = shown.recv_timeout(DRAIN);
+        }
+    }
+
+    /// Records the run number for the progress entries.
+    pub fn set_run(&self, run: u64) {
+        let _ = self.queue.send(Published::Run(run));
+    }
+}
 
 /// One closed epoch as committed: its row and the state after it.
 #[derive(Clone, Debug)]
@@ -39,6 +90,8 @@ pub struct Update {
     pub open_alerts: Value,
     /// When the writer began rendering the commit.
     pub started: Instant,
+    /// This process's sources as the commit was made, for the page's health and progress.
+    pub source: Snapshot,
 }
 
 impl Update {
@@ -49,6 +102,7 @@ impl Update {
             positions: BTreeMap::new(),
             open_alerts: Value::Null,
             started: Instant::now(),
+            source: Snapshot::default(),
         }
     }
 
@@ -88,9 +142,10 @@ impl Update {
         });
     }
 
-    /// Completes the update with what holds after its last epoch.
-    pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>) {
+    /// Completes the update with what holds after its last epoch, and the sources now.
+    pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>, source: Snapshot) {
         self.positions = positions.clone();
+        self.source = source;
         self.open_alerts = open_alerts(state);
     }
 }
