@@ -505,7 +505,7 @@ impl Args {
 
 impl Config {
     /// What the writer and its sinks read of the configuration.
-    pub fn sink_config(&self) -> SinkConfig {
+    pub(crate) fn sink_config(&self) -> SinkConfig {
         SinkConfig {
             settings: self.settings.clone(),
             topic: self.topic.clone(),
@@ -528,7 +528,7 @@ impl Config {
     }
 
     /// What `--http` reads of the configuration; `None` without `--http`.
-    pub fn http_config(&self) -> Option<HttpConfig> {
+    pub(crate) fn http_config(&self) -> Option<HttpConfig> {
         Some(HttpConfig {
             addr: self.http.clone()?,
             process: self.process,

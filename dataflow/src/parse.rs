@@ -26,7 +26,7 @@ pub struct DeadLetter {
 
 /// One item out of the source besides its lines (which have an output of their own).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     Dead(DeadLetter),
     /// How far a partition has been read (its next offset) and its watermark state there, for
     /// checkpoints and lag.

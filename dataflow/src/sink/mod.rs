@@ -13,12 +13,12 @@
 //! - `dlq.jsonl`: `{"epoch":..,"partition":P,"offset":O,"reason":R,"detail":D,"key":..,
 //!   "payload":..}` (`payload_hex` instead of `payload` when the bytes are not UTF-8).
 
-pub mod console;
-pub mod jsonl;
-pub mod kafka;
+pub(crate) mod console;
+pub(crate) mod jsonl;
+pub(crate) mod kafka;
 pub mod postgres;
-pub mod publish;
-pub mod writer;
+pub(crate) mod publish;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,13 +35,13 @@ use retail_common::kafka::ClientSettings;
 use crate::aggregate::{Alert, AlertRules, Output, Sums};
 use crate::epoch::EpochClock;
 use crate::parse::DeadLetter;
-pub use crate::state::State;
+pub(crate) use crate::state::State;
 use crate::state::{ranked_json, sums_json, totals_json};
 
 /// What the writer and its sinks are set up with: the part of the command line they read
 /// ([`Config::sink_config`](crate::cli::Config::sink_config)).
 #[derive(Clone, Debug)]
-pub struct SinkConfig {
+pub(crate) struct SinkConfig {
     pub settings: ClientSettings,
     /// The source topic: the checkpoint and the dead letters' headers name it.
     pub topic: String,
@@ -72,7 +72,7 @@ pub struct SinkConfig {
 /// its [`name`](OutputStream::name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OutputStream {
+pub(crate) enum OutputStream {
     Totals,
     ByCountry,
     TopProducts,
@@ -111,7 +111,7 @@ impl fmt::Display for OutputStream {
 
 /// One rendered change.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Change {
+pub(crate) struct Change {
     pub stream: OutputStream,
     pub key: String,
     /// The full JSON line.
@@ -120,7 +120,7 @@ pub struct Change {
 
 /// Everything written for one closed epoch.
 #[derive(Clone, Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub epoch: u64,
     pub label: String,
     pub changes: Vec<Change>,
@@ -206,7 +206,7 @@ fn dead_json(d: &DeadLetter, label: &str) -> String {
 }
 
 /// Renders one epoch and applies it to the state.
-pub struct Renderer {
+pub(crate) struct Renderer {
     pub clock: EpochClock,
     pub state: State,
 }
@@ -322,7 +322,7 @@ impl Renderer {
 }
 
 /// Writes `summary.json` atomically (temp file + rename).
-pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
+pub(crate) fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
     let path = dir.join("summary.json");
     let tmp = dir.join("summary.json.tmp");
     let mut text = serde_json::to_string_pretty(&state.summary()).expect("summary serialises");

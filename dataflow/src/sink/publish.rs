@@ -1,6 +1,6 @@
 //! What the writer publishes for `--http`: an [`Update`] per commit (one [`EpochView`] per
 //! closed epoch, from the same state and with the same shaping as `summary.json`, and a
-//! [`Snapshot`] of this process's sources), queued on a [`Publisher`] once the commit is
+//! snapshot of this process's sources), queued on a [`Publisher`] once the commit is
 //! confirmed. `http` reads only this: the dependency goes from `http` to `sink`, never back.
 
 use std::collections::BTreeMap;
@@ -65,7 +65,6 @@ impl Publisher {
 /// One closed epoch as committed: its row and the state after it.
 #[derive(Clone, Debug)]
 pub struct EpochView {
-    pub epoch: u64,
     pub label: String,
     /// The epoch's row as `epochs.jsonl` last holds it (`{"epoch": label, ...value}`).
     pub row: Option<Value>,
@@ -132,7 +131,6 @@ impl Update {
         }
         let lines = row.as_ref().and_then(|r| r["lines"].as_u64()).unwrap_or(0);
         self.epochs.push(EpochView {
-            epoch: batch.epoch,
             label: batch.label.clone(),
             row,
             state: state_json(state, &batch.label),

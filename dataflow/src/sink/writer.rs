@@ -6,7 +6,7 @@
 //! partition positions and the state changes a checkpoint keeps. It stashes them by epoch and
 //! writes an epoch only once the frontier has passed it, so the output depends only on the
 //! input, never on the worker count or on timing. With checkpoints, each commit is one Kafka
-//! transaction (see [`crate::checkpoint`] for what it holds).
+//! transaction (the `checkpoint` module says what it holds).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
