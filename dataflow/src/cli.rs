@@ -20,6 +20,8 @@ use crate::aggregate::AlertRules;
 use humantime::parse_duration;
 
 use crate::epoch::{EpochClock, EpochError};
+use crate::http::HttpConfig;
+use crate::sink::SinkConfig;
 use crate::sink::postgres::{PgConfigError, PgFlags, PgTarget};
 
 /// Where the sources start reading a partition that no checkpoint positions.
@@ -497,6 +499,43 @@ impl Args {
             processes: self.processes,
             timely_args,
             peers,
+        })
+    }
+}
+
+impl Config {
+    /// What the writer and its sinks read of the configuration.
+    pub(crate) fn sink_config(&self) -> SinkConfig {
+        SinkConfig {
+            settings: self.settings.clone(),
+            topic: self.topic.clone(),
+            clock: self.clock,
+            retention: self.retention,
+            rules: self.rules,
+            job_id: self.job_id.clone(),
+            group_id: self.group_id.clone(),
+            reset: self.reset,
+            checkpoint_topic: self.checkpoint_topic.clone(),
+            checkpoint: self.checkpoint,
+            output_dir: self.output_dir.clone(),
+            console: self.console,
+            jsonl: self.jsonl,
+            kafka: self.kafka,
+            postgres: self.postgres.clone(),
+            aggregates_topic: self.aggregates_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+        }
+    }
+
+    /// What `--http` reads of the configuration; `None` without `--http`.
+    pub(crate) fn http_config(&self) -> Option<HttpConfig> {
+        Some(HttpConfig {
+            addr: self.http.clone()?,
+            process: self.process,
+            clock: self.clock,
+            topic: self.topic.clone(),
+            job_id: self.job_id.clone(),
+            currency: self.currency.clone(),
         })
     }
 }

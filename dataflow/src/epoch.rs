@@ -139,7 +139,7 @@ impl PartitionClock {
 
 /// Removes from `open` the entries of the epochs the `frontier` has passed (closed: nothing
 /// can reach them any more) and returns them in epoch order.
-pub fn take_closed<S>(
+pub(crate) fn take_closed<S>(
     open: &mut BTreeMap<u64, S>,
     frontier: &MutableAntichain<u64>,
 ) -> Vec<(u64, S)> {

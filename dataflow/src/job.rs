@@ -100,7 +100,8 @@ fn run_process(
             bootstrap: config.settings.bootstrap.clone(),
         })?;
     let writes = config.process == 0;
-    let identity = writer::identity(&config, partitions);
+    let sinks = config.sink_config();
+    let identity = writer::identity(&sinks, partitions);
     let resumed = checkpoint::resume(&config, &identity, METADATA_TIMEOUT)?;
     // Every process must resume the same checkpoint: the peers compare which one they read.
     if let Some(peers) = &peers {
@@ -116,7 +117,7 @@ fn run_process(
     }
     // The writer's producer connects while the checkpoint topics are made.
     let kafka = writes
-        .then(|| writer::connect_kafka(&config, dlq_partitions))
+        .then(|| writer::connect_kafka(&sinks, dlq_partitions))
         .flatten();
     if config.checkpoint && writes {
         checkpoint::create_topics(&config, METADATA_TIMEOUT)?;
@@ -151,11 +152,11 @@ fn run_process(
     let saved = Arc::new(Mutex::new(Some(saved)));
     // `/readyz`: the dataflow runs with every process connected.
     let ready = Arc::new(AtomicBool::new(false));
-    let (http, hub) = match &config.http {
-        Some(addr) => {
+    let (http, hub) = match config.http_config() {
+        Some(http) => {
             let resumed = source_config.resume.as_ref().map(|r| &r.partitions);
             let ready = Arc::clone(&ready);
-            let (local, hub) = crate::http::serve_job(&config, addr, &metrics, resumed, ready)?;
+            let (local, hub) = crate::http::serve_job(&http, &metrics, resumed, ready)?;
             (Some(local), hub)
         }
         None => (None, None),
@@ -166,7 +167,7 @@ fn run_process(
     let writer = if writes {
         let (shutdown, metrics) = (Arc::clone(&shutdown), Arc::clone(&metrics));
         let mut writer = writer::open_writer(
-            &config,
+            &sinks,
             partitions,
             kafka,
             resume,

@@ -1,34 +1,34 @@
 //! The retail-stream dataflow job: Kafka sales in, incremental aggregates out.
 //!
-//! Layout:
+//! Layout (the modules without a link are internal to the crate):
 //! - [`cli`]: flags (ours and timely's) and the validated configuration.
-//! - [`source`]: Kafka partitions to timely: assignment, flow control, new partitions.
-//! - [`flow`]: the memory budget of flow control (`--max-buffered`).
+//! - `source`: Kafka partitions to timely: assignment, flow control, new partitions.
+//! - `flow`: the memory budget of flow control (`--max-buffered`).
 //! - [`parse`]: what one message becomes: a line at its epoch, or a dead letter.
 //! - [`epoch`]: event time to epochs, per-partition watermarks and lateness.
 //! - [`aggregate`]: the differential-dataflow aggregates and alert rules.
 //! - [`sink`]: the single writer and its console, JSON-lines and Kafka outputs.
-//! - [`state`]: the current value of every aggregate, as the writer keeps it.
-//! - [`checkpoint`]: what is committed, for exactly-once output across restarts.
+//! - `state`: the current value of every aggregate, as the writer keeps it.
+//! - `checkpoint`: what is committed, for exactly-once output across restarts.
 //! - [`job`]: wires them together and runs one process of the job.
 //! - [`outcome`]: what a run ends with: its report, or its error and the exit status it means.
 //! - [`peers`]: heartbeats between the processes of a job, so that a failed one is noticed.
-//! - [`http`]: `--http`: the live page, the query API and `/metrics`.
+//! - `http`: `--http`: the live page, the query API and `/metrics`.
 //! - [`native`]: the calls into C that the safe wrappers do not offer (the only `unsafe`).
 
 pub mod aggregate;
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod cli;
 pub mod epoch;
-pub mod flow;
-pub mod http;
+pub(crate) mod flow;
+pub(crate) mod http;
 pub mod job;
 #[allow(unsafe_code)]
 pub mod native;
 pub mod outcome;
 pub mod parse;
 pub mod peers;
-pub mod retention;
+pub(crate) mod retention;
 pub mod sink;
-pub mod source;
-pub mod state;
+pub(crate) mod source;
+pub(crate) mod state;

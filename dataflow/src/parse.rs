@@ -17,8 +17,8 @@ use crate::epoch::{Assignment, EpochClock, PartitionClock};
 pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
-    /// [`RejectKind::code`].
-    pub reason: String,
+    /// Serialises as [`RejectKind::code`].
+    pub reason: RejectKind,
     pub detail: String,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
@@ -26,7 +26,7 @@ pub struct DeadLetter {
 
 /// One item out of the source besides its lines (which have an output of their own).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     Dead(DeadLetter),
     /// How far a partition has been read (its next offset) and its watermark state there, for
     /// checkpoints and lag.
@@ -156,7 +156,7 @@ fn dead(
     let letter = DeadLetter {
         partition,
         offset,
-        reason: reject.kind.code().to_owned(),
+        reason: reject.kind,
         detail: reject.detail,
         key: key.map(<[u8]>::to_vec),
         payload: payload.to_vec(),
@@ -207,7 +207,7 @@ mod tests {
         };
         assert!(matches!(
             place(&small, &mut partition, 3, 9, None, SALE),
-            Placed::Dead(ref d, _) if d.reason == RejectKind::Oversized.code()
+            Placed::Dead(ref d, _) if d.reason == RejectKind::Oversized
         ));
     }
 
@@ -226,7 +226,7 @@ mod tests {
         ));
         assert!(matches!(
             place(&limit(SALE.len() - 1), &mut partition, 0, 1, None, SALE),
-            Placed::Dead(ref d, _) if d.reason == RejectKind::Oversized.code()
+            Placed::Dead(ref d, _) if d.reason == RejectKind::Oversized
         ));
     }
 
@@ -323,7 +323,7 @@ mod tests {
             behind.as_bytes(),
         ) {
             Placed::Dead(letter, at) => {
-                assert_eq!(letter.reason, "invoice_closed");
+                assert_eq!(letter.reason, RejectKind::InvoiceClosed);
                 assert!(letter.detail.contains("536365"), "{}", letter.detail);
                 assert_eq!(at, partition.open_from(&clock));
             }
@@ -340,7 +340,7 @@ mod tests {
         );
         assert!(matches!(
             place(&resumed, &mut partition, 0, 3, None, behind.as_bytes()),
-            Placed::Dead(ref d, _) if d.reason == "invoice_closed"
+            Placed::Dead(ref d, _) if d.reason == RejectKind::InvoiceClosed
         ));
         // Without retention the same line is late, not dead.
         assert!(matches!(

@@ -71,7 +71,9 @@ pub struct Fields<'a> {
 }
 
 /// Why a row or message was rejected: a stable code for machines plus a detail for people.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialises as its [`code`](RejectKind::code) in text formats (JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RejectKind {
     /// The message bytes are not valid UTF-8.
     NotUtf8,
@@ -489,6 +491,16 @@ mod properties;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dead letters serialise their reason with serde: it must read exactly as the code.
+    #[test]
+    fn reject_kind_serialises_as_its_code() {
+        for kind in RejectKind::ALL {
+            let text = serde_json::to_string(&kind).unwrap();
+            assert_eq!(text, format!("\"{}\"", kind.code()));
+            assert_eq!(serde_json::from_str::<RejectKind>(&text).unwrap(), kind);
+        }
+    }
 
     type Parser = fn(&[u8]) -> Result<Sale, Reject>;
 

@@ -1,11 +1,11 @@
 //! The differential-dataflow part of the job: incremental aggregates over sale lines.
 //!
-//! One operator ([`derive`](mod@derive)) reads each batch of lines once and folds it into the input of
+//! One operator (`derive`) reads each batch of lines once and folds it into the input of
 //! every aggregate, summed per key. Each aggregate is then a `count_total` (or `distinct`)
 //! over those sums, so an epoch's work is proportional to the keys it touches, never to the
 //! history; the per-invoice sums, with a key per invoice, are the same computation kept in a
-//! hash map ([`running`]). The overall ranking follows the per-product sums ([`top`]); per-epoch statistics
-//! are folded apart ([`per_epoch`]); alerts filter aggregates or single lines. All of them end as
+//! hash map (`running`). The overall ranking follows the per-product sums (`top`); per-epoch statistics
+//! are folded apart (`per_epoch`); alerts filter aggregates or single lines. All of them end as
 //! one collection of [`Output`] rows whose changes per epoch the sinks write.
 //!
 //! With checkpoints, the job also streams the [`Saved`] state: the current value of every
@@ -14,13 +14,13 @@
 //! same arrangements without re-reading the records. Keys of closed epochs are left out: no
 //! record can reach a closed epoch again, so they never change.
 
-pub mod alerts;
-pub mod derive;
-pub mod invoice;
-pub mod per_epoch;
-pub mod running;
-pub mod sums;
-pub mod top;
+pub(crate) mod alerts;
+pub(crate) mod derive;
+pub(crate) mod invoice;
+pub(crate) mod per_epoch;
+pub(crate) mod running;
+pub(crate) mod sums;
+pub(crate) mod top;
 
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::ThresholdTotal;
@@ -96,7 +96,7 @@ pub enum StatKey {
 }
 
 /// Keys whose distinct count is wanted overall (invoices are counted from their sums; per
-/// epoch, see [`per_epoch`]).
+/// epoch, see `per_epoch`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DistinctKey {
     Customer(Text),

@@ -29,11 +29,13 @@ mod record;
 mod restore;
 mod scan;
 
+#[cfg(test)]
+pub use record::encode_entry;
 pub use record::{
-    Checkpoint, FORMAT, JobIdentity, Resume, alert_identity, decode_entry, encode_entry,
-    encode_entry_into, entry_key, state_topic,
+    Checkpoint, FORMAT, JobIdentity, Resume, alert_identity, decode_entry, encode_entry_into,
+    entry_key, state_topic,
 };
-pub use restore::{Restored, Resumed, Stored, resume};
+pub use restore::{Restored, Stored, resume};
 pub use scan::{TOPIC_CONFIG, read};
 
 use std::time::Duration;

@@ -46,6 +46,8 @@ pub struct Checkpoint {
 pub const FORMAT: u32 = 4;
 
 /// A state entry's payload: [`Saved`] in postcard's binary encoding, about a fifth of its JSON.
+/// (The writer appends to a reused buffer with [`encode_entry_into`]; tests use this.)
+#[cfg(test)]
 pub fn encode_entry(entry: &Saved) -> Vec<u8> {
     encode_entry_into(entry, Vec::new())
 }

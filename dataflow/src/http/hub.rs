@@ -1,15 +1,17 @@
 //! What the page and the query API show: the committed results, handed over by the writer.
 //!
-//! The writer builds an [`Update`] per commit (one [`EpochView`](super::update::EpochView) per closed epoch, rendered from
-//! the same state and with the same shaping as `summary.json`) and hands it to the [`Hub`] once
-//! the commit is confirmed: by the Kafka commit thread after its transaction, or right after
-//! the files are written when the job does not commit to Kafka. So nothing shown here can be
-//! taken back by a crash. The HTTP threads read the hub under a short lock and render outside
-//! it; a worker never waits for a reader.
+//! The writer builds an [`Update`] per commit (one
+//! [`EpochView`](crate::sink::publish::EpochView) per closed epoch, rendered from the same
+//! state and with the same shaping as `summary.json`, and a snapshot of this process's
+//! sources) and hands it to the [`Hub`] once the commit is confirmed: by the Kafka commit
+//! thread after its transaction, or right after the files are written when the job does not
+//! commit to Kafka. So nothing shown here can be taken back by a crash, and the hub reads
+//! nothing but what the writer published (no source lock). The HTTP threads read the hub
+//! under a short lock and render outside it; a worker never waits for a reader.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -17,10 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
 
-use super::update::Update;
 use crate::checkpoint::Resume;
 use crate::epoch::EpochClock;
-use crate::source::Metrics;
+use crate::sink::publish::Update;
+use crate::source::Snapshot;
 
 /// Epoch rows kept for `/api/epochs` and the chart.
 pub const KEEP_EPOCHS: usize = 1000;
@@ -70,6 +72,8 @@ struct Shown {
     /// Records this process had read at the last commit, and the rate since the one before.
     read_at_commit: (Instant, u64),
     read_rate: f64,
+    /// This process's sources as of the last commit (the writer's snapshot).
+    source: Snapshot,
     batches: u64,
     finished: bool,
 }
@@ -82,7 +86,6 @@ pub struct Hub {
     topic: String,
     job_id: String,
     run_id: AtomicU64,
-    source: Arc<Metrics>,
     metrics: CommitMetrics,
 }
 
@@ -91,7 +94,6 @@ impl Hub {
         clock: EpochClock,
         topic: String,
         job_id: String,
-        source: Arc<Metrics>,
         resumed: &BTreeMap<i32, Resume>,
         metrics: CommitMetrics,
     ) -> Hub {
@@ -99,6 +101,7 @@ impl Hub {
             positions: resumed.clone(),
             read_at_commit: (Instant::now(), 0),
             read_rate: 0.0,
+            source: Snapshot::default(),
             seq: 0,
             events: VecDeque::new(),
             state: None,
@@ -117,7 +120,6 @@ impl Hub {
             topic,
             job_id,
             run_id: AtomicU64::new(0),
-            source,
             metrics,
         }
     }
@@ -136,7 +138,7 @@ impl Hub {
         self.metrics.duration.observe(took.as_secs_f64());
         self.metrics.epochs.inc_by(update.epochs.len() as u64);
         self.metrics.state_entries.set(last.state_entries as i64);
-        let lags = self.lags();
+        let lags = update.source.lags();
         let mut shown = self.lock();
         let since = shown.last_at.map(|t| now.duration_since(t));
         let mut positions = shown.positions.clone();
@@ -144,16 +146,14 @@ impl Hub {
         let progress = self.progress(&shown, &update, &positions, took, since, &lags);
         shown.last_at = Some(now);
         shown.positions = positions;
-        let read = self
-            .source
-            .messages
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let read = update.source.messages;
         let (then, before) = shown.read_at_commit;
         let secs = now.duration_since(then).as_secs_f64();
         if secs > 0.0 {
             shown.read_rate = round((read - before) as f64 / secs);
         }
         shown.read_at_commit = (now, read);
+        shown.source = update.source.clone();
         for view in &update.epochs {
             if let Some(row) = &view.row {
                 shown.epochs.insert(view.label.clone(), row.clone());
@@ -194,16 +194,6 @@ impl Hub {
         push_event(&mut shown, "finished", &event);
         drop(shown);
         self.changed.notify_all();
-    }
-
-    /// Per partition, the lag this process last saw.
-    fn lags(&self) -> BTreeMap<i32, Option<i64>> {
-        let gauges = self
-            .source
-            .partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        gauges.iter().map(|(p, g)| (*p, g.lag)).collect()
     }
 
     /// A progress entry for a commit, in the shape of Spark's `StreamingQueryProgress`.
@@ -291,14 +281,11 @@ impl Hub {
         })
     }
 
-    /// The source's health as this process sees it, and the last commit.
+    /// The source's health as this process saw it at the last commit, and that commit.
     fn health(&self, shown: &Shown) -> Value {
-        use std::sync::atomic::Ordering::Relaxed;
-        let partitions: Vec<Value> = self
-            .source
+        let source = &shown.source;
+        let partitions: Vec<Value> = source
             .partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(p, g)| {
                 json!({
@@ -309,17 +296,11 @@ impl Hub {
                 })
             })
             .collect();
-        let dead = self
-            .source
-            .dead_reasons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         json!({
-            "records_read": self.source.messages.load(Relaxed),
+            "records_read": source.messages,
             "records_per_sec": shown.read_rate,
-            "late_lines": self.source.late.load(Relaxed),
-            "dead_letters": dead,
+            "late_lines": source.late,
+            "dead_letters": source.dead_reasons,
             "partitions": partitions,
             "last_epoch": shown.last_commit.as_ref().map(|(l, _)| l.clone()),
             "last_commit_at": shown.last_commit.as_ref().map(|(_, t)| iso(*t)),
@@ -457,7 +438,6 @@ mod tests {
             clock,
             "sales".into(),
             "job".into(),
-            Arc::new(Metrics::default()),
             &BTreeMap::new(),
             CommitMetrics::default(),
         );
@@ -482,7 +462,14 @@ mod tests {
             let batch = renderer.render(epoch, outputs, vec![]);
             update.add(&batch, &renderer.state);
         }
-        update.close(&renderer.state, &BTreeMap::new());
+        // The health shown is the sources as the writer saw them at the commit.
+        let source = Snapshot {
+            messages: 7,
+            late: 1,
+            dead_reasons: BTreeMap::from([("not_json", 2)]),
+            partitions: BTreeMap::from([(0, Default::default())]),
+        };
+        update.close(&renderer.state, &BTreeMap::new(), source);
         hub.publish(update);
 
         let state = hub.state().expect("a state");
@@ -514,6 +501,13 @@ mod tests {
                 .all(|e| e.starts_with("event: epoch\ndata: {"))
         );
         assert!(events[1].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
+        let view: Value = serde_json::from_str(&hub.current().1["event: epoch\ndata: ".len()..])
+            .expect("the current view");
+        let health = &view["health"];
+        assert_eq!(health["records_read"], 7);
+        assert_eq!(health["late_lines"], 1);
+        assert_eq!(health["dead_letters"], json!({"not_json": 2}));
+        assert_eq!(health["partitions"][0]["partition"], 0);
         assert!(hub.events_after(2, Duration::from_millis(10)).is_none());
         hub.finish();
         let (_, events) = hub

@@ -54,7 +54,7 @@ impl Collector for SourceCollector {
             MetricType::Counter,
         )?;
         for (reason, n) in &reasons {
-            let labels = [("reason", reason.clone())];
+            let labels = [("reason", reason.to_string())];
             ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
 

@@ -19,7 +19,6 @@
 pub mod hub;
 pub mod metrics;
 pub mod publish;
-pub mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,11 +31,10 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 pub use hub::{CommitMetrics, Hub};
-pub use publish::Publisher;
-pub use update::Update;
 
 use crate::checkpoint::Resume;
-use crate::cli::Config;
+use crate::epoch::EpochClock;
+use crate::sink::publish::Publisher;
 use crate::source::Metrics;
 use retail_common::metrics::{CONTENT_TYPE, ServeError, bind, encode, local_addr, text_response};
 
@@ -49,12 +47,26 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 
 const JSON: &str = "application/json";
 
+/// What `--http` serves with: the part of the command line it reads
+/// ([`Config::http_config`](crate::cli::Config::http_config)).
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// `--http`: where to listen.
+    pub addr: String,
+    /// This process's index: process 0 serves the page and the API.
+    pub process: usize,
+    pub clock: EpochClock,
+    pub topic: String,
+    pub job_id: String,
+    /// `--currency`: how the page shows amounts.
+    pub currency: String,
+}
+
 /// Starts `--http` for this process of the job: on process 0 the page, the API and the commit
 /// metrics (the returned publisher is handed to the writer), elsewhere `/metrics` only.
 /// Returns the address it listens on, which is also printed.
 pub fn serve_job(
-    config: &Config,
-    addr: &str,
+    config: &HttpConfig,
     source: &Arc<Metrics>,
     resumed: Option<&BTreeMap<i32, Resume>>,
     ready: Arc<AtomicBool>,
@@ -65,7 +77,6 @@ pub fn serve_job(
             config.clock,
             config.topic.clone(),
             config.job_id.clone(),
-            Arc::clone(source),
             resumed.unwrap_or(&BTreeMap::new()),
             commits,
         );
@@ -73,9 +84,10 @@ pub fn serve_job(
     });
     let registry = metrics::registry(Arc::clone(source), hub.as_ref().map(|h| h.metrics()));
     let index: Arc<str> = INDEX_HTML.replace("{{currency}}", &config.currency).into();
+    let addr = &config.addr;
     let local = start(addr, hub.clone(), registry, ready, index)?;
     let publisher = hub
-        .map(Publisher::spawn)
+        .map(publish::spawn)
         .transpose()
         .map_err(|e| ServeError {
             addr: addr.to_owned(),

@@ -10,13 +10,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
-use super::{Batch, STREAMS, State, write_summary};
+use super::{Batch, OutputStream, State, write_summary};
 
+/// The dead letters' file, beside the streams'.
 const DLQ: &str = "dlq";
 
 pub struct JsonlSink {
     dir: PathBuf,
-    files: BTreeMap<&'static str, BufWriter<File>>,
+    files: BTreeMap<OutputStream, BufWriter<File>>,
+    dlq: BufWriter<File>,
 }
 
 fn file_name(stream: &str) -> String {
@@ -28,8 +30,7 @@ impl JsonlSink {
     /// lengths when resuming.
     pub fn open(dir: PathBuf, committed: Option<&BTreeMap<String, u64>>) -> io::Result<JsonlSink> {
         std::fs::create_dir_all(&dir)?;
-        let mut files = BTreeMap::new();
-        for stream in STREAMS.into_iter().chain([DLQ]) {
+        let open = |stream: &str| -> io::Result<BufWriter<File>> {
             let name = file_name(stream);
             let path = dir.join(&name);
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -43,20 +44,26 @@ impl JsonlSink {
                 )));
             }
             file.set_len(keep)?;
-            files.insert(stream, BufWriter::new(file));
+            Ok(BufWriter::new(file))
+        };
+        let mut files = BTreeMap::new();
+        for stream in OutputStream::ALL {
+            files.insert(stream, open(stream.name())?);
         }
+        let dlq = open(DLQ)?;
         // A summary from an earlier run must not pass for this run's.
         match std::fs::remove_file(dir.join("summary.json")) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        Ok(JsonlSink { dir, files })
+        Ok(JsonlSink { dir, files, dlq })
     }
 
     /// The length of every file, after flushing, for the checkpoint.
     pub fn lengths(&mut self) -> io::Result<BTreeMap<String, u64>> {
         let mut lengths = BTreeMap::new();
-        for (stream, file) in &mut self.files {
+        let files = self.files.iter_mut().map(|(s, f)| (s.name(), f));
+        for (stream, file) in files.chain([(DLQ, &mut self.dlq)]) {
             file.flush()?;
             lengths.insert(file_name(stream), file.get_ref().metadata()?.len());
         }
@@ -70,20 +77,20 @@ impl JsonlSink {
         for change in &batch.changes {
             let file = self
                 .files
-                .get_mut(change.stream)
+                .get_mut(&change.stream)
                 .expect("a file per stream");
             file.write_all(change.line.as_bytes())?;
             file.write_all(b"\n")?;
         }
-        let dlq = self.files.get_mut(DLQ).expect("the dead-letter file");
         for (_, line) in &batch.dead {
-            dlq.write_all(line.as_bytes())?;
-            dlq.write_all(b"\n")?;
+            self.dlq.write_all(line.as_bytes())?;
+            self.dlq.write_all(b"\n")?;
         }
         // Each epoch is complete on disk before it is committed.
         for file in self.files.values_mut() {
             file.flush()?;
         }
+        self.dlq.flush()?;
         Ok(())
     }
 

@@ -13,33 +13,106 @@
 //! - `dlq.jsonl`: `{"epoch":..,"partition":P,"offset":O,"reason":R,"detail":D,"key":..,
 //!   "payload":..}` (`payload_hex` instead of `payload` when the bytes are not UTF-8).
 
-pub mod console;
-pub mod jsonl;
-pub mod kafka;
+pub(crate) mod console;
+pub(crate) mod jsonl;
+pub(crate) mod kafka;
 pub mod postgres;
-pub mod writer;
+pub(crate) mod publish;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use differential_dataflow::consolidation::consolidate;
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::aggregate::{Alert, Output, Sums};
+use retail_common::kafka::ClientSettings;
+
+use crate::aggregate::{Alert, AlertRules, Output, Sums};
 use crate::epoch::EpochClock;
 use crate::parse::DeadLetter;
-pub use crate::state::State;
+pub(crate) use crate::state::State;
 use crate::state::{ranked_json, sums_json, totals_json};
 
-/// Output streams, in the order they are written within an epoch.
-pub const STREAMS: [&str; 5] = ["totals", "by_country", "top_products", "epochs", "alerts"];
+/// What the writer and its sinks are set up with: the part of the command line they read
+/// ([`Config::sink_config`](crate::cli::Config::sink_config)).
+#[derive(Clone, Debug)]
+pub(crate) struct SinkConfig {
+    pub settings: ClientSettings,
+    /// The source topic: the checkpoint and the dead letters' headers name it.
+    pub topic: String,
+    pub clock: EpochClock,
+    /// `--invoice-retention` in whole epochs (`None`: off).
+    pub retention: Option<u64>,
+    /// The alert thresholds, recorded in the checkpoint's identity.
+    pub rules: AlertRules,
+    pub job_id: String,
+    /// The consumer group whose offsets each commit moves.
+    pub group_id: String,
+    /// `--reset`: a fresh run takes the job's PostgreSQL rows over.
+    pub reset: bool,
+    pub checkpoint_topic: String,
+    /// Commit outputs with checkpoints in transactions (exactly-once).
+    pub checkpoint: bool,
+    pub output_dir: PathBuf,
+    pub console: bool,
+    pub jsonl: bool,
+    pub kafka: bool,
+    pub postgres: Option<postgres::PgTarget>,
+    pub aggregates_topic: String,
+    pub dlq_topic: String,
+}
+
+/// An output stream: a file `<name>.jsonl`, the `stream` field of its lines and the key prefix
+/// of its records in `<job-id>.aggregates`. Ordered as written within an epoch; serialises as
+/// its [`name`](OutputStream::name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OutputStream {
+    Totals,
+    ByCountry,
+    TopProducts,
+    Epochs,
+    /// A set: its lines carry a `diff` rather than a new value.
+    Alerts,
+}
+
+impl OutputStream {
+    /// Every stream, in the order they are written within an epoch.
+    pub const ALL: [OutputStream; 5] = [
+        OutputStream::Totals,
+        OutputStream::ByCountry,
+        OutputStream::TopProducts,
+        OutputStream::Epochs,
+        OutputStream::Alerts,
+    ];
+
+    /// The name in file names, lines and record keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputStream::Totals => "totals",
+            OutputStream::ByCountry => "by_country",
+            OutputStream::TopProducts => "top_products",
+            OutputStream::Epochs => "epochs",
+            OutputStream::Alerts => "alerts",
+        }
+    }
+}
+
+impl fmt::Display for OutputStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One rendered change.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Change {
-    pub stream: &'static str,
+pub(crate) struct Change {
+    pub stream: OutputStream,
     pub key: String,
     /// The full JSON line.
     pub line: String,
@@ -47,7 +120,7 @@ pub struct Change {
 
 /// Everything written for one closed epoch.
 #[derive(Clone, Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub epoch: u64,
     pub label: String,
     pub changes: Vec<Change>,
@@ -64,13 +137,17 @@ pub struct Batch {
 const BURST_KEYS: &str = "cancellation_burst/";
 
 /// Stream and key of an output row, and its rendered value.
-fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
+fn describe(o: &Output, clock: &EpochClock) -> (OutputStream, String, Value) {
     match o {
-        Output::Totals(s) => ("totals", "totals".into(), totals_json(s)),
-        Output::Country(c, s) => ("by_country", c.to_string(), sums_json(s)),
-        Output::TopProducts(r) => ("top_products", "top_products".into(), ranked_json(r)),
+        Output::Totals(s) => (OutputStream::Totals, "totals".into(), totals_json(s)),
+        Output::Country(c, s) => (OutputStream::ByCountry, c.to_string(), sums_json(s)),
+        Output::TopProducts(r) => (
+            OutputStream::TopProducts,
+            "top_products".into(),
+            ranked_json(r),
+        ),
         Output::Epoch(e, s, r) => (
-            "epochs",
+            OutputStream::Epochs,
             clock.label(*e).to_string(),
             json!({
                 "lines": s.lines,
@@ -104,7 +181,7 @@ fn describe(o: &Output, clock: &EpochClock) -> (&'static str, String, Value) {
                 key = format!("{BURST_KEYS}{label}/{customer}");
                 obj.insert("epoch".into(), Value::from(label));
             }
-            ("alerts", key, Value::Object(obj))
+            (OutputStream::Alerts, key, Value::Object(obj))
         }
     }
 }
@@ -129,7 +206,7 @@ fn dead_json(d: &DeadLetter, label: &str) -> String {
 }
 
 /// Renders one epoch and applies it to the state.
-pub struct Renderer {
+pub(crate) struct Renderer {
     pub clock: EpochClock,
     pub state: State,
 }
@@ -146,36 +223,42 @@ impl Renderer {
         dead.sort();
         let label = self.clock.label(epoch).to_string();
         // Keyed streams: the +1 row of a key is its new value; a key with only -1 is gone.
-        let mut keyed: BTreeMap<(usize, String), Option<Value>> = BTreeMap::new();
+        let mut keyed: BTreeMap<(OutputStream, String), Option<Value>> = BTreeMap::new();
         let mut changes = Vec::new();
         for (o, diff) in &updates {
             let (stream, key, value) = describe(o, &self.clock);
             self.apply(o, *diff, &key, &value);
-            if stream == "alerts" {
+            if stream == OutputStream::Alerts {
                 let line = json!({"epoch": label, "stream": stream, "key": key, "diff": diff, "alert": value});
-                changes.push((STREAMS.len(), key, stream, line.to_string()));
+                changes.push((stream, key, line.to_string()));
                 continue;
             }
-            let rank = STREAMS.iter().position(|s| *s == stream).unwrap_or(0);
-            let slot = keyed.entry((rank, key)).or_insert(None);
+            let slot = keyed.entry((stream, key)).or_insert(None);
             if *diff > 0 {
                 *slot = Some(value);
             }
         }
-        for ((rank, key), value) in keyed {
-            let stream = STREAMS[rank];
+        for ((stream, key), value) in keyed {
             let line = json!({"epoch": label, "stream": stream, "key": key, "value": value});
-            changes.push((rank, key, stream, line.to_string()));
+            changes.push((stream, key, line.to_string()));
         }
-        changes.sort_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
+        // By stream (in `OutputStream::ALL` order, alerts last), then key, then line.
+        changes.sort();
         for d in &dead {
-            *self.state.dead_letters.entry(d.reason.clone()).or_default() += 1;
+            // Keyed by code (the summary's `by_reason`); a key is allocated once per reason.
+            let code = d.reason.code();
+            match self.state.dead_letters.get_mut(code) {
+                Some(n) => *n += 1,
+                None => {
+                    self.state.dead_letters.insert(code.to_owned(), 1);
+                }
+            }
         }
         Batch {
             epoch,
             changes: changes
                 .into_iter()
-                .map(|(_, key, stream, line)| Change { stream, key, line })
+                .map(|(stream, key, line)| Change { stream, key, line })
                 .collect(),
             dead: dead
                 .into_iter()
@@ -239,7 +322,7 @@ impl Renderer {
 }
 
 /// Writes `summary.json` atomically (temp file + rename).
-pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
+pub(crate) fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
     let path = dir.join("summary.json");
     let tmp = dir.join("summary.json.tmp");
     let mut text = serde_json::to_string_pretty(&state.summary()).expect("summary serialises");
@@ -252,6 +335,21 @@ pub fn write_summary(dir: &Path, state: &State) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use retail_common::record::RejectKind;
+
+    /// The name is what files, lines and record keys show; serde must agree with it.
+    #[test]
+    fn output_streams_serialise_as_their_names() {
+        let names: Vec<&str> = OutputStream::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            ["totals", "by_country", "top_products", "epochs", "alerts"]
+        );
+        for stream in OutputStream::ALL {
+            let text = serde_json::to_string(&stream).unwrap();
+            assert_eq!(text, format!("\"{stream}\""));
+        }
+    }
 
     fn renderer() -> Renderer {
         Renderer {
@@ -346,7 +444,7 @@ mod tests {
         let d = DeadLetter {
             partition: 3,
             offset: 7,
-            reason: "not_utf8".into(),
+            reason: RejectKind::NotUtf8,
             detail: "x".into(),
             key: None,
             payload: vec![0xff, 0x41],

@@ -6,7 +6,7 @@
 //! partition positions and the state changes a checkpoint keeps. It stashes them by epoch and
 //! writes an epoch only once the frontier has passed it, so the output depends only on the
 //! input, never on the worker count or on timing. With checkpoints, each commit is one Kafka
-//! transaction (see [`crate::checkpoint`] for what it holds).
+//! transaction (the `checkpoint` module says what it holds).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,18 +21,17 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::{ProbeHandle, Stream};
 use tracing::error;
 
-use super::Renderer;
 use super::console::ConsoleSink;
 use super::jsonl::JsonlSink;
 use super::kafka::{
     CheckpointTarget, Commit, Committer, KafkaOut, KafkaOutError, OutputTopics, StateChanges,
 };
 use super::postgres::{PgError, PostgresSink};
+use super::publish::{Publisher, Update};
+use super::{OutputStream, Renderer, SinkConfig};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
-use crate::cli::Config;
 use crate::epoch::{PartitionClock, take_closed};
-use crate::http::{Publisher, Update};
 use crate::parse::{DeadLetter, Parsed};
 use crate::source::{Metrics, ProgressWake};
 
@@ -141,7 +140,7 @@ pub fn write<'scope>(
 }
 
 /// What this run is built from, as its checkpoint records it.
-pub fn identity(config: &Config, partitions: i32) -> JobIdentity {
+pub fn identity(config: &SinkConfig, partitions: i32) -> JobIdentity {
     let output_dir = std::path::absolute(&config.output_dir)
         .unwrap_or_else(|_| config.output_dir.clone())
         .display()
@@ -201,7 +200,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn empty(
-        config: &Config,
+        config: &SinkConfig,
         checkpoint: Option<Checkpoint>,
         shutdown: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
@@ -350,7 +349,7 @@ impl Writer {
         let mut alerts = BTreeMap::new();
         if checkpoints {
             for change in batches.iter().flat_map(|b| &b.changes) {
-                if change.stream == "alerts" {
+                if change.stream == OutputStream::Alerts {
                     alerts.insert(change.key.clone(), state.alerts.get(&change.key).cloned());
                 }
             }
@@ -362,7 +361,7 @@ impl Writer {
         }
         // Shown once committed: after the Kafka transaction, or now that the files are written.
         let mut show = update.zip(self.http.clone()).map(|(mut u, hub)| {
-            u.close(state, &next.partitions);
+            u.close(state, &next.partitions, self.metrics.snapshot());
             move || hub.publish(u)
         });
         // PostgreSQL commits these epochs before the Kafka transaction that checkpoints past
@@ -445,7 +444,7 @@ fn output_error(dir: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
 /// Connects the writer's Kafka producer, when it writes outputs or checkpoints to Kafka;
 /// slow enough (about 0.15 s) to run while the job reads its checkpoint.
 pub fn connect_kafka(
-    config: &Config,
+    config: &SinkConfig,
     dlq_partitions: i32,
 ) -> Option<JoinHandle<Result<KafkaOut, KafkaOutError>>> {
     let outputs = config.kafka.then(|| OutputTopics {
@@ -472,7 +471,7 @@ pub fn connect_kafka(
 
 /// The writer, with the producer [`connect_kafka`] is connecting (joined here).
 pub fn open_writer(
-    config: &Config,
+    config: &SinkConfig,
     partitions: i32,
     kafka: Option<JoinHandle<Result<KafkaOut, KafkaOutError>>>,
     resume: Option<Checkpoint>,

@@ -21,12 +21,30 @@ pub struct Metrics {
     pub fatal: Mutex<Option<Stop>>,
     /// Each partition read by this process, as of its worker's last activation (`/metrics`).
     pub partitions: Mutex<BTreeMap<i32, PartitionGauges>>,
-    /// Dead letters by reason, added once per activation (`/metrics`).
-    pub dead_reasons: Mutex<BTreeMap<String, u64>>,
+    /// Dead letters by reason ([`RejectKind::code`](retail_common::record::RejectKind::code)),
+    /// added once per activation (`/metrics`).
+    pub dead_reasons: Mutex<BTreeMap<&'static str, u64>>,
     /// Message bytes read for epochs still open, against `--max-buffered` (`/metrics`).
     pub buffered: AtomicU64,
     /// Partitions held back by flow control at each worker's last activation (`/metrics`).
     pub held: AtomicI64,
+}
+
+/// The counters the live page shows, copied at one moment (by the writer, at each commit), so
+/// that `http` reads what the writer publishes and never the sources' locks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub messages: u64,
+    pub late: u64,
+    pub dead_reasons: BTreeMap<&'static str, u64>,
+    pub partitions: BTreeMap<i32, PartitionGauges>,
+}
+
+impl Snapshot {
+    /// Per partition, the lag last seen.
+    pub fn lags(&self) -> BTreeMap<i32, Option<i64>> {
+        self.partitions.iter().map(|(p, g)| (*p, g.lag)).collect()
+    }
 }
 
 /// What `/metrics` shows of one partition.
@@ -71,6 +89,20 @@ impl Stop {
 }
 
 impl Metrics {
+    /// The counters the live page shows, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            messages: self.messages.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
+            dead_reasons: (self.dead_reasons.lock())
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            partitions: (self.partitions.lock())
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
     /// Why a source stopped the job, if one did.
     pub fn fatal(&self) -> Option<Stop> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -78,7 +78,7 @@ use reader::Reader;
 use retail_common::kafka::ClientSettings;
 
 pub use crate::cli::StartFrom;
-pub use metrics::{Metrics, PartitionGauges, Stop};
+pub use metrics::{Metrics, PartitionGauges, Snapshot, Stop};
 pub use reader::owned_partitions;
 pub use watch::{every, watch_partitions};
 

@@ -11,6 +11,7 @@ use crate::aggregate::{Closing, Saved};
 use crate::native::fetch::Fetched;
 use crate::parse::{self, Parsed, Placed, Rules};
 use crate::retention::Closed;
+use retail_common::record::RejectKind;
 
 /// What placing a record in an epoch needs to know in one activation.
 pub(super) struct Placing<'a> {
@@ -34,7 +35,7 @@ pub(super) struct Tally {
     /// Message bytes filed under each epoch (flow control).
     pub(super) read: BTreeMap<u64, u64>,
     /// The reason of each dead letter.
-    pub(super) dead_reasons: Vec<String>,
+    pub(super) dead_reasons: Vec<RejectKind>,
 }
 
 /// Handles one message (or end of partition) of `state`'s partition: parses and validates it
@@ -114,7 +115,7 @@ pub(super) fn handle(
         }
         Placed::Dead(letter, epoch) => {
             tally.dead += 1;
-            tally.dead_reasons.push(letter.reason.clone());
+            tally.dead_reasons.push(letter.reason);
             filed.other(epoch).push((Parsed::Dead(letter), epoch, 1));
             Some(epoch)
         }

@@ -164,7 +164,7 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             for reason in tally.dead_reasons {
-                *reasons.entry(reason).or_default() += 1;
+                *reasons.entry(reason.code()).or_default() += 1;
             }
         }
         self.report_lag(metrics, &config.clock);

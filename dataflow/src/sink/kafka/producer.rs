@@ -169,7 +169,7 @@ impl KafkaOut {
                 })
                 .insert(Header {
                     key: "reason",
-                    value: Some(d.reason.as_str()),
+                    value: Some(d.reason.code()),
                 })
                 .insert(Header {
                     key: "detail",

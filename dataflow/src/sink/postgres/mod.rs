@@ -1,7 +1,7 @@
 //! The PostgreSQL sink (`--sinks postgres`): each commit's closed epochs as rows of the tables
 //! in `--pg-schema`, exactly once across crashes.
 //!
-//! The writer calls [`PostgresSink::write`] with the epochs of a commit before it hands the
+//! The writer calls `PostgresSink::write` with the epochs of a commit before it hands the
 //! same commit to Kafka. One PostgreSQL transaction holds their rows and the job's `progress`
 //! row (the last epoch written), so the database has an epoch whole or not at all, and it is
 //! committed before the Kafka transaction that carries the checkpoint past those epochs. Hence
@@ -14,9 +14,9 @@
 //! which holds the commits back: nothing is lost, nothing is skipped. Only process 0 writes.
 //! Layout and reasoning: `dataflow/docs/postgres.md`.
 
-pub mod conn;
-pub mod rows;
-pub mod schema;
+pub(crate) mod conn;
+pub(crate) mod rows;
+pub(crate) mod schema;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,7 +109,7 @@ impl Failed {
 }
 
 /// The sink of process 0's writer.
-pub struct PostgresSink {
+pub(crate) struct PostgresSink {
     target: PgTarget,
     job_id: String,
     /// The checkpoint's run: the rows of another run of the job are not this run's. `None`

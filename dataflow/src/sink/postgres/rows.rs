@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::aggregate::{Output, Ranked, Sums};
-use crate::sink::Batch;
+use crate::sink::{Batch, OutputStream};
 use crate::state::ranked_json;
 
 /// PostgreSQL text cannot hold NUL: it is written as U+FFFD (never seen in valid records; a
@@ -135,7 +135,11 @@ pub fn rows(batches: &[Batch], done: Option<u64>, label: impl Fn(u64) -> String)
             epochs.insert(key, (v.flatten(), at.clone()));
         }
         // The alerts' rows as the writer rendered them, with their JSON body.
-        for change in batch.changes.iter().filter(|c| c.stream == "alerts") {
+        for change in batch
+            .changes
+            .iter()
+            .filter(|c| c.stream == OutputStream::Alerts)
+        {
             let line: Value = serde_json::from_str(&change.line).expect("the writer's own JSON");
             rows.alerts.push(AlertRow {
                 epoch_start: at.clone(),
@@ -153,7 +157,7 @@ pub fn rows(batches: &[Batch], done: Option<u64>, label: impl Fn(u64) -> String)
                 epoch_start: at.clone(),
                 partition: d.partition,
                 offset: d.offset,
-                reason: clean(&d.reason),
+                reason: clean(d.reason.code()),
                 detail: clean(&d.detail),
                 key: d.key.as_ref().map(|k| clean(&String::from_utf8_lossy(k))),
                 payload: text.map(str::to_owned),
@@ -186,6 +190,7 @@ mod tests {
     use crate::epoch::EpochClock;
     use crate::parse::DeadLetter;
     use crate::sink::Renderer;
+    use retail_common::record::RejectKind;
 
     fn sums(lines: i64) -> Sums {
         Sums {
@@ -212,7 +217,7 @@ mod tests {
         let dead = DeadLetter {
             partition: 2,
             offset: 40,
-            reason: "not_json".into(),
+            reason: RejectKind::NotJson,
             detail: "x".into(),
             key: Some(b"k".to_vec()),
             payload: vec![0, 1, 0xff],

@@ -1,20 +1,70 @@
-//! What one commit makes visible: the writer renders an [`Update`] per commit (one
-//! [`EpochView`] per closed epoch, from the same state and with the same shaping as
-//! `summary.json`) and the hub shows it once the commit is confirmed.
+//! What the writer publishes for `--http`: an [`Update`] per commit (one [`EpochView`] per
+//! closed epoch, from the same state and with the same shaping as `summary.json`, and a
+//! snapshot of this process's sources), queued on a [`Publisher`] once the commit is
+//! confirmed. `http` reads only this: the dependency goes from `http` to `sink`, never back.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::checkpoint::Resume;
-use crate::sink::Batch;
+use crate::sink::{Batch, OutputStream};
+use crate::source::Snapshot;
 use crate::state::State;
+
+/// How long the end of a run waits for what it queued to be shown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// What the writer hands to the page's thread, in order.
+pub enum Published {
+    /// The run number, for the progress entries (before any commit).
+    Run(u64),
+    /// A confirmed commit.
+    Commit(Update),
+    /// The run is over; answered once everything before it is shown.
+    Finish(Sender<()>),
+}
+
+/// Queues what the writer publishes; the reader (`http`) shows it on a thread of its own, so
+/// the worker that writes (or the Kafka commit thread) never waits for a page or a scrape.
+#[derive(Clone)]
+pub struct Publisher {
+    queue: Sender<Published>,
+}
+
+impl Publisher {
+    /// A publisher and the end its reader takes what is published from.
+    pub fn channel() -> (Publisher, Receiver<Published>) {
+        let (queue, published) = mpsc::channel();
+        (Publisher { queue }, published)
+    }
+
+    /// Queues a confirmed commit.
+    pub fn publish(&self, update: Update) {
+        // The reader lives as long as the process.
+        let _ = self.queue.send(Published::Commit(update));
+    }
+
+    /// Marks the run finished once everything queued is shown, and waits for that (briefly:
+    /// the run is over), so that the final state is served when the job reports.
+    pub fn finish(&self) {
+        let (done, shown) = mpsc::channel();
+        if self.queue.send(Published::Finish(done)).is_ok() {
+            let _ = shown.recv_timeout(DRAIN);
+        }
+    }
+
+    /// Records the run number for the progress entries.
+    pub fn set_run(&self, run: u64) {
+        let _ = self.queue.send(Published::Run(run));
+    }
+}
 
 /// One closed epoch as committed: its row and the state after it.
 #[derive(Clone, Debug)]
 pub struct EpochView {
-    pub epoch: u64,
     pub label: String,
     /// The epoch's row as `epochs.jsonl` last holds it (`{"epoch": label, ...value}`).
     pub row: Option<Value>,
@@ -39,6 +89,8 @@ pub struct Update {
     pub open_alerts: Value,
     /// When the writer began rendering the commit.
     pub started: Instant,
+    /// This process's sources as the commit was made, for the page's health and progress.
+    pub source: Snapshot,
 }
 
 impl Update {
@@ -49,6 +101,7 @@ impl Update {
             positions: BTreeMap::new(),
             open_alerts: Value::Null,
             started: Instant::now(),
+            source: Snapshot::default(),
         }
     }
 
@@ -57,19 +110,19 @@ impl Update {
         let mut row = None;
         let mut alerts = Vec::new();
         for change in &batch.changes {
-            if change.stream != "epochs" && change.stream != "alerts" {
+            if change.stream != OutputStream::Epochs && change.stream != OutputStream::Alerts {
                 continue;
             }
             let Ok(line) = serde_json::from_str::<Value>(&change.line) else {
                 continue;
             };
-            if change.stream == "epochs" && change.key == batch.label {
+            if change.stream == OutputStream::Epochs && change.key == batch.label {
                 row = line.get("value").filter(|v| !v.is_null()).map(|v| {
                     let mut v = v.clone();
                     v["epoch"] = Value::from(batch.label.clone());
                     v
                 });
-            } else if change.stream == "alerts" && line["diff"].as_i64() == Some(1) {
+            } else if change.stream == OutputStream::Alerts && line["diff"].as_i64() == Some(1) {
                 let mut alert = line["alert"].clone();
                 alert["key"] = line["key"].clone();
                 alert["opened_in"] = Value::from(batch.label.clone());
@@ -78,7 +131,6 @@ impl Update {
         }
         let lines = row.as_ref().and_then(|r| r["lines"].as_u64()).unwrap_or(0);
         self.epochs.push(EpochView {
-            epoch: batch.epoch,
             label: batch.label.clone(),
             row,
             state: state_json(state, &batch.label),
@@ -88,9 +140,10 @@ impl Update {
         });
     }
 
-    /// Completes the update with what holds after its last epoch.
-    pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>) {
+    /// Completes the update with what holds after its last epoch, and the sources now.
+    pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>, source: Snapshot) {
         self.positions = positions.clone();
+        self.source = source;
         self.open_alerts = open_alerts(state);
     }
 }
