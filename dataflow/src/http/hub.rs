@@ -137,7 +137,7 @@ impl Hub {
         let took = now.duration_since(update.started);
         self.metrics.duration.observe(took.as_secs_f64());
         self.metrics.epochs.inc_by(update.epochs.len() as u64);
-        self.metrics.state_entries.set(last.state_entries as i64);
+        self.metrics.state_entries.set(update.state_entries as i64);
         let lags = update.source.lags();
         let mut shown = self.lock();
         let since = shown.last_at.map(|t| now.duration_since(t));
@@ -167,16 +167,13 @@ impl Hub {
                     shown.alerts.pop_front();
                 }
             }
-            let mut state = view.state.clone();
-            if std::ptr::eq(view, last) {
-                state["open_alerts"] = update.open_alerts.clone();
-            }
-            shown.state = Some(state);
-            shown.batches += 1;
-            shown.last_commit = Some((view.label.clone(), SystemTime::now()));
-            let event = self.view(&shown, Some(&progress), 60);
-            push_event(&mut shown, "epoch", &event);
         }
+        // One event per commit, whatever the epochs in it: it carries their rows.
+        shown.state = Some(update.state.clone());
+        shown.batches += update.epochs.len() as u64;
+        shown.last_commit = Some((last.label.clone(), SystemTime::now()));
+        let event = self.view(&shown, Some(&progress), 60);
+        push_event(&mut shown, "epoch", &event);
         shown.progress.push_back(progress);
         while shown.progress.len() > KEEP_PROGRESS {
             shown.progress.pop_front();
@@ -247,7 +244,7 @@ impl Hub {
             "eventTime": { "watermark": watermark },
             "stateOperators": [{
                 "operatorName": "writer",
-                "numRowsTotal": last.state_entries,
+                "numRowsTotal": update.state_entries,
             }],
             "sources": [{
                 "description": format!("KafkaSource[Subscribe[{}]]", self.topic),
@@ -425,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn a_published_commit_shows_each_epoch_its_state_and_a_progress_entry() {
+    fn a_published_commit_shows_each_epoch_the_state_after_it_and_a_progress_entry() {
         let clock = EpochClock {
             epoch_secs: 3600,
             lateness_epochs: 0,
@@ -460,7 +457,7 @@ mod tests {
                 outputs.push((Output::Alert(alert), 1));
             }
             let batch = renderer.render(epoch, outputs, vec![]);
-            update.add(&batch, &renderer.state);
+            update.add(&batch);
         }
         // The health shown is the sources as the writer saw them at the commit.
         let source = Snapshot {
@@ -491,16 +488,13 @@ mod tests {
             progress[0]["epochs"],
             json!(["1970-01-01T01:00:00", "1970-01-01T02:00:00"])
         );
-        // One event per epoch; the second names the alert it opened.
+        // One event for the commit, with both epochs' rows and the alert the second opened.
         let (seq, events) = hub.events_after(0, Duration::ZERO).expect("events");
-        assert_eq!(seq, 2);
-        assert_eq!(events.len(), 2);
-        assert!(
-            events
-                .iter()
-                .all(|e| e.starts_with("event: epoch\ndata: {"))
-        );
-        assert!(events[1].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
+        assert_eq!(seq, 1);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].starts_with("event: epoch\ndata: {"));
+        assert!(events[0].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
+        assert!(events[0].contains("\"epoch\":\"1970-01-01T01:00:00\""));
         let view: Value = serde_json::from_str(&hub.current().1["event: epoch\ndata: ".len()..])
             .expect("the current view");
         let health = &view["health"];
@@ -508,10 +502,10 @@ mod tests {
         assert_eq!(health["late_lines"], 1);
         assert_eq!(health["dead_letters"], json!({"not_json": 2}));
         assert_eq!(health["partitions"][0]["partition"], 0);
-        assert!(hub.events_after(2, Duration::from_millis(10)).is_none());
+        assert!(hub.events_after(1, Duration::from_millis(10)).is_none());
         hub.finish();
         let (_, events) = hub
-            .events_after(2, Duration::ZERO)
+            .events_after(1, Duration::ZERO)
             .expect("the finished event");
         assert!(events[0].starts_with("event: finished\n"));
         assert_eq!(hub.metrics().epochs.get(), 2);

@@ -1,7 +1,9 @@
 //! What the writer publishes for `--http`: an [`Update`] per commit (one [`EpochView`] per
-//! closed epoch, from the same state and with the same shaping as `summary.json`, and a
-//! snapshot of this process's sources), queued on a [`Publisher`] once the commit is
-//! confirmed. `http` reads only this: the dependency goes from `http` to `sink`, never back.
+//! closed epoch, the state after the commit's last epoch with the same shaping as
+//! `summary.json`, and a snapshot of this process's sources), queued on a [`Publisher`] once
+//! the commit is confirmed. The state is rendered once per commit, however many epochs it
+//! holds: at `--epoch 1s` a catching-up commit holds thousands. `http` reads only this: the
+//! dependency goes from `http` to `sink`, never back.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -62,20 +64,16 @@ impl Publisher {
     }
 }
 
-/// One closed epoch as committed: its row and the state after it.
+/// One closed epoch as committed: its row and the alerts it opened.
 #[derive(Clone, Debug)]
 pub struct EpochView {
     pub label: String,
     /// The epoch's row as `epochs.jsonl` last holds it (`{"epoch": label, ...value}`).
     pub row: Option<Value>,
-    /// The state after the epoch, shaped like `summary.json` plus `epoch`.
-    pub state: Value,
     /// Alerts the epoch opened, with their rule.
     pub alerts: Vec<Value>,
     /// Lines and dead letters of the epoch: the records it took in.
     pub input_rows: u64,
-    /// State entries the writer holds after the epoch.
-    pub state_entries: usize,
 }
 
 /// What one commit makes visible.
@@ -84,9 +82,11 @@ pub struct Update {
     pub epochs: Vec<EpochView>,
     /// Each partition's next offset and watermark state after the commit.
     pub positions: BTreeMap<i32, Resume>,
-    /// The alerts open after the commit, each with its `key` (built once per commit: they
-    /// can be many).
-    pub open_alerts: Value,
+    /// The state after the commit's last epoch, shaped like `summary.json` plus `epoch` and
+    /// `open_alerts` (each open alert with its `key`).
+    pub state: Value,
+    /// State entries the writer holds after the commit.
+    pub state_entries: usize,
     /// When the writer began rendering the commit.
     pub started: Instant,
     /// This process's sources as the commit was made, for the page's health and progress.
@@ -99,14 +99,15 @@ impl Update {
         Update {
             epochs: Vec::new(),
             positions: BTreeMap::new(),
-            open_alerts: Value::Null,
+            state: Value::Null,
+            state_entries: 0,
             started: Instant::now(),
             source: Snapshot::default(),
         }
     }
 
-    /// Adds a rendered epoch and the writer's state after it.
-    pub fn add(&mut self, batch: &Batch, state: &State) {
+    /// Adds a rendered epoch.
+    pub fn add(&mut self, batch: &Batch) {
         let mut row = None;
         let mut alerts = Vec::new();
         for change in &batch.changes {
@@ -133,10 +134,8 @@ impl Update {
         self.epochs.push(EpochView {
             label: batch.label.clone(),
             row,
-            state: state_json(state, &batch.label),
             alerts,
             input_rows: lines + batch.dead.len() as u64,
-            state_entries: state_entries(state),
         });
     }
 
@@ -144,7 +143,12 @@ impl Update {
     pub fn close(&mut self, state: &State, positions: &BTreeMap<i32, Resume>, source: Snapshot) {
         self.positions = positions.clone();
         self.source = source;
-        self.open_alerts = open_alerts(state);
+        if let Some(last) = self.epochs.last() {
+            let mut shown = state_json(state, &last.label);
+            shown["open_alerts"] = open_alerts(state);
+            self.state = shown;
+        }
+        self.state_entries = state_entries(state);
     }
 }
 

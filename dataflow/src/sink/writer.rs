@@ -310,7 +310,7 @@ impl Writer {
             saved_changes.absorb(StateChanges::of_epoch(saved));
             let batch = self.renderer.render(epoch, updates, dead);
             if let Some(u) = &mut update {
-                u.add(&batch, &self.renderer.state);
+                u.add(&batch);
             }
             batches.push(batch);
         }
