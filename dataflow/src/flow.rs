@@ -37,7 +37,7 @@ impl Buffered {
     /// Forgets the epochs before `frontier` (every epoch when it is `None`: the dataflow is
     /// done), adds `read` (epoch, bytes) and returns the bytes read for open epochs.
     pub fn update(&self, frontier: Option<u64>, read: impl IntoIterator<Item = (u64, u64)>) -> u64 {
-        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ledger = crate::locked(&self.ledger);
         let closed = match frontier {
             Some(f) => {
                 let open = ledger.by_epoch.split_off(&f);

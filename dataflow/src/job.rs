@@ -24,11 +24,12 @@ use retail_common::kafka::builtin_features;
 use crate::aggregate::{self, Saved};
 use crate::checkpoint;
 use crate::cli::Config;
+use crate::metrics::Metrics;
 use crate::parse::Parsed;
 use crate::peers::PeerWatch;
 use crate::sink::console::spawn_progress;
 use crate::sink::writer::{self, Emit, WriteError};
-use crate::source::{Metrics, SourceConfig, kafka_source, watch_partitions};
+use crate::source::{SourceConfig, kafka_source, watch_partitions};
 
 pub use crate::outcome::{JobError, Report};
 
@@ -204,7 +205,7 @@ fn run_process(
         timely::execute(timely_config, move |worker| {
             let index = worker.index();
             let writer = if index == 0 {
-                writer.lock().unwrap().take()
+                crate::locked(&writer).take()
             } else {
                 None
             };
@@ -247,7 +248,7 @@ fn run_process(
                 state
             });
             if let (0, Some(at)) = (index, restored_at)
-                && let Some(entries) = saved.lock().unwrap().take()
+                && let Some(entries) = crate::locked(&saved).take()
             {
                 state.advance_to(at);
                 for entry in entries {
@@ -277,7 +278,7 @@ fn run_process(
     for result in results {
         result.map_err(JobError::Worker)?;
     }
-    if let Some(e) = failure.lock().unwrap().take() {
+    if let Some(e) = crate::locked(&failure).take() {
         return Err(e.into());
     }
     // This process's part is done: its peers are told, so that its exit is no fault.

@@ -23,6 +23,7 @@ pub mod epoch;
 pub(crate) mod flow;
 pub(crate) mod http;
 pub mod job;
+pub(crate) mod metrics;
 #[allow(unsafe_code)]
 pub mod native;
 pub mod outcome;
@@ -32,3 +33,14 @@ pub(crate) mod retention;
 pub mod sink;
 pub(crate) mod source;
 pub(crate) mod state;
+
+/// Locks `mutex`, taking its data as it is when a thread panicked while holding it: the one
+/// policy for poisoned locks in this crate. The binary's panic hook ends the process at the
+/// first panic (`main.rs`), so a poisoned lock is only met while the process ends, or in a
+/// test; and every value behind these locks (counters, the commit thread's queue, the page's
+/// view, the flow-control ledger) is whole after each statement that changes it.
+pub(crate) fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

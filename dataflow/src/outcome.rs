@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use retail_common::exit;
 
 use crate::checkpoint::CheckpointError;
+use crate::metrics::{Metrics, Stop};
 use crate::peers::PeerFault;
 use crate::sink::kafka::KafkaOutError;
 use crate::sink::writer::WriteError;
-use crate::source::{Metrics, Stop};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]

@@ -19,10 +19,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
 
+use super::shapes::{
+    Durations, EventTime, Health, Offsets, PartitionHealth, Progress, Sink, SourceMetrics,
+    SourceProgress, StateOperator,
+};
 use crate::checkpoint::Resume;
 use crate::epoch::EpochClock;
+use crate::metrics::Snapshot;
 use crate::sink::publish::Update;
-use crate::source::Snapshot;
 
 /// Epoch rows kept for `/api/epochs` and the chart.
 pub const KEEP_EPOCHS: usize = 1000;
@@ -125,7 +129,7 @@ impl Hub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shown> {
-        self.shown.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locked(&self.shown)
     }
 
     /// Makes a confirmed commit visible: one event per epoch in it, and a progress entry.
@@ -208,12 +212,9 @@ impl Hub {
             let secs = d.as_secs_f64();
             if secs > 0.0 { rows as f64 / secs } else { 0.0 }
         };
-        let offsets = |m: &BTreeMap<i32, Resume>| {
-            let by_partition: serde_json::Map<String, Value> = m
-                .iter()
-                .map(|(p, r)| (p.to_string(), Value::from(r.offset)))
-                .collect();
-            json!({ &self.topic: by_partition })
+        let offsets = |m: &BTreeMap<i32, Resume>| -> Offsets {
+            let by_partition = m.iter().map(|(p, r)| (p.to_string(), r.offset)).collect();
+            BTreeMap::from([(self.topic.clone(), by_partition)])
         };
         let watermark = positions
             .values()
@@ -222,46 +223,50 @@ impl Hub {
             .min()
             .map(|e| self.clock.label(e).to_string());
         let known: Vec<i64> = lags.values().filter_map(|l| *l).collect();
-        let lag: serde_json::Map<String, Value> = lags
-            .iter()
-            .map(|(p, l)| (p.to_string(), l.map_or(Value::Null, Value::from)))
-            .collect();
         let last = update.epochs.last().expect("an update has epochs");
-        let input_per_sec = since.map_or(0.0, per_sec);
-        let processed_per_sec = per_sec(took);
-        json!({
-            "id": self.job_id,
-            "runId": self.run_id.load(std::sync::atomic::Ordering::Relaxed).to_string(),
-            "name": "retail-stream",
-            "timestamp": iso_now(),
-            "batchId": shown.batches + update.epochs.len() as u64 - 1,
-            "epoch": last.label,
-            "epochs": update.epochs.iter().map(|e| e.label.clone()).collect::<Vec<_>>(),
-            "numInputRows": rows,
-            "inputRowsPerSecond": round(input_per_sec),
-            "processedRowsPerSecond": round(processed_per_sec),
-            "durationMs": { "triggerExecution": took.as_millis() as u64 },
-            "eventTime": { "watermark": watermark },
-            "stateOperators": [{
-                "operatorName": "writer",
-                "numRowsTotal": update.state_entries,
+        let input_per_sec = round(since.map_or(0.0, per_sec));
+        let processed_per_sec = round(per_sec(took));
+        let progress = Progress {
+            id: self.job_id.clone(),
+            run_id: self
+                .run_id
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+            name: "retail-stream",
+            timestamp: iso_now(),
+            batch_id: shown.batches + update.epochs.len() as u64 - 1,
+            epoch: last.label.clone(),
+            epochs: update.epochs.iter().map(|e| e.label.clone()).collect(),
+            num_input_rows: rows,
+            input_rows_per_second: input_per_sec,
+            processed_rows_per_second: processed_per_sec,
+            duration_ms: Durations {
+                trigger_execution: took.as_millis() as u64,
+            },
+            event_time: EventTime { watermark },
+            state_operators: vec![StateOperator {
+                operator_name: "writer",
+                num_rows_total: update.state_entries,
             }],
-            "sources": [{
-                "description": format!("KafkaSource[Subscribe[{}]]", self.topic),
-                "startOffset": offsets(&shown.positions),
-                "endOffset": offsets(positions),
-                "numInputRows": rows,
-                "inputRowsPerSecond": round(input_per_sec),
-                "processedRowsPerSecond": round(processed_per_sec),
-                "metrics": {
-                    "consumerLag": lag,
-                    "maxOffsetsBehindLatest": known.iter().max().copied(),
-                    "avgOffsetsBehindLatest": (!known.is_empty())
+            sources: vec![SourceProgress {
+                description: format!("KafkaSource[Subscribe[{}]]", self.topic),
+                start_offset: offsets(&shown.positions),
+                end_offset: offsets(positions),
+                num_input_rows: rows,
+                input_rows_per_second: input_per_sec,
+                processed_rows_per_second: processed_per_sec,
+                metrics: SourceMetrics {
+                    consumer_lag: lags.iter().map(|(p, l)| (p.to_string(), *l)).collect(),
+                    max_offsets_behind_latest: known.iter().max().copied(),
+                    avg_offsets_behind_latest: (!known.is_empty())
                         .then(|| round(known.iter().sum::<i64>() as f64 / known.len() as f64)),
                 },
             }],
-            "sink": { "description": "retail-stream writer (JSON lines, Kafka)" },
-        })
+            sink: Sink {
+                description: "retail-stream writer (JSON lines, Kafka)",
+            },
+        };
+        serde_json::to_value(progress).expect("progress serialises")
     }
 
     /// What one SSE event carries: the state, the last `epochs` epoch rows, the latest alerts,
@@ -281,28 +286,24 @@ impl Hub {
     /// The source's health as this process saw it at the last commit, and that commit.
     fn health(&self, shown: &Shown) -> Value {
         let source = &shown.source;
-        let partitions: Vec<Value> = source
-            .partitions
-            .iter()
-            .map(|(p, g)| {
-                json!({
-                    "partition": p,
-                    "read": g.read,
-                    "lag": g.lag,
-                    "watermark": g.watermark_secs.map(label_secs),
+        let health = Health {
+            records_read: source.messages,
+            records_per_sec: shown.read_rate,
+            late_lines: source.late,
+            dead_letters: source.dead_reasons.clone(),
+            partitions: (source.partitions.iter())
+                .map(|(p, g)| PartitionHealth {
+                    partition: *p,
+                    read: g.read,
+                    lag: g.lag,
+                    watermark: g.watermark_secs.map(label_secs),
                 })
-            })
-            .collect();
-        json!({
-            "records_read": source.messages,
-            "records_per_sec": shown.read_rate,
-            "late_lines": source.late,
-            "dead_letters": source.dead_reasons,
-            "partitions": partitions,
-            "last_epoch": shown.last_commit.as_ref().map(|(l, _)| l.clone()),
-            "last_commit_at": shown.last_commit.as_ref().map(|(_, t)| iso(*t)),
-            "epochs_committed": shown.batches,
-        })
+                .collect(),
+            last_epoch: shown.last_commit.as_ref().map(|(l, _)| l.clone()),
+            last_commit_at: shown.last_commit.as_ref().map(|(_, t)| iso(*t)),
+            epochs_committed: shown.batches,
+        };
+        serde_json::to_value(health).expect("health serialises")
     }
 
     /// The current view, for a reader that just connected.

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::hub::CommitMetrics;
-use crate::source::Metrics;
+use crate::metrics::Metrics;
 use retail_common::metrics::encode_one;
 
 /// The source's metrics, read at scrape time.
@@ -25,16 +25,8 @@ struct SourceCollector(Arc<Metrics>);
 impl Collector for SourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.0;
-        let partitions = m
-            .partitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let reasons = m
-            .dead_reasons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let partitions = crate::locked(&m.partitions).clone();
+        let reasons = crate::locked(&m.dead_reasons).clone();
 
         let mut family = encoder.encode_descriptor(
             "retail_stream_records_read",

@@ -19,6 +19,7 @@
 pub mod hub;
 pub mod metrics;
 pub mod publish;
+pub mod shapes;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -34,8 +35,8 @@ pub use hub::{CommitMetrics, Hub};
 
 use crate::checkpoint::Resume;
 use crate::epoch::EpochClock;
+use crate::metrics::Metrics;
 use crate::sink::publish::Publisher;
-use crate::source::Metrics;
 use retail_common::metrics::{CONTENT_TYPE, ServeError, bind, encode, local_addr, text_response};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");

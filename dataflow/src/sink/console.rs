@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::Batch;
 use crate::aggregate::Output;
-use crate::source::{Metrics, every};
+use crate::metrics::Metrics;
+use crate::source::every;
 
 /// Formats thousandths as a decimal with thousands separators: `1234567` -> `1,234.567`.
 pub fn money(milli: i64) -> String {

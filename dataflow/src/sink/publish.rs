@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::checkpoint::Resume;
+use crate::metrics::Snapshot;
 use crate::sink::{Batch, OutputStream};
-use crate::source::Snapshot;
 use crate::state::State;
 
 /// How long the end of a run waits for what it queued to be shown.

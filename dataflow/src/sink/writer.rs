@@ -32,8 +32,9 @@ use super::{OutputStream, Renderer, SinkConfig};
 use crate::aggregate::{Output, Saved};
 use crate::checkpoint::{self, Checkpoint, JobIdentity};
 use crate::epoch::{PartitionClock, take_closed};
+use crate::metrics::Metrics;
 use crate::parse::{DeadLetter, Parsed};
-use crate::source::{Metrics, ProgressWake};
+use crate::source::ProgressWake;
 
 /// Why the writer could not write.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +125,7 @@ pub fn write<'scope>(
                 && let Err(e) = w.commit(closed)
             {
                 error!(error = %e, "output failed; stopping");
-                *failure.lock().unwrap() = Some(e);
+                *crate::locked(&failure) = Some(e);
                 // A live job would read on for ever: stop the sources.
                 w.shutdown.store(true, Ordering::Relaxed);
             }
@@ -132,7 +133,7 @@ pub fn write<'scope>(
                 finished = true;
                 if let Err(e) = w.finish() {
                     error!(error = %e, "output failed at the end");
-                    *failure.lock().unwrap() = Some(e);
+                    *crate::locked(&failure) = Some(e);
                 }
             }
         },

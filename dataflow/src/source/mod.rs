@@ -43,7 +43,6 @@
 //! [`flow`]: crate::flow
 //! [`parse::place`]: crate::parse::place
 
-mod metrics;
 mod place;
 mod poll;
 mod reader;
@@ -78,7 +77,7 @@ use reader::Reader;
 use retail_common::kafka::ClientSettings;
 
 pub use crate::cli::StartFrom;
-pub use metrics::{Metrics, PartitionGauges, Snapshot, Stop};
+use crate::metrics::{Metrics, PartitionGauges, Stop};
 pub use reader::owned_partitions;
 pub use watch::{every, watch_partitions};
 

@@ -159,10 +159,7 @@ impl Reader {
             .fetch_add(tally.replayed, Ordering::Relaxed);
         metrics.bytes.fetch_add(tally.bytes, Ordering::Relaxed);
         if !tally.dead_reasons.is_empty() {
-            let mut reasons = metrics
-                .dead_reasons
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut reasons = crate::locked(&metrics.dead_reasons);
             for reason in tally.dead_reasons {
                 *reasons.entry(reason.code()).or_default() += 1;
             }

@@ -34,7 +34,7 @@ impl ClientContext for LagContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let mut last_stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_stable = crate::locked(&self.last_stable);
         for topic in statistics.topics.values() {
             for p in topic.partitions.values() {
                 if let Ok(i) = usize::try_from(p.partition)
@@ -410,8 +410,8 @@ impl Reader {
     /// Adds the change of this worker's lag to the process's, and records each partition's
     /// read count, lag and watermark (one lock per activation).
     pub(super) fn report_lag(&mut self, metrics: &Metrics, clock: &EpochClock) {
-        let last_stable = self.last_stable.lock().unwrap_or_else(|e| e.into_inner());
-        let mut gauges = metrics.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let last_stable = crate::locked(&self.last_stable);
+        let mut gauges = crate::locked(&metrics.partitions);
         let mut lag = 0;
         for s in &self.parts {
             let stable = last_stable.get(s.partition as usize).copied().unwrap_or(-1);

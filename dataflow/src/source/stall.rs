@@ -55,7 +55,7 @@ impl Reader {
         }
         // A copy: librdkafka's statistics callback takes the lock, and seeking waits for
         // librdkafka.
-        let stable = (self.last_stable.lock().unwrap_or_else(|e| e.into_inner())).clone();
+        let stable = crate::locked(&self.last_stable).clone();
         // Probed once a call, and only when a partition has been restarted enough.
         let mut reachable = None;
         for state in self.parts.iter_mut() {

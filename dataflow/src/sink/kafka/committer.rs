@@ -107,7 +107,7 @@ impl Committer {
             .spawn(move || {
                 let (lock, wake) = &*theirs;
                 let result = loop {
-                    let mut guard = lock.lock().expect("commit state");
+                    let mut guard = crate::locked(lock);
                     while guard.pending.is_none() && !guard.closed {
                         guard = wake.wait(guard).expect("commit state");
                     }
@@ -122,14 +122,14 @@ impl Committer {
                     ) {
                         break Err(e);
                     }
-                    lock.lock().expect("commit state").confirmed += 1;
+                    crate::locked(lock).confirmed += 1;
                     wake.notify_all();
                     for confirmed in commit.after {
                         confirmed();
                     }
                 };
                 if let Err(e) = result {
-                    lock.lock().expect("commit state").failed = Some(e);
+                    crate::locked(lock).failed = Some(e);
                     wake.notify_all();
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -144,7 +144,7 @@ impl Committer {
     /// Hands a commit over; fails with the thread's error once a commit has failed.
     pub fn send(&mut self, commit: Commit) -> Result<(), KafkaOutError> {
         let (lock, wake) = &*self.shared;
-        let mut guard = lock.lock().expect("commit state");
+        let mut guard = crate::locked(lock);
         if let Some(e) = guard.failed.take() {
             return Err(e);
         }
@@ -160,7 +160,7 @@ impl Committer {
     /// error once a commit has failed.
     pub fn wait_confirmed(&self, commits: u64) -> Result<(), KafkaOutError> {
         let (lock, wake) = &*self.shared;
-        let mut guard = lock.lock().expect("commit state");
+        let mut guard = crate::locked(lock);
         loop {
             if let Some(e) = guard.failed.take() {
                 return Err(e);
@@ -181,14 +181,14 @@ impl Committer {
     /// Waits for every commit handed over; returns the first failure.
     pub fn finish(&mut self) -> Result<(), KafkaOutError> {
         let (lock, wake) = &*self.shared;
-        lock.lock().expect("commit state").closed = true;
+        crate::locked(lock).closed = true;
         wake.notify_all();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
             return Err(KafkaOutError::CommitThread("panicked"));
         }
-        match lock.lock().expect("commit state").failed.take() {
+        match crate::locked(lock).failed.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }

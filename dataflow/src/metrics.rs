@@ -1,5 +1,7 @@
-//! What the sources of one process share: the counters the progress line and `/metrics` read,
-//! and the stop policy (why a source stopped the job, and the exit status that means).
+//! What the sources of one process share with the rest of it: the counters the progress line
+//! and `/metrics` read, the [`Snapshot`] of them the writer publishes to the page at each
+//! commit, and the stop policy (why a source stopped the job, and the exit status that means).
+//! Sources write here; sinks, `http` and the outcome only read.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -94,25 +96,21 @@ impl Metrics {
         Snapshot {
             messages: self.messages.load(Ordering::Relaxed),
             late: self.late.load(Ordering::Relaxed),
-            dead_reasons: (self.dead_reasons.lock())
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            partitions: (self.partitions.lock())
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            dead_reasons: crate::locked(&self.dead_reasons).clone(),
+            partitions: crate::locked(&self.partitions).clone(),
         }
     }
 
     /// Why a source stopped the job, if one did.
     pub fn fatal(&self) -> Option<Stop> {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::locked(&self.fatal).clone()
     }
 
     /// Stops the job for `stop` (the first reason is kept): logs it and tells every source of
     /// this process to stop, holding its epochs open.
-    pub(super) fn stop_job(&self, stop: Stop, shutdown: &AtomicBool) {
+    pub(crate) fn stop_job(&self, stop: Stop, shutdown: &AtomicBool) {
         tracing::error!("{}", stop.message());
-        let mut slot = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::locked(&self.fatal);
         slot.get_or_insert(stop);
         shutdown.store(true, Ordering::Relaxed);
     }
