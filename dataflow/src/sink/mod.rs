@@ -131,6 +131,10 @@ pub(crate) struct Batch {
     pub totals: Sums,
     /// Alerts open as of this epoch, for the console.
     pub alerts_open: usize,
+    /// The epoch's own row in `epochs.jsonl` (its value), for the page.
+    pub row: Option<Value>,
+    /// The alerts the epoch opened, key and value, in the order of `changes`, for the page.
+    pub opened: Vec<(String, Value)>,
 }
 
 /// How the keys of `cancellation_burst` alerts begin: then the epoch's label and the customer.
@@ -230,7 +234,8 @@ impl Renderer {
             self.apply(o, *diff, &key, &value);
             if stream == OutputStream::Alerts {
                 let line = json!({"epoch": label, "stream": stream, "key": key, "diff": diff, "alert": value});
-                changes.push((stream, key, line.to_string()));
+                let opened = (*diff == 1).then_some(value);
+                changes.push((stream, key, line.to_string(), opened));
                 continue;
             }
             let slot = keyed.entry((stream, key)).or_insert(None);
@@ -238,12 +243,19 @@ impl Renderer {
                 *slot = Some(value);
             }
         }
+        let mut row = None;
         for ((stream, key), value) in keyed {
             let line = json!({"epoch": label, "stream": stream, "key": key, "value": value});
-            changes.push((stream, key, line.to_string()));
+            if stream == OutputStream::Epochs && key == label {
+                row.clone_from(&value);
+            }
+            changes.push((stream, key, line.to_string(), None));
         }
         // By stream (in `OutputStream::ALL` order, alerts last), then key, then line.
-        changes.sort();
+        changes.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+        let opened = (changes.iter_mut())
+            .filter_map(|(_, key, _, value)| Some((key.clone(), value.take()?)))
+            .collect();
         for d in &dead {
             // Keyed by code (the summary's `by_reason`); a key is allocated once per reason.
             let code = d.reason.code();
@@ -258,7 +270,7 @@ impl Renderer {
             epoch,
             changes: changes
                 .into_iter()
-                .map(|(stream, key, line)| Change { stream, key, line })
+                .map(|(stream, key, line, _)| Change { stream, key, line })
                 .collect(),
             dead: dead
                 .into_iter()
@@ -271,6 +283,8 @@ impl Renderer {
             updates,
             totals: self.state.totals,
             alerts_open: self.state.alerts.len(),
+            row,
+            opened,
         }
     }
 

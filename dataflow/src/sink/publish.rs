@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::checkpoint::Resume;
 use crate::metrics::Snapshot;
-use crate::sink::{Batch, OutputStream};
+use crate::sink::Batch;
 use crate::state::State;
 
 /// How long the end of a run waits for what it queued to be shown.
@@ -108,28 +108,18 @@ impl Update {
 
     /// Adds a rendered epoch.
     pub fn add(&mut self, batch: &Batch) {
-        let mut row = None;
-        let mut alerts = Vec::new();
-        for change in &batch.changes {
-            if change.stream != OutputStream::Epochs && change.stream != OutputStream::Alerts {
-                continue;
-            }
-            let Ok(line) = serde_json::from_str::<Value>(&change.line) else {
-                continue;
-            };
-            if change.stream == OutputStream::Epochs && change.key == batch.label {
-                row = line.get("value").filter(|v| !v.is_null()).map(|v| {
-                    let mut v = v.clone();
-                    v["epoch"] = Value::from(batch.label.clone());
-                    v
-                });
-            } else if change.stream == OutputStream::Alerts && line["diff"].as_i64() == Some(1) {
-                let mut alert = line["alert"].clone();
-                alert["key"] = line["key"].clone();
+        let row = batch.row.clone().map(|mut v| {
+            v["epoch"] = Value::from(batch.label.clone());
+            v
+        });
+        let alerts = (batch.opened.iter())
+            .map(|(key, value)| {
+                let mut alert = value.clone();
+                alert["key"] = Value::from(key.clone());
                 alert["opened_in"] = Value::from(batch.label.clone());
-                alerts.push(alert);
-            }
-        }
+                alert
+            })
+            .collect();
         let lines = row.as_ref().and_then(|r| r["lines"].as_u64()).unwrap_or(0);
         self.epochs.push(EpochView {
             label: batch.label.clone(),
