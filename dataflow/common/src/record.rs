@@ -489,4 +489,6 @@ fn classify_json_error(e: serde_json::Error) -> Reject {
 mod properties;
 
 #[cfg(test)]
+mod message_tests;
+#[cfg(test)]
 mod tests;

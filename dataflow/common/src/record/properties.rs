@@ -1,6 +1,6 @@
 //! Property tests of the wire parser's equivalence: the fast scan (`wire_scan::scan`) against
 //! serde_json's full parse, and [`SaleRef::from_json`] / [`Sale::from_json`] against the
-//! serde-only parser kept as the oracle (`tests::reference`), on generated records and on
+//! serde-only parser kept as the oracle (`message_tests::reference`), on generated records and on
 //! mutated messages. Equal means equal: the same [`Sale`] for every message, and for every bad
 //! one the same [`Reject`], kind and detail text, so dead letters stay byte-identical.
 
@@ -12,7 +12,8 @@ use proptest::sample::Index;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
-use super::tests::{reference, reject_cases, row, tricky_messages};
+use super::message_tests::{reference, reject_cases, tricky_messages};
+use super::tests::row;
 use super::*;
 use crate::wire_scan;
 
