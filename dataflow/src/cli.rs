@@ -19,19 +19,15 @@ use retail_common::money::Milli;
 use crate::aggregate::AlertRules;
 use humantime::parse_duration;
 
+use crate::checkpoint::{CheckpointConfig, Restored};
 use crate::epoch::{EpochClock, EpochError};
+use crate::flow::Buffered;
 use crate::http::HttpConfig;
 use crate::sink::SinkConfig;
 use crate::sink::postgres::{PgConfigError, PgFlags, PgTarget};
-
-/// Where the sources start reading a partition that no checkpoint positions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StartFrom {
-    /// The oldest retained message of every partition.
-    Earliest,
-    /// Only messages produced after the job starts.
-    Latest,
-}
+use crate::source::{SourceConfig, SourceResume, StartFrom};
+use std::sync::Arc;
+use std::sync::atomic::AtomicI32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SinkKind {
@@ -504,6 +500,45 @@ impl Args {
 }
 
 impl Config {
+    /// What the checkpoint reads of the configuration.
+    pub(crate) fn checkpoint_config(&self) -> CheckpointConfig {
+        CheckpointConfig {
+            settings: self.settings.clone(),
+            checkpoint_topic: self.checkpoint_topic.clone(),
+            job_id: self.job_id.clone(),
+            process: self.process,
+            checkpoint: self.checkpoint,
+            reset: self.reset,
+            retention: self.retention,
+        }
+    }
+
+    /// What the sources need, on a topic of `partitions` partitions (their current count
+    /// follows it from `partitions`: see `watch_partitions`), resuming `restored` when given.
+    pub(crate) fn source_config(
+        &self,
+        partitions: i32,
+        restored: Option<&Restored>,
+    ) -> SourceConfig {
+        SourceConfig {
+            settings: self.settings.clone(),
+            topic: self.topic.clone(),
+            partitions,
+            watch: Arc::new(AtomicI32::new(partitions)),
+            from: self.from,
+            until_end: self.until_end,
+            clock: self.clock,
+            idle_timeout: self.idle_timeout,
+            max_message_bytes: self.max_message_bytes,
+            buffered: Arc::new(Buffered::new(self.max_buffered)),
+            group_id: self.group_id.clone(),
+            retention: self.retention,
+            rules: self.rules,
+            save: self.checkpoint,
+            resume: restored.and_then(SourceResume::of),
+        }
+    }
+
     /// What the writer and its sinks read of the configuration.
     pub(crate) fn sink_config(&self) -> SinkConfig {
         SinkConfig {

@@ -29,7 +29,7 @@ use crate::parse::Parsed;
 use crate::peers::PeerWatch;
 use crate::sink::console::spawn_progress;
 use crate::sink::writer::{self, Emit, WriteError};
-use crate::source::{SourceConfig, kafka_source, watch_partitions};
+use crate::source::{kafka_source, watch_partitions};
 
 pub use crate::outcome::{JobError, Report};
 
@@ -103,7 +103,8 @@ fn run_process(
     let writes = config.process == 0;
     let sinks = config.sink_config();
     let identity = writer::identity(&sinks, partitions);
-    let resumed = checkpoint::resume(&config, &identity, METADATA_TIMEOUT)?;
+    let checkpoint_config = config.checkpoint_config();
+    let resumed = checkpoint::resume(&checkpoint_config, &identity, METADATA_TIMEOUT)?;
     // Every process must resume the same checkpoint: the peers compare which one they read.
     if let Some(peers) = &peers {
         let checkpoint = resumed.restored.as_ref().map(|r| &r.checkpoint);
@@ -121,10 +122,10 @@ fn run_process(
         .then(|| writer::connect_kafka(&sinks, dlq_partitions))
         .flatten();
     if config.checkpoint && writes {
-        checkpoint::create_topics(&config, METADATA_TIMEOUT)?;
+        checkpoint::create_topics(&checkpoint_config, METADATA_TIMEOUT)?;
     }
     if config.checkpoint {
-        resumed.log(&config);
+        resumed.log(&checkpoint_config);
     }
     info!(
         topic = %config.topic,
@@ -137,9 +138,9 @@ fn run_process(
         .map_err(JobError::Timely)?;
 
     let done = Arc::new(AtomicBool::new(false));
-    let watch = watch_partitions(&config, partitions, &done);
     let restored = resumed.restored;
-    let source = SourceConfig::new(&config, partitions, watch, restored.as_ref());
+    let source = config.source_config(partitions, restored.as_ref());
+    watch_partitions(&source, &done);
     let source_config = Arc::new(source);
     // The restored state enters the dataflow once, on worker 0 of process 0, at the committed
     // epoch; the writer holds it already and writes nothing for that epoch. Other processes

@@ -40,13 +40,26 @@ pub use scan::{TOPIC_CONFIG, read};
 
 use std::time::Duration;
 
-use retail_common::kafka::KafkaSetupError;
+use retail_common::kafka::{ClientSettings, KafkaSetupError};
 
-use crate::cli::Config;
+/// What the checkpoint reads of the job's configuration (built by `cli`).
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    pub settings: ClientSettings,
+    pub checkpoint_topic: String,
+    pub job_id: String,
+    /// This process's index: process 0 writes the checkpoint.
+    pub process: usize,
+    /// Checkpoints are on (not `--no-checkpoint`).
+    pub checkpoint: bool,
+    pub reset: bool,
+    /// `--invoice-retention` in epochs: every process then reads the state for its open invoices.
+    pub retention: Option<u64>,
+}
 
 /// Creates the checkpoint topic and the job's state topic (compacted, one partition each)
 /// unless they exist.
-pub fn create_topics(config: &Config, timeout: Duration) -> Result<(), KafkaSetupError> {
+pub fn create_topics(config: &CheckpointConfig, timeout: Duration) -> Result<(), KafkaSetupError> {
     let state = state_topic(&config.checkpoint_topic, &config.job_id);
     for topic in [&config.checkpoint_topic, &state] {
         (config.settings).ensure_topic_created(topic, 1, &TOPIC_CONFIG, timeout)?;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::record::ALERT;
-use super::{Checkpoint, CheckpointError, FORMAT, JobIdentity, decode_entry, entry_key};
+use super::{
+    Checkpoint, CheckpointConfig, CheckpointError, FORMAT, JobIdentity, decode_entry, entry_key,
+};
 use crate::aggregate::{Saved, Sums};
-use crate::cli::Config;
 
 /// What a resumed job starts from.
 #[derive(Clone, Debug, Default)]
@@ -36,7 +37,7 @@ pub struct Resumed {
 /// `--reset`, the entries of the old run to delete), and with invoice retention every process
 /// reads it for its partitions' open invoices. A topic that does not exist yet reads as empty.
 pub fn resume(
-    config: &Config,
+    config: &CheckpointConfig,
     now: &JobIdentity,
     timeout: Duration,
 ) -> Result<Resumed, CheckpointError> {
@@ -77,7 +78,7 @@ pub fn resume(
 impl Resumed {
     /// Logs where the job starts: after its last checkpoint, over from the beginning
     /// (`--reset`), or from the beginning for want of a checkpoint.
-    pub fn log(&self, config: &Config) {
+    pub fn log(&self, config: &CheckpointConfig) {
         match &self.restored {
             Some(r) => tracing::info!(
                 job = %config.job_id,

@@ -68,7 +68,6 @@ use tracing::{debug, info};
 
 use crate::aggregate::{Alert, AlertRules, Line, Saved, Text};
 use crate::checkpoint::{Restored, Resume};
-use crate::cli::Config;
 use crate::epoch::EpochClock;
 use crate::flow::Buffered;
 use crate::parse::Parsed;
@@ -76,7 +75,6 @@ use crate::retention::RestoredInvoice;
 use reader::Reader;
 use retail_common::kafka::ClientSettings;
 
-pub use crate::cli::StartFrom;
 use crate::metrics::{Metrics, PartitionGauges, Stop};
 pub use reader::owned_partitions;
 pub use watch::{every, watch_partitions};
@@ -128,6 +126,15 @@ pub struct SourceConfig {
     pub resume: Option<SourceResume>,
 }
 
+/// Where the sources start reading a partition that no checkpoint positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartFrom {
+    /// The oldest retained message of every partition.
+    Earliest,
+    /// Only messages produced after the job starts.
+    Latest,
+}
+
 /// Where a resumed job picks up.
 #[derive(Clone, Debug, Default)]
 pub struct SourceResume {
@@ -147,38 +154,9 @@ pub struct SourceResume {
     pub reopening: Vec<(Text, Vec<Alert>)>,
 }
 
-impl SourceConfig {
-    /// What `config`'s sources need, on a topic of `partitions` partitions whose current count
-    /// `watch` follows, resuming `restored` when given.
-    pub fn new(
-        config: &Config,
-        partitions: i32,
-        watch: Arc<AtomicI32>,
-        restored: Option<&Restored>,
-    ) -> SourceConfig {
-        SourceConfig {
-            settings: config.settings.clone(),
-            topic: config.topic.clone(),
-            partitions,
-            watch,
-            from: config.from,
-            until_end: config.until_end,
-            clock: config.clock,
-            idle_timeout: config.idle_timeout,
-            max_message_bytes: config.max_message_bytes,
-            buffered: Arc::new(Buffered::new(config.max_buffered)),
-            group_id: config.group_id.clone(),
-            retention: config.retention,
-            rules: config.rules,
-            save: config.checkpoint,
-            resume: restored.and_then(SourceResume::of),
-        }
-    }
-}
-
 impl SourceResume {
     /// Where the sources pick up after `restored`, unless nothing was committed yet.
-    fn of(restored: &Restored) -> Option<SourceResume> {
+    pub(crate) fn of(restored: &Restored) -> Option<SourceResume> {
         let c = &restored.checkpoint;
         c.epoch.map(|committed| SourceResume {
             committed,

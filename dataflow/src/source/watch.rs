@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use retail_common::kafka::{ClientSettings, count_partitions};
 
-use crate::cli::Config;
+use super::SourceConfig;
 
 /// How often the topic's partition count is read while the job runs.
 const WATCH_PARTITIONS_EVERY: Duration = Duration::from_secs(2);
@@ -17,20 +17,14 @@ const WATCH_PARTITIONS_EVERY: Duration = Duration::from_secs(2);
 /// How long one look at the topic's metadata may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Starts a thread that keeps the returned count at the partition count of `config`'s topic
-/// (which has `partitions` at the start) until `done`. A bounded run reads the partitions it
-/// saw at start; partitions added during it are reported, and read by the next run of the job.
-pub fn watch_partitions(
-    config: &Config,
-    partitions: i32,
-    done: &Arc<AtomicBool>,
-) -> Arc<AtomicI32> {
-    let watch = Arc::new(AtomicI32::new(partitions));
-    let (settings, topic) = (config.settings.clone(), config.topic.clone());
-    let bounded = config.until_end;
-    let (count, done) = (Arc::clone(&watch), Arc::clone(done));
+/// Starts a thread that keeps `source.watch` at the partition count of its topic until
+/// `done`. A bounded run reads the partitions it saw at start; partitions added during it are
+/// reported, and read by the next run of the job.
+pub fn watch_partitions(source: &SourceConfig, done: &Arc<AtomicBool>) {
+    let (settings, topic) = (source.settings.clone(), source.topic.clone());
+    let (count, bounded) = (Arc::clone(&source.watch), source.until_end);
+    let done = Arc::clone(done);
     std::thread::spawn(move || follow(&settings, &topic, &count, &done, bounded));
-    watch
 }
 
 /// The watching thread of [`watch_partitions`].
