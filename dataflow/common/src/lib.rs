@@ -21,7 +21,6 @@ pub mod metrics;
 pub mod money;
 pub mod record;
 pub mod time;
-mod wire_scan;
 
 pub use record::{Reject, RejectKind, Sale, SaleRef};
 

@@ -383,7 +383,7 @@ impl<'a> SaleRef<'a> {
         // whose errors name the reasons.
         // Each path validates its own Wire, so the scan's is built in place rather than copied
         // into a slot shared with serde_json's.
-        match crate::wire_scan::scan(text) {
+        match wire_scan::scan(text) {
             Some(wire) => SaleRef::from_wire(wire),
             None => SaleRef::from_wire(serde_json::from_str(text).map_err(classify_json_error)?),
         }
@@ -484,6 +484,8 @@ fn classify_json_error(e: serde_json::Error) -> Reject {
     };
     Reject::new(kind, e.to_string())
 }
+
+mod wire_scan;
 
 #[cfg(test)]
 mod properties;

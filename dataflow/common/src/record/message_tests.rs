@@ -435,7 +435,7 @@ fn the_scan_reads_what_serde_json_reads() {
         let Ok(text) = std::str::from_utf8(&m) else {
             continue;
         };
-        let Some(scanned) = crate::wire_scan::scan(text) else {
+        let Some(scanned) = super::wire_scan::scan(text) else {
             continue;
         };
         taken += 1;

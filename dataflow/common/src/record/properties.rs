@@ -14,8 +14,8 @@ use proptest::test_runner::{Config, TestRunner};
 
 use super::message_tests::{reference, reject_cases, tricky_messages};
 use super::tests::row;
+use super::wire_scan;
 use super::*;
-use crate::wire_scan;
 
 /// Characters of every class the parser treats apart: JSON's specials and escapes, control
 /// characters, ASCII and Unicode whitespace, number and structure characters, multi-byte and

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use crate::record::Wire;
+use super::Wire;
 
 /// Scans `text` (valid UTF-8) as `ingest` writes a record; `None` when it is laid out any
 /// other way.
