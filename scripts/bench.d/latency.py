@@ -2,6 +2,7 @@
 """The helper of `scripts/bench --latency` (standard library only).
 
   latency.py watch --bootstrap B --topic AGGREGATES --jsonl DIR/epochs.jsonl --out ARRIVALS.jsonl
+                    [--pg-table SCHEMA.epochs --pg-job JOB]   (PGURL in the environment)
       Watches the dataflow job's outputs and writes one JSON line per arrival
       of an epoch's `epochs` record, stamped with this process's wall clock
       (time.time(), the same clock ingest --live stamps InvoiceDate with):
@@ -11,22 +12,27 @@
             record's Kafka timestamp (CreateTime: when the job's producer
             created it, before the commit);
         {"src": "file", "epoch": E, "seen": T, "lines": N}
-            the line as it appears in the JSON-lines file (polled every 1 ms).
+            the line as it appears in the JSON-lines file (polled every 1 ms);
+        {"src": "postgres", "epoch": E, "seen": T, "lines": N}
+            with --pg-table: the epoch's row as it becomes visible in that
+            history table of PostgreSQL (one psql session, polled every 10 ms;
+            T is when the poll that found it returned).
       E is the epoch start in unix seconds. Runs until SIGTERM or SIGINT.
 
   latency.py arrived ARRIVALS.jsonl SRC EPOCH
       Exit 0 when ARRIVALS.jsonl holds an arrival of EPOCH (unix seconds) from
-      SRC (kafka, file or spark; spark lines have no src), 1 otherwise.
+      SRC (kafka, file, postgres or spark; spark lines have no src), 1 otherwise.
 
   latency.py report --out RESULTS.json --meta META.json PHASE.json...
       PHASE.json: {"system", "arrivals", "ingest_summary", "ingest_started",
       "ingest_ended", "warmup", "seconds", "rate", "cpu" (machine busy %, cores used by
       the consumer and by ingest over the feed), "progress" (optional, Spark's
-      micro-batches)}.
+      micro-batches), "postgres" (optional, true: the dataflow job wrote PostgreSQL too)}.
       Latency of epoch E = first arrival of E - (E + 1 s), over the `seconds`
       epochs that start at least `warmup` seconds after ingest started (and
       end at least 0.5 s before it ended). Prints a table (p50, p99, max per measure, the
-      achieved ingest rate) and writes RESULTS.json; a system RESULTS.json
+      achieved ingest rate; with PostgreSQL, its visibility after the epoch's end and
+      after the Kafka commit) and writes RESULTS.json; a system RESULTS.json
       already holds and these phases do not measure is kept, marked
       "from_earlier_run". Exit 1 when a measured epoch never arrived.
 
@@ -45,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 
 def epoch_seconds(label: str) -> int:
@@ -113,7 +120,64 @@ def watch(args) -> int:
                     write({"src": "file", "epoch": epoch_seconds(rec["epoch"]), "seen": seen,
                            "lines": value.get("lines")})
 
+    def read_postgres():
+        # One psql session: a query every 10 ms costs no connection set-up. Each poll asks for
+        # the epochs after the last one seen and ends with a marker line.
+        # The URL comes from PGURL; its password goes to psql's environment, not its arguments.
+        url = urllib.parse.urlsplit(os.environ["PGURL"])
+        env = dict(os.environ)
+        if url.password is not None:
+            env["PGPASSWORD"] = urllib.parse.unquote(url.password)
+            userinfo, _, host = url.netloc.rpartition("@")
+            url = url._replace(netloc=userinfo.partition(":")[0] + "@" + host)
+        psql = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", url.geturl()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            start_new_session=True, env=env,
+        )
+
+        def query(sql):
+            psql.stdin.write(sql + ";\n\\echo __end__\n")
+            psql.stdin.flush()
+            rows = []
+            for line in psql.stdout:
+                line = line.rstrip("\n")
+                if line == "__end__":
+                    return rows
+                if line:
+                    rows.append(line.split("\t"))
+            print("latency.py: psql ended", file=sys.stderr)
+            return None
+
+        # The job creates its tables at its start, perhaps after the watcher's.
+        while not stop.is_set():
+            rows = query(f"SELECT to_regclass('{args.pg_table}') IS NOT NULL")
+            if rows is None:
+                return
+            if rows == [["t"]]:
+                break
+            stop.wait(0.01)
+        job = args.pg_job.replace("'", "''")
+        last = "-infinity"
+        while not stop.is_set():
+            rows = query(
+                "SELECT to_char(epoch_start, 'YYYY-MM-DD\"T\"HH24:MI:SS'), lines "
+                f"FROM {args.pg_table} WHERE job_id = '{job}' AND epoch_start > '{last}' "
+                "ORDER BY epoch_start"
+            )
+            if rows is None:
+                return
+            seen = time.time()
+            for label, lines in rows:
+                write({"src": "postgres", "epoch": epoch_seconds(label), "seen": seen,
+                       "lines": int(lines)})
+                last = label
+            stop.wait(0.01)
+        psql.terminate()
+
     threads = [threading.Thread(target=read_kafka, daemon=True), threading.Thread(target=read_file, daemon=True)]
+    if args.pg_table:
+        threads.append(threading.Thread(target=read_postgres, daemon=True))
     for t in threads:
         t.start()
     while not stop.is_set():
@@ -168,11 +232,20 @@ def measures_of(phase, arrivals):
             lines.setdefault(src, {})[e] = a["lines"]
     lat = lambda m: {e: (t - (e + 1)) * 1000.0 for e, t in m.items()}  # noqa: E731
     if phase["system"] == "dataflow":
-        return [
+        out = [
             ("dataflow_kafka", "dataflow: Kafka, read_committed", lat(first.get("kafka", {})), {}),
             ("dataflow_jsonl", "dataflow: JSON-lines file", lat(first.get("file", {})), lines.get("file", {})),
             ("dataflow_created", "dataflow: record CreateTime", lat(created), {}),
         ]
+        if phase.get("postgres"):
+            pg, kafka = first.get("postgres", {}), first.get("kafka", {})
+            # Visible in PostgreSQL minus visible to read_committed Kafka, per epoch seen in both.
+            after = {e: (t - kafka[e]) * 1000.0 for e, t in pg.items() if e in kafka}
+            out += [
+                ("dataflow_postgres", "dataflow: PostgreSQL epochs row", lat(pg), lines.get("postgres", {})),
+                ("dataflow_pg_after_kafka", "dataflow: PostgreSQL - Kafka", after, {}),
+            ]
+        return out
     return [("pyspark", "pyspark: foreachBatch collect", lat(first.get("spark", {})), lines.get("spark", {}))]
 
 
@@ -286,7 +359,8 @@ def report(args) -> int:
             f"p50 {t['p50']} ms, p99 {t['p99']} ms, max {t['max']} ms; rows dropped behind the watermark: "
             f"{spark['rows_dropped_by_watermark']}"
         )
-    df = result["systems"].get("dataflow", {}).get("measures", {}).get("dataflow_kafka")
+    df_measures = result["systems"].get("dataflow", {}).get("measures", {})
+    df = df_measures.get("dataflow_kafka")
     if df and df.get("n") and goal:
         verdict = "met" if df["p99_ms"] <= goal["p99_ms"] and not df["missing"] else "NOT met"
         print(
@@ -294,6 +368,19 @@ def report(args) -> int:
             f"(Kafka, read_committed): {verdict} ({df['p99_ms']} ms)"
         )
         result["goal"]["met"] = verdict == "met"
+    pg_goal = result.get("goal_postgres")
+    pg = df_measures.get("dataflow_pg_after_kafka")
+    if pg_goal and pg and pg.get("n") and "from_earlier_run" not in result["systems"]["dataflow"]:
+        missing = df_measures.get("dataflow_postgres", {}).get("missing", 0)
+        verdict = "met" if pg["p99_ms"] <= pg_goal["p99_ms"] and not missing else "NOT met"
+        print(
+            f"goal: PostgreSQL visible - Kafka read_committed visible, p99 <= {pg_goal['p99_ms']} ms "
+            f"at {result['settings']['rate']} records/s: {verdict} ({pg['p99_ms']} ms; negative: "
+            f"PostgreSQL first)"
+        )
+        pg_goal["met"] = verdict == "met"
+    elif pg_goal:
+        del result["goal_postgres"]
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"written: {args.out}")
@@ -325,13 +412,15 @@ def main() -> int:
     w.add_argument("--topic", required=True)
     w.add_argument("--jsonl", required=True)
     w.add_argument("--out", required=True)
+    w.add_argument("--pg-table", help="SCHEMA.epochs to poll (connection: PGURL)")
+    w.add_argument("--pg-job", help="the job id whose rows to poll")
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
     r.add_argument("--meta", required=True)
     r.add_argument("phases", nargs="+")
     a = sub.add_parser("arrived")
     a.add_argument("arrivals")
-    a.add_argument("src", choices=["kafka", "file", "spark"])
+    a.add_argument("src", choices=["kafka", "file", "postgres", "spark"])
     a.add_argument("epoch", type=int)
     args = ap.parse_args()
     return {"watch": watch, "report": report, "arrived": arrived}[args.cmd](args)

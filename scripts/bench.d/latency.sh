@@ -6,7 +6,9 @@
 # job, or the PySpark job), then `ingest --generate N --live --rate R`, which
 # stamps every invoice with the current UTC second; record when each 1 s epoch's
 # result becomes visible; stop everything. latency.py turns the arrivals into
-# p50/p99/max of (emit time - epoch end) and writes the results JSON.
+# p50/p99/max of (emit time - epoch end) and writes the results JSON. The dataflow
+# job also writes the PostgreSQL of scripts/postgres (BENCH_POSTGRES=0: not), whose
+# epochs table is polled for when each epoch's row becomes visible.
 #
 # Uses from scripts/bench: ROOT D broker venv spark_jars work quick say die.
 
@@ -18,6 +20,7 @@ lat_systems="${BENCH_LATENCY_SYSTEMS:-dataflow,pyspark}"
 lat_drain="${BENCH_LATENCY_DRAIN:-60}"
 GOAL_P99_MS=50          # the goal: p99 emit latency <= 50 ms at 100k records/s
 GOAL_RATE=100000
+GOAL_PG_P99_MS=200      # and: p99 of (visible in PostgreSQL - visible to read_committed Kafka) <= 200 ms
 
 for v in lat_rate lat_seconds lat_warmup lat_workers lat_drain; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: ${v/lat_/BENCH_LATENCY_} must be a whole number, got '${!v}'" >&2; exit 2; }
@@ -37,6 +40,7 @@ done
 
 run_id="$(date -u +%Y%m%d%H%M%S)"
 prefix="bench-latency-$run_id"          # every topic of this run starts with it
+pg_url="" pg_schema="bench_latency_$run_id"   # the dataflow job's PostgreSQL tables, if any
 lw="$work/latency"
 rm -rf "$lw"
 mkdir -p "$lw" "$D/results"
@@ -79,6 +83,10 @@ lat_cleanup() {
   if ((made_topics)) && [[ ${BENCH_LATENCY_KEEP_TOPICS:-0} != 1 ]]; then
     scripts/kafka topics --delete --topic "$prefix-.*" >/dev/null 2>&1 ||
       say "could not delete the topics $prefix-* (delete them with scripts/kafka topics --delete --topic '$prefix-.*')"
+  fi
+  if [[ -n $pg_url && ${BENCH_LATENCY_KEEP_TOPICS:-0} != 1 ]]; then
+    scripts/postgres psql -q -c "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1 ||
+      say "could not drop the PostgreSQL schema $pg_schema"
   fi
 }
 trap lat_cleanup EXIT
@@ -142,10 +150,10 @@ drain() {
     python3 "$D/latency.py" arrived "$arrivals" "$src" "$last" || true
   sleep 1
 }
-phase_json() { # phase_json SYSTEM ARRIVALS [PROGRESS]
-  printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"seconds":%d,"rate":%d,"cpu":%s%s}\n' \
+phase_json() { # phase_json SYSTEM ARRIVALS [PROGRESS] [POSTGRES]
+  printf '{"system":"%s","arrivals":"%s","ingest_summary":"%s","ingest_started":%s,"ingest_ended":%s,"warmup":%d,"seconds":%d,"rate":%d,"cpu":%s%s%s}\n' \
     "$1" "$2" "$lw/$1-ingest.json" "$ing_start" "$ing_end" "$lat_warmup" "$lat_seconds" "$lat_rate" "$cpu_json" \
-    "${3:+,\"progress\":\"$3\"}" >"$lw/$1-phase.json"
+    "${3:+,\"progress\":\"$3\"}" "${4:+,\"postgres\":true}" >"$lw/$1-phase.json"
 }
 
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -154,10 +162,26 @@ if awk -v l="${load_start%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; t
 fi
 phases=()
 
+# --- PostgreSQL for the dataflow job ---------------------------------------------------
+# The server of scripts/postgres (PG_PORT, PG_CACHE_DIR); the run's tables go to a schema of
+# their own, dropped at the end. Its URL reaches the job and the watcher as PGURL, never on a
+# command line.
+if ((run_df)) && [[ ${BENCH_POSTGRES:-1} == 1 ]]; then
+  if pg_url="$(scripts/postgres up 2>/dev/null | tail -n 1)" && [[ $pg_url == postgresql://* ]]; then
+    say "PostgreSQL for the dataflow job: $(scripts/postgres status 2>/dev/null | head -n 1), schema $pg_schema"
+    export PGURL="$pg_url"
+  else
+    pg_url=""
+    say "no PostgreSQL (scripts/postgres up failed): the dataflow job writes Kafka and the files only"
+  fi
+fi
+
 # --- the dataflow job ------------------------------------------------------------
-cmd_df="target/release/dataflow -b $broker -t $prefix-df --epoch 1s -w $lat_workers --sinks jsonl,kafka --aggregates-topic $prefix-aggregates --checkpoint-topic $prefix-checkpoints --job-id $prefix --group-id $prefix --reset --progress-interval 5s -o $lw/dataflow-out"
+df_sinks=jsonl,kafka pg_args=""
+if [[ -n $pg_url ]]; then df_sinks=jsonl,kafka,postgres pg_args=" --pg-schema $pg_schema"; fi
+cmd_df="target/release/dataflow -b $broker -t $prefix-df --epoch 1s -w $lat_workers --sinks $df_sinks$pg_args --aggregates-topic $prefix-aggregates --checkpoint-topic $prefix-checkpoints --job-id $prefix --group-id $prefix --reset --progress-interval 5s -o $lw/dataflow-out"
 if ((run_df)); then
-  say "dataflow: topic $prefix-df, dataflow --epoch 1s -w $lat_workers (exactly-once: Kafka transactions + JSON lines)"
+  say "dataflow: topic $prefix-df, dataflow --epoch 1s -w $lat_workers (exactly-once: Kafka transactions + JSON lines${pg_url:+ + PostgreSQL})"
   create_topic "$prefix-df"
   # shellcheck disable=SC2086  # cmd_df is split on purpose: it is also the recorded command
   start_bg "$lw/dataflow.log" $cmd_df
@@ -165,8 +189,11 @@ if ((run_df)); then
   # The job creates its aggregates topic and commits its empty start before it reads.
   wait_for "the dataflow job to create $prefix-aggregates" 60 "$df_pid" topic_exists "$prefix-aggregates" ||
     { tail -n 20 "$lw/dataflow.log" >&2; die "the dataflow job did not start (log: $lw/dataflow.log)"; }
+  watch_pg=()
+  [[ -n $pg_url ]] && watch_pg=(--pg-table "$pg_schema.epochs" --pg-job "$prefix")
   start_bg "$lw/watch.log" python3 "$D/latency.py" watch --bootstrap "$broker" \
-    --topic "$prefix-aggregates" --jsonl "$lw/dataflow-out/epochs.jsonl" --out "$lw/dataflow-arrivals.jsonl"
+    --topic "$prefix-aggregates" --jsonl "$lw/dataflow-out/epochs.jsonl" --out "$lw/dataflow-arrivals.jsonl" \
+    "${watch_pg[@]}"
   watch_pid=$bg_pid
   sleep 2
   live_ingest dataflow "$prefix-df" "$df_pid"
@@ -175,7 +202,7 @@ if ((run_df)); then
   stop_bg "$watch_pid" TERM 10
   stop_bg "$df_pid" INT 30
   grep -E "WARN|ERROR" "$lw/dataflow.log" | grep -v PartitionEOF | head -n 5 >&2 || true
-  phase_json dataflow "$lw/dataflow-arrivals.jsonl"
+  phase_json dataflow "$lw/dataflow-arrivals.jsonl" "" "$pg_url"
   phases+=("$lw/dataflow-phase.json")
 fi
 
@@ -218,12 +245,13 @@ MEM_KB="$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)" \
   DF_VERSION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   RATE="$lat_rate" SECONDS_="$lat_seconds" WARMUP="$lat_warmup" WORKERS="$lat_workers" RECORDS="$records" \
   GOAL_P99="$GOAL_P99_MS" GOAL_RATE="$GOAL_RATE" PREFIX="$prefix" \
+  GOAL_PG_P99="$GOAL_PG_P99_MS" PG="${pg_url:+1}" PG_SCHEMA="$pg_schema" \
   CMD_INGEST="target/release/ingest -b $broker --topic TOPIC --generate $records --seed 1 --live --rate $lat_rate" \
-  CMD_DF="$cmd_df" CMD_SPARK="$cmd_spark" \
+  CMD_DF="$cmd_df${pg_url:+ (PGURL: the server of scripts/postgres)}" CMD_SPARK="$cmd_spark" \
   python3 - "$meta" <<'PY'
 import json, os, sys, datetime
 e = os.environ
-json.dump({
+meta = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "mode": "latency-quick" if e["QUICK"] == "1" else "latency",
     "git_commit": e["DF_VERSION"],
@@ -248,6 +276,12 @@ json.dump({
                           "written and flushed before the transaction commits",
         "dataflow_created": "Kafka CreateTime of that record: when the job's producer created it "
                             "(before the commit)",
+        "dataflow_postgres": "wall clock when the epoch's row is visible in the PostgreSQL history "
+                             "table epochs (--sinks ...,postgres; one psql session polling every "
+                             "10 ms, stamped when the poll that found it returned)",
+        "dataflow_pg_after_kafka": "per epoch, dataflow_postgres minus dataflow_kafka arrival times "
+                                   "(negative: visible in PostgreSQL first; the job commits "
+                                   "PostgreSQL before the Kafka transaction)",
         "pyspark": "wall clock right after foreachBatch collected the micro-batch holding the "
                    "window's final row (append mode, 0 s watermark, default trigger), before any "
                    "sink I/O",
@@ -259,7 +293,13 @@ json.dump({
         "pyspark " + e["SPARK_V"] + ", local[*], spark.sql.shuffle.partitions=8, session time zone UTC; "
         "it computes only per-window lines/units/revenue, the dataflow job all its aggregates",
     ],
-}, open(sys.argv[1], "w"), indent=1)
+}
+if e["PG"] == "1":
+    meta["settings"]["postgres_schema"] = e["PG_SCHEMA"]
+    meta["goal_postgres"] = {"p99_ms": int(e["GOAL_PG_P99"]), "measure": "dataflow_pg_after_kafka"}
+    meta["notes"].append("the dataflow job writes PostgreSQL (scripts/postgres, on this machine) "
+                         "as well; the watcher's psql and the server share the CPUs too")
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
 PY
 suffix=""
 if ((quick)); then suffix=-quick; fi
