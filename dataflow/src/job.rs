@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::Input;
-use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{ProbeHandle, Stream};
 use tracing::info;
 
 use retail_common::kafka::builtin_features;
@@ -226,6 +226,14 @@ fn run_process(
                 // Lines and closed invoices go to the aggregates; dead letters, positions and the
                 // source's state straight to the writer.
                 #[allow(clippy::result_large_err)]
+                #[allow(clippy::type_complexity)]
+                let (names, other): (
+                    _,
+                    Stream<'_, u64, Vec<(Parsed, u64, isize)>>,
+                ) = other.ok_err(|(item, time, diff)| match item {
+                    Parsed::Name(code, name) => Ok((code, time, name)),
+                    other => Err((other, time, diff)),
+                });
                 let (closed, other) = other.ok_err(|(item, time, diff)| match item {
                     Parsed::Close(closing) => Ok((closing, time, diff)),
                     other => Err((other, time)),
@@ -233,6 +241,7 @@ fn run_process(
                 let built = aggregate::build(
                     lines.as_collection(),
                     closed.as_collection(),
+                    names.as_collection(),
                     restored,
                     rules,
                     save,

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use retail_common::record::{Reject, RejectKind, SaleRef};
 use retail_common::time::epoch_seconds;
 
-use crate::aggregate::{Closing, Line, Saved};
+use std::borrow::Cow;
+
+use crate::aggregate::names::{Name, offered};
+use crate::aggregate::{Closing, Line, Saved, Text};
 use crate::epoch::{Assignment, EpochClock, PartitionClock};
 
 /// A message that failed validation, kept with everything needed to find and replay it.
@@ -37,6 +40,8 @@ pub(crate) enum Parsed {
     Close(Closing),
     /// A change of the state the source keeps for checkpoints (its open invoices).
     Saved(Saved, isize),
+    /// A candidate name of a product (see `aggregate::names`).
+    Name(Text, Name),
 }
 
 /// What placing a message needs to know besides the message.
@@ -60,8 +65,10 @@ pub struct Rules<'a> {
 
 /// What a message became.
 #[derive(Debug, PartialEq)]
-pub enum Placed {
-    Line(Line),
+pub enum Placed<'a> {
+    /// A sale line, and the description it offers as its product's name (see
+    /// [`offered`]).
+    Line(Line, Option<Cow<'a, str>>),
     /// A dead letter and its epoch.
     Dead(DeadLetter, u64),
     /// Re-read after a restart: already in the restored state or committed as a dead letter.
@@ -70,14 +77,14 @@ pub enum Placed {
 
 /// Parses and validates the message at `offset` of `partition` and places it with the
 /// partition's `clock` (which it advances).
-pub fn place(
+pub fn place<'a>(
     rules: &Rules<'_>,
     clock: &mut PartitionClock,
     partition: i32,
     offset: i64,
     key: Option<&[u8]>,
-    payload: &[u8],
-) -> Placed {
+    payload: &'a [u8],
+) -> Placed<'a> {
     let parsed = if payload.len() > rules.max_message_bytes {
         Err(Reject::new(
             RejectKind::Oversized,
@@ -130,7 +137,16 @@ pub fn place(
             late: true,
         };
     }
-    Placed::Line(Line {
+    let name = match sale.description {
+        Some(Cow::Borrowed(d)) => offered(sale.unit_price.0, Some(d)).map(Cow::Borrowed),
+        // Unescaped into a string of its own: kept, unless trimming shortens it.
+        Some(Cow::Owned(d)) => match offered(sale.unit_price.0, Some(&d)) {
+            Some(t) if t.len() == d.len() => Some(Cow::Owned(d)),
+            t => t.map(|t| Cow::Owned(t.to_owned())),
+        },
+        None => None,
+    };
+    let line = Line {
         epoch: at.epoch,
         quantity: sale.quantity,
         unit_price_milli: sale.unit_price.0,
@@ -139,7 +155,8 @@ pub fn place(
         stock_code: sale.stock_code.into(),
         customer: sale.customer_id.map(Into::into),
         country: sale.country.into(),
-    })
+    };
+    Placed::Line(line, name)
 }
 
 /// A dead letter of `reject`, at the partition's earliest open epoch.
@@ -151,7 +168,7 @@ fn dead(
     key: Option<&[u8]>,
     payload: &[u8],
     reject: Reject,
-) -> Placed {
+) -> Placed<'static> {
     let epoch = clock.open_from(rules.clock).max(rules.frontier);
     let letter = DeadLetter {
         partition,
@@ -187,7 +204,7 @@ mod tests {
         let clock =
             EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
         let mut partition = PartitionClock::default();
-        let Placed::Line(line) = place(&rules(&clock), &mut partition, 3, 7, None, SALE) else {
+        let Placed::Line(line, _) = place(&rules(&clock), &mut partition, 3, 7, None, SALE) else {
             panic!("not a line");
         };
         assert_eq!(line.quantity, 6);
@@ -222,7 +239,7 @@ mod tests {
         let mut partition = PartitionClock::default();
         assert!(matches!(
             place(&limit(SALE.len()), &mut partition, 0, 0, None, SALE),
-            Placed::Line(_)
+            Placed::Line(..)
         ));
         assert!(matches!(
             place(&limit(SALE.len() - 1), &mut partition, 0, 1, None, SALE),
@@ -242,7 +259,7 @@ mod tests {
             ..rules(&clock)
         };
         match place(&resumed, &mut PartitionClock::default(), 0, 0, None, SALE) {
-            Placed::Line(line) => assert_eq!((line.epoch, line.late), (epoch + 3, true)),
+            Placed::Line(line, _) => assert_eq!((line.epoch, line.late), (epoch + 3, true)),
             other => panic!("{other:?}"),
         }
     }
@@ -251,7 +268,8 @@ mod tests {
     fn a_resumed_job_drops_what_it_counted_and_counts_what_is_new() {
         let clock =
             EpochClock::new(std::time::Duration::from_secs(3600), Default::default()).unwrap();
-        let Placed::Line(fresh) = place(&rules(&clock), &mut Default::default(), 0, 0, None, SALE)
+        let Placed::Line(fresh, _) =
+            place(&rules(&clock), &mut Default::default(), 0, 0, None, SALE)
         else {
             panic!("not a line");
         };
@@ -275,7 +293,7 @@ mod tests {
         );
         // After the counted offsets: new, late at the first open epoch.
         match place(&resumed, &mut partition, 0, 9, None, SALE) {
-            Placed::Line(line) => {
+            Placed::Line(line, _) => {
                 assert_eq!((line.epoch, line.late), (fresh.epoch + 1, true));
                 assert_eq!(line.quantity, 6);
             }
@@ -289,7 +307,7 @@ mod tests {
         let later = String::from_utf8_lossy(SALE).replace("08:26:00", "10:26:00");
         assert!(matches!(
             place(&resumed, &mut partition, 0, 5, None, later.as_bytes()),
-            Placed::Line(ref l) if l.epoch == fresh.epoch + 2 && !l.late
+            Placed::Line(ref l, _) if l.epoch == fresh.epoch + 2 && !l.late
         ));
     }
 
@@ -304,13 +322,13 @@ mod tests {
         let mut partition = PartitionClock::default();
         assert!(matches!(
             place(&kept, &mut partition, 0, 0, None, SALE),
-            Placed::Line(_)
+            Placed::Line(..)
         ));
         // Two hours earlier: at the horizon, still open (a late line).
         let at_horizon = String::from_utf8_lossy(SALE).replace("08:26:00", "06:26:00");
         assert!(matches!(
             place(&kept, &mut partition, 0, 1, None, at_horizon.as_bytes()),
-            Placed::Line(ref l) if l.late
+            Placed::Line(ref l, _) if l.late
         ));
         // Three hours earlier: closed.
         let behind = String::from_utf8_lossy(SALE).replace("08:26:00", "05:26:00");
@@ -345,7 +363,7 @@ mod tests {
         // Without retention the same line is late, not dead.
         assert!(matches!(
             place(&rules(&clock), &mut partition, 0, 3, None, behind.as_bytes()),
-            Placed::Line(ref l) if l.late
+            Placed::Line(ref l, _) if l.late
         ));
     }
 }

@@ -19,6 +19,9 @@ pub struct State {
     #[serde(skip)]
     pub alerts: BTreeMap<String, Value>,
     pub dead_letters: BTreeMap<String, u64>,
+    /// Each product's name, by stock code (checkpointed as state entries).
+    #[serde(skip)]
+    pub names: BTreeMap<Text, Text>,
 }
 
 /// A country's (or an epoch's) measures as JSON.
@@ -40,11 +43,11 @@ pub fn totals_json(s: &Sums) -> Value {
     })
 }
 
-/// A ranking of products as JSON.
-pub fn ranked_json(r: &Ranked) -> Value {
+/// A ranking of products as JSON, each with its name from `names` (`null` if it has none).
+pub fn ranked_json(r: &Ranked, names: &BTreeMap<Text, Text>) -> Value {
     Value::Array(
         r.iter()
-            .map(|(p, rev)| json!({"stock_code": p, "revenue_milli": rev}))
+            .map(|(p, rev)| json!({"stock_code": p, "description": names.get(p), "revenue_milli": rev}))
             .collect(),
     )
 }
@@ -61,7 +64,7 @@ impl State {
         json!({
             "totals": totals_json(&self.totals),
             "by_country": by_country,
-            "top_products": ranked_json(&self.top_products),
+            "top_products": ranked_json(&self.top_products, &self.names),
             "epochs": self.epochs,
             "alerts": self.alerts.len(),
             "dead_letters": {"total": dead_total, "by_reason": self.dead_letters},

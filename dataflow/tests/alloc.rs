@@ -91,7 +91,7 @@ fn placing_a_valid_sale_allocates_nothing() {
         };
         *kind = (kind.0 + allocations, kind.1 + 1);
         match placed {
-            Placed::Line(line) => lines.push(line),
+            Placed::Line(line, _) => lines.push(line),
             other => panic!("message {offset} was not a line: {other:?}"),
         }
     }

@@ -17,6 +17,7 @@
 pub(crate) mod alerts;
 pub(crate) mod derive;
 pub(crate) mod invoice;
+pub(crate) mod names;
 pub(crate) mod per_epoch;
 pub(crate) mod running;
 pub(crate) mod sums;
@@ -31,8 +32,10 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::Map as _;
 
 pub use alerts::{Alert, AlertRules};
+pub use names::Name;
 
 /// Short text (invoice numbers, stock codes, countries, customers) kept inline: cloning a
 /// line for each aggregate then allocates nothing.
@@ -115,6 +118,9 @@ pub enum Output {
     /// An epoch's own lines: measures, distinct invoices (in `Sums::invoices`), top products.
     Epoch(u64, Sums, Ranked),
     Alert(Alert),
+    /// A product's name (stock code, description) as of the epoch: rendered beside its code,
+    /// never a row of its own.
+    Name(Text, Text),
 }
 
 /// One entry of the aggregate state a checkpoint keeps: the accumulated input of an
@@ -141,6 +147,8 @@ pub enum Saved {
         invoice: Text,
         last: u64,
     },
+    /// A product's current name (see `names`).
+    Name(Text, Name),
 }
 
 /// What identifies a [`Saved`] entry, borrowed from it: two entries with the same key are
@@ -153,6 +161,7 @@ pub enum SavedKey<'a> {
     Invoice(&'a Text),
     LineAlert(&'a Alert),
     Open(i32, &'a Text),
+    Name(&'a Text),
 }
 
 impl Saved {
@@ -167,6 +176,7 @@ impl Saved {
             Saved::Open {
                 partition, invoice, ..
             } => SavedKey::Open(*partition, invoice),
+            Saved::Name(code, _) => SavedKey::Name(code),
         }
     }
 
@@ -209,6 +219,7 @@ impl SavedKey<'_> {
                 write!(out, "open:{partition}:").expect("writing to a Vec cannot fail");
                 json(out, "", invoice);
             }
+            SavedKey::Name(code) => json(out, "name:", code),
         }
     }
 }
@@ -298,18 +309,31 @@ fn one_each<'scope, K: Clone + 'static>(
     })
 }
 
-/// Builds every aggregate over `lines` (timestamps are epochs), starting from the `restored`
-/// state of a checkpoint; with `save`, also returns the state's changes. `closed` holds what
+/// Builds every aggregate over `lines` (timestamps are epochs), and the products' names from
+/// the source's `names` candidates, starting from the `restored` state of a checkpoint; with
+/// `save`, also returns the state's changes. `closed` holds what
 /// `--invoice-retention` closes: the invoices leave the per-invoice running sums (and their
 /// alerts the alert set) and are counted among the distinct invoices from then on.
 pub fn build<'scope>(
     lines: VecCollection<'scope, u64, Line>,
     closed: VecCollection<'scope, u64, Closing>,
+    names: VecCollection<'scope, u64, Text, Name>,
     restored: VecCollection<'scope, u64, Saved>,
     rules: AlertRules,
     save: bool,
 ) -> Built<'scope> {
     let derived = derive::derive(lines, rules);
+    // The restored names are candidates at the committed epoch, so they stay until a later
+    // epoch names the product again.
+    let restored_names = restored
+        .inner
+        .clone()
+        .flat_map(|(s, t, r)| match s {
+            Saved::Name(code, name) if r > 0 => Some((code, t, name)),
+            _ => None,
+        })
+        .as_collection();
+    let names = names::latest(names.concat(restored_names));
     // A closed invoice leaves its running sums (which drop its value) and counts as one closed
     // invoice of the total. (Its large-invoice alert goes with the sum's key; its lines'
     // alerts are retracted one for each line that raised them.)
@@ -445,9 +469,14 @@ pub fn build<'scope>(
             .concat(numbered.map(|(n, s)| Saved::Invoice(invoice::unpack(n), s)))
             .concat(named.map(|(i, s)| Saved::Invoice(i, s)))
             .concat(line_alerts.map(|a| Saved::LineAlert(Box::new(a))))
+            .concat(names.clone().map(|(code, name)| Saved::Name(code, name)))
     });
     Built {
-        outputs: totals.concat(epochs).concat(products.top).concat(alerts),
+        outputs: totals
+            .concat(epochs)
+            .concat(products.top)
+            .concat(alerts)
+            .concat(names.map(|(code, name)| Output::Name(code, name.description))),
         saved,
     }
 }

@@ -97,12 +97,13 @@ where
                         for (key, diff) in updates {
                             match sums.entry(key) {
                                 Entry::Occupied(mut sum) => {
-                                    session.give((
-                                        (sum.key().clone(), sum.get().clone()),
-                                        time,
-                                        -1,
-                                    ));
+                                    let old = sum.get().clone();
                                     sum.get_mut().plus_equals(&diff);
+                                    // Unchanged (a sum that keeps its greatest, say): no change.
+                                    if *sum.get() == old {
+                                        continue;
+                                    }
+                                    session.give(((sum.key().clone(), old), time, -1));
                                     if sum.get().is_zero() {
                                         sum.remove();
                                     } else {

@@ -115,7 +115,9 @@ fn run_with(
             let (input, lines) = scope.new_collection::<Line, isize>();
             let (state, restored) = scope.new_collection::<Saved, isize>();
             let (close, closed) = scope.new_collection::<Closing, isize>();
-            let built = build(lines, closed, restored, rules, save);
+            // No names: they have tests of their own.
+            let (_, names) = scope.new_collection::<Text, Name>();
+            let built = build(lines, closed, names, restored, rules, save);
             let outputs = Arc::clone(&sink);
             built.outputs.inspect(move |(o, t, r)| {
                 outputs.lock().unwrap().0.push((o.clone(), *t, *r));

@@ -42,8 +42,8 @@ pub struct Checkpoint {
 /// Version of what a checkpoint holds; a checkpoint of another version is not resumed.
 /// Version 3: state entries are postcard, no longer JSON. Version 4: the checkpoint records
 /// how far each partition was counted (`counted_through`), without which a resumed job could
-/// not tell a new record from a replayed one.
-pub const FORMAT: u32 = 4;
+/// not tell a new record from a replayed one. Version 5: the state holds the products' names.
+pub const FORMAT: u32 = 5;
 
 /// A state entry's payload: [`Saved`] in postcard's binary encoding, about a fifth of its JSON.
 /// (The writer appends to a reused buffer with [`encode_entry_into`]; tests use this.)
@@ -208,6 +208,7 @@ impl Checkpoint {
             epochs: state.epochs,
             alerts: BTreeMap::new(),
             dead_letters: state.dead_letters.clone(),
+            names: BTreeMap::new(),
         };
         self.commits += 1;
     }

@@ -129,6 +129,7 @@ impl Stored {
         let mut stale = Vec::new();
         let mut saved = Vec::new();
         let mut alerts = BTreeMap::new();
+        let mut names = BTreeMap::new();
         for (key, payload) in self.entries {
             let Some(identity) = prefix.as_deref().and_then(|p| key.strip_prefix(p)) else {
                 stale.push(key);
@@ -144,11 +145,18 @@ impl Stored {
                     serde_json::from_slice(&payload).map_err(|e| corrupt(e.into()))?;
                 alerts.insert(alert.to_owned(), value);
             } else {
-                saved.push(decode_entry(&payload).map_err(|e| corrupt(e.into()))?);
+                let entry = decode_entry(&payload).map_err(|e| corrupt(e.into()))?;
+                // The writer shows names as of the committed epoch; the dataflow goes on from
+                // them.
+                if let Saved::Name(code, name) = &entry {
+                    names.insert(code.clone(), name.description.clone());
+                }
+                saved.push(entry);
             }
         }
         let restored = checkpoint.map(|mut checkpoint| {
             checkpoint.state.alerts = alerts;
+            checkpoint.state.names = names;
             Restored { checkpoint, saved }
         });
         Ok(Resumed { restored, stale })

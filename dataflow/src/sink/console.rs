@@ -79,7 +79,10 @@ impl ConsoleSink {
                 );
                 let names: Vec<String> = top
                     .iter()
-                    .map(|(p, r)| format!("{p} {}", money(*r)))
+                    .map(|(p, r)| match batch.names.get(p) {
+                        Some(name) => format!("{p} {name} {}", money(*r)),
+                        None => format!("{p} {}", money(*r)),
+                    })
                     .collect();
                 let _ = writeln!(s, "selling now: {}", names.join(" | "));
             }

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use retail_common::kafka::ClientSettings;
 
-use crate::aggregate::{Alert, AlertRules, Output, Sums};
+use crate::aggregate::{Alert, AlertRules, Output, Sums, Text};
 use crate::epoch::EpochClock;
 use crate::parse::DeadLetter;
 pub(crate) use crate::state::State;
@@ -135,20 +135,28 @@ pub(crate) struct Batch {
     pub row: Option<Value>,
     /// The alerts the epoch opened, key and value, in the order of `changes`, for the page.
     pub opened: Vec<(String, Value)>,
+    /// The names of the products its rankings hold (PostgreSQL).
+    pub names: BTreeMap<Text, Text>,
 }
 
 /// How the keys of `cancellation_burst` alerts begin: then the epoch's label and the customer.
 const BURST_KEYS: &str = "cancellation_burst/";
 
-/// Stream and key of an output row, and its rendered value.
-fn describe(o: &Output, clock: &EpochClock) -> (OutputStream, String, Value) {
-    match o {
+/// Stream and key of an output row, and its rendered value, with the products' `names`; none
+/// for a name, which is no row of its own.
+fn describe(
+    o: &Output,
+    clock: &EpochClock,
+    names: &BTreeMap<Text, Text>,
+) -> Option<(OutputStream, String, Value)> {
+    Some(match o {
+        Output::Name(..) => return None,
         Output::Totals(s) => (OutputStream::Totals, "totals".into(), totals_json(s)),
         Output::Country(c, s) => (OutputStream::ByCountry, c.to_string(), sums_json(s)),
         Output::TopProducts(r) => (
             OutputStream::TopProducts,
             "top_products".into(),
-            ranked_json(r),
+            ranked_json(r, names),
         ),
         Output::Epoch(e, s, r) => (
             OutputStream::Epochs,
@@ -159,7 +167,7 @@ fn describe(o: &Output, clock: &EpochClock) -> (OutputStream, String, Value) {
                 "revenue_milli": s.revenue_milli,
                 "invoices": s.invoices,
                 "late_lines": s.late_lines,
-                "top_products": ranked_json(r),
+                "top_products": ranked_json(r, names),
             }),
         ),
         Output::Alert(a) => {
@@ -187,7 +195,7 @@ fn describe(o: &Output, clock: &EpochClock) -> (OutputStream, String, Value) {
             }
             (OutputStream::Alerts, key, Value::Object(obj))
         }
-    }
+    })
 }
 
 fn dead_json(d: &DeadLetter, label: &str) -> String {
@@ -229,8 +237,28 @@ impl Renderer {
         // Keyed streams: the +1 row of a key is its new value; a key with only -1 is gone.
         let mut keyed: BTreeMap<(OutputStream, String), Option<Value>> = BTreeMap::new();
         let mut changes = Vec::new();
+        // Names first: the epoch's rankings show the names as of the epoch.
+        let mut names = BTreeMap::new();
         for (o, diff) in &updates {
-            let (stream, key, value) = describe(o, &self.clock);
+            match o {
+                Output::Name(code, name) => self.name(code, name, *diff),
+                Output::TopProducts(r) | Output::Epoch(_, _, r) if *diff > 0 => {
+                    names.extend(r.iter().map(|(code, _)| (code.clone(), Text::default())));
+                }
+                _ => {}
+            }
+        }
+        names.retain(|code, name| match self.state.names.get(code) {
+            Some(known) => {
+                name.clone_from(known);
+                true
+            }
+            None => false,
+        });
+        for (o, diff) in &updates {
+            let Some((stream, key, value)) = describe(o, &self.clock, &self.state.names) else {
+                continue;
+            };
             self.apply(o, *diff, &key, &value);
             if stream == OutputStream::Alerts {
                 let line = json!({"epoch": label, "stream": stream, "key": key, "diff": diff, "alert": value});
@@ -285,6 +313,17 @@ impl Renderer {
             alerts_open: self.state.alerts.len(),
             row,
             opened,
+            names,
+        }
+    }
+
+    /// Applies a change of a product's name.
+    fn name(&mut self, code: &Text, name: &Text, diff: isize) {
+        let names = &mut self.state.names;
+        if diff > 0 {
+            names.insert(code.clone(), name.clone());
+        } else if names.get(code) == Some(name) {
+            names.remove(code);
         }
     }
 

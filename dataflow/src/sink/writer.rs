@@ -85,7 +85,9 @@ impl Emit {
             Parsed::Position(p, next, clock) => Emit::Position(p, next, clock, time),
             Parsed::Counted(p, offset) => Emit::Counted(p, offset, time),
             Parsed::Saved(entry, r) => Emit::Saved(entry, time, r),
-            Parsed::Close(..) => unreachable!("closings go to the aggregates"),
+            Parsed::Close(..) | Parsed::Name(..) => {
+                unreachable!("closings and names go to the aggregates")
+            }
         }
     }
 }

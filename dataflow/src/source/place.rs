@@ -90,10 +90,17 @@ pub(super) fn handle(
         retention: config.retention,
     };
     let filed_at = match parse::place(&rules, &mut state.clock, p, offset, message.key, payload) {
-        Placed::Line(line) => {
+        Placed::Line(line, name) => {
             tally.lines += 1;
             tally.late += u64::from(line.late);
             let epoch = line.epoch;
+            if let Some(name) = name
+                && let Some((code, name)) = state.names.offer(&line.stock_code, epoch, &name)
+            {
+                filed
+                    .other(epoch)
+                    .push((Parsed::Name(code, name), epoch, 1));
+            }
             let alerts = config.retention.map(|_| config.rules.line_alerts(&line));
             if let Some(alerts) = alerts
                 && let Some(moved) = state.invoices.add(&line.invoice, epoch, alerts)

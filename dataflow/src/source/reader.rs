@@ -15,6 +15,7 @@ use timely::scheduling::SyncActivator;
 use tracing::{debug, info, warn};
 
 use super::{Filed, Metrics, PartitionGauges, SourceConfig, StartFrom};
+use crate::aggregate::names::Namer;
 use crate::epoch::{EpochClock, PartitionClock};
 use crate::native::fetch::BatchQueue;
 use crate::parse::Parsed;
@@ -81,6 +82,8 @@ pub(super) struct PartitionState {
     pub(super) invoices: OpenInvoices,
     /// Records read so far (for `/metrics`).
     pub(super) read: u64,
+    /// What the partition's lines have offered as their products' names.
+    pub(super) names: Namer,
 }
 
 impl PartitionState {
@@ -116,6 +119,7 @@ impl PartitionState {
             held: false,
             invoices: OpenInvoices::default(),
             read: 0,
+            names: Namer::default(),
         }
     }
 }

@@ -27,13 +27,18 @@ if (!existsSync(executablePath)) {
 
 const TIMEOUT = 60_000;
 
-// Every figure the page shows, as text.
+// Every figure the page shows, as text; a product cell as its name and stock code.
 async function read(page) {
   return page.evaluate(() => {
     const t = (id) => document.querySelector(`[data-testid="${id}"]`).textContent.trim();
+    const product = (td) => ({
+      description: td.querySelector(".product-name")?.textContent ?? null,
+      stock_code: td.querySelector(".product-code").textContent,
+    });
     const table = (id) =>
       [...document.querySelectorAll(`[data-testid="${id}"] tr`)].map((tr) =>
-        [...tr.querySelectorAll("td")].map((td) => td.textContent.trim()));
+        [...tr.querySelectorAll("td")].map((td) =>
+          td.dataset.testid === "product" ? product(td) : td.textContent.trim()));
     const items = (id) =>
       [...document.querySelectorAll(`[data-testid="${id}"] li`)].map((li) => li.textContent.trim());
     return {

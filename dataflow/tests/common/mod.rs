@@ -142,14 +142,18 @@ pub fn fold(sales: impl IntoIterator<Item = Sale>) -> Value {
     })
 }
 
-/// The parts of a summary that [`fold`] computes.
+/// The parts of a summary that [`fold`] computes (the oracle checks the rest, names too).
 pub fn comparable(summary: &Value) -> Value {
     let mut totals = summary["totals"].clone();
     totals.as_object_mut().unwrap().remove("late_lines");
+    let mut top = summary["top_products"].clone();
+    for product in top.as_array_mut().into_iter().flatten() {
+        product.as_object_mut().map(|p| p.remove("description"));
+    }
     json!({
         "totals": totals,
         "by_country": summary["by_country"],
-        "top_products": summary["top_products"],
+        "top_products": top,
     })
 }
 

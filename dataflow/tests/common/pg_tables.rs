@@ -51,7 +51,7 @@ pub fn tables(url: &str, schema: &str, job: &str) -> BTreeMap<&'static str, Valu
     );
     let top = q(
         &mut db,
-        &format!("stock_code, {}", milli("revenue")),
+        &format!("stock_code, description, {}", milli("revenue")),
         "top_products",
         "rank",
     );

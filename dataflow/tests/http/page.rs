@@ -47,8 +47,16 @@ pub(crate) fn assert_page_shows(
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| json!({"stock_code": r[1], "revenue_milli": milli(r[2].as_str().unwrap())}))
+        .map(|r| {
+            let (p, revenue) = (&r[1], milli(r[2].as_str().unwrap()));
+            json!({"stock_code": p["stock_code"], "description": p["description"], "revenue_milli": revenue})
+        })
         .collect();
+    // Products show their names (every product of the data has one).
+    assert!(
+        top.iter().all(|p| p["description"].is_string()),
+        "a product without its name: {top:?}"
+    );
     assert_eq!(Value::from(top), summary["top_products"]);
     let countries: serde_json::Map<String, Value> = page["countries"]
         .as_array()
@@ -84,7 +92,10 @@ pub(crate) fn assert_page_shows(
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| json!({"stock_code": r[0], "revenue_milli": milli(r[1].as_str().unwrap())}))
+        .map(|r| {
+            let (p, revenue) = (&r[0], milli(r[1].as_str().unwrap()));
+            json!({"stock_code": p["stock_code"], "description": p["description"], "revenue_milli": revenue})
+        })
         .collect();
     let expected: Vec<Value> = last_row["top_products"]
         .as_array()

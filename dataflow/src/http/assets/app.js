@@ -57,6 +57,23 @@ function cell(tr, value, numeric) {
   return td;
 }
 
+// A product: its name (when it has one) above its stock code.
+function productCell(tr, p) {
+  const td = cell(tr, "");
+  td.dataset.testid = "product";
+  if (p.description) {
+    const name = document.createElement("span");
+    name.className = "product-name";
+    name.textContent = p.description;
+    td.append(name, " ");
+  }
+  const code = document.createElement("span");
+  code.className = "product-code";
+  code.textContent = p.stock_code;
+  td.append(code);
+  return td;
+}
+
 function rows(id, items, fill) {
   const body = $(id);
   body.replaceChildren();
@@ -156,12 +173,12 @@ function render(view, state) {
   text("epoch-lines", row ? count(row.lines) : NONE);
   text("epoch-invoices", row ? count(row.invoices) : NONE);
   rows("epoch-top", row ? row.top_products.slice(0, 5) : [], (tr, p) => {
-    cell(tr, p.stock_code);
+    productCell(tr, p);
     cell(tr, money(p.revenue_milli), true);
   });
   rows("top-products", s.top_products.slice(0, 10), (tr, p, i) => {
     cell(tr, String(i + 1));
-    cell(tr, p.stock_code);
+    productCell(tr, p);
     cell(tr, money(p.revenue_milli), true);
   });
   const countries = Object.entries(s.by_country)

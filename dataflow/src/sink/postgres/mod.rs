@@ -373,11 +373,12 @@ fn write_rows(
     }
     if let Some((top, at)) = &rows.top {
         let ranks: Vec<i32> = (1..=top.len() as i32).collect();
-        let codes: Vec<&str> = top.iter().map(|(p, _)| p.as_str()).collect();
-        let revenue: Vec<i64> = top.iter().map(|(_, r)| *r).collect();
+        let codes: Vec<&str> = top.iter().map(|(p, _, _)| p.as_str()).collect();
+        let names: Vec<Option<&str>> = top.iter().map(|(_, n, _)| n.as_deref()).collect();
+        let revenue: Vec<i64> = top.iter().map(|(_, _, r)| *r).collect();
         tx.execute(&s.top_cut, &[&job, &(top.len() as i32)])?;
         if !top.is_empty() {
-            tx.execute(&s.top, &[&job, &ranks, &codes, &revenue, at])?;
+            tx.execute(&s.top, &[&job, &ranks, &codes, &names, &revenue, at])?;
         }
     }
     let e = &rows.epochs;
@@ -519,9 +520,10 @@ impl Statements {
                 "DELETE FROM {schema}.top_products WHERE job_id = $1 AND rank > $2::int4"
             ))?,
             top: p(format!(
-                "INSERT INTO {schema}.top_products {} SELECT $1, k, c, r * 0.001, $5::text::timestamp \
-                 FROM unnest($2::int4[], $3::text[], $4::int8[]) AS t(k, c, r) \
-                 ON CONFLICT (job_id, rank) DO UPDATE SET stock_code = EXCLUDED.stock_code, \
+                "INSERT INTO {schema}.top_products {} SELECT $1, k, c, d, r * 0.001, \
+                 $6::text::timestamp FROM unnest($2::int4[], $3::text[], $4::text[], $5::int8[]) \
+                 AS t(k, c, d, r) ON CONFLICT (job_id, rank) DO UPDATE SET \
+                 stock_code = EXCLUDED.stock_code, description = EXCLUDED.description, \
                  revenue = EXCLUDED.revenue, epoch_start = EXCLUDED.epoch_start",
                 schema::column_list("top_products")
             ))?,

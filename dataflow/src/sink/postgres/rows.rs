@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::aggregate::{Output, Ranked, Sums};
+use crate::aggregate::{Output, Sums, Text};
 use crate::sink::{Batch, OutputStream};
 use crate::state::ranked_json;
 
@@ -72,6 +72,9 @@ pub struct DeadRow {
 }
 
 /// Everything one transaction writes after the skipped epochs.
+/// A ranked product: stock code, name (if it has one) and net revenue in thousandths.
+pub type Named = (Text, Option<Text>, i64);
+
 #[derive(Debug, Default, PartialEq)]
 pub struct Rows {
     /// The last epoch written, and its start: the progress row's new value.
@@ -79,8 +82,9 @@ pub struct Rows {
     /// The totals' new value (`None` inside: gone), with the epoch that set it.
     pub totals: Option<(Option<Sums>, String)>,
     pub countries: Upserts<Sums>,
-    /// The new ranking, with the epoch that set it (an empty ranking clears the table).
-    pub top: Option<(Ranked, String)>,
+    /// The new ranking (code, name, revenue), with the epoch that set it (an empty ranking
+    /// clears the table).
+    pub top: Option<(Vec<Named>, String)>,
     /// Epoch rows, keyed by the epoch's start: measures, and the top products as JSON.
     pub epochs: Upserts<(Sums, String)>,
     pub alerts: Vec<AlertRow>,
@@ -110,16 +114,20 @@ pub fn rows(batches: &[Batch], done: Option<u64>, label: impl Fn(u64) -> String)
             let new = *diff > 0;
             match o {
                 Output::Totals(s) => set(&mut totals, new.then_some(*s)),
-                Output::TopProducts(r) => set(&mut top, new.then(|| r.clone())),
+                Output::TopProducts(r) => {
+                    let named =
+                        |(p, rev): &(Text, i64)| (p.clone(), batch.names.get(p).cloned(), *rev);
+                    set(&mut top, new.then(|| r.iter().map(named).collect()))
+                }
                 Output::Country(c, s) => set(
                     batch_countries.entry(clean(c)).or_default(),
                     new.then_some(*s),
                 ),
                 Output::Epoch(e, s, r) => {
-                    let value = new.then(|| (*s, ranked_json(r).to_string()));
+                    let value = new.then(|| (*s, ranked_json(r, &batch.names).to_string()));
                     set(batch_epochs.entry(label(*e)).or_default(), value)
                 }
-                Output::Alert(_) => {}
+                Output::Alert(_) | Output::Name(..) => {}
             }
         }
         if let Some(t) = totals {
@@ -266,11 +274,12 @@ mod tests {
         assert_eq!(rows.totals, Some((Some(sums(3)), h2.into())));
         assert_eq!(rows.countries.set, []);
         assert_eq!(rows.countries.gone, ["France", "Spain"]);
-        assert_eq!(rows.top, Some((vec![("85123A".into(), 1_500)], h1.into())));
+        let top = vec![("85123A".into(), None, 1_500)];
+        assert_eq!(rows.top, Some((top, h1.into())));
         assert_eq!(rows.epochs.set.len(), 2);
         assert_eq!(
             rows.epochs.set[0].1.1,
-            r#"[{"revenue_milli":1500,"stock_code":"85123A"}]"#
+            r#"[{"description":null,"revenue_milli":1500,"stock_code":"85123A"}]"#
         );
         let diffs: Vec<(&str, i32)> = rows
             .alerts

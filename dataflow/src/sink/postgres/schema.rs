@@ -71,6 +71,7 @@ pub const TABLES: [Table; 7] = [
             ("job_id", "text", "NOT NULL"),
             ("rank", "integer", "NOT NULL"),
             ("stock_code", "text", "NOT NULL"),
+            ("description", "text", ""),
             ("revenue", MONEY, "NOT NULL"),
             ("epoch_start", TS, "NOT NULL"),
         ],

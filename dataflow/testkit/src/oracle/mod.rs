@@ -131,6 +131,7 @@ struct Line {
     value_milli: i64,
     customer: Option<String>,
     country: String,
+    description: Option<String>,
 }
 
 /// Reads a message by the wire format's table, or gives the dead-letter reason.
@@ -159,7 +160,7 @@ fn read_line(payload: &[u8], max_bytes: usize) -> Result<Line, &'static str> {
     let quantity = field("quantity")?.as_i64().ok_or("wrong_type")?;
     let date = text_field("invoice_date")?;
     let price = text_field("unit_price")?;
-    optional("description")?;
+    let description = optional("description")?;
     let customer = optional("customer_id")?;
     if invoice.is_empty() || stock_code.is_empty() || country.is_empty() {
         return Err("empty_field");
@@ -179,6 +180,7 @@ fn read_line(payload: &[u8], max_bytes: usize) -> Result<Line, &'static str> {
         value_milli,
         customer,
         country,
+        description,
     })
 }
 
@@ -243,9 +245,20 @@ struct Invoice {
     line_alerts: Vec<(String, String)>,
 }
 
-/// The `n` best products by net revenue, ties by stock code; products whose revenue nets to
-/// zero are not in a ranking (they left the aggregate).
-fn ranked(products: &BTreeMap<String, i64>, n: usize) -> Value {
+/// Per product, per epoch, the greatest description of the epoch's lines that name it: lines
+/// with a positive unit price and a description that is not blank (trimmed).
+type Names = BTreeMap<String, BTreeMap<u64, String>>;
+
+/// A product's name as of `epoch`: the name its latest epoch at or before `epoch` gave it.
+fn name_of(names: &Names, code: &str, epoch: u64) -> Option<String> {
+    let (_, name) = names.get(code)?.range(..=epoch).next_back()?;
+    Some(name.clone())
+}
+
+/// The `n` best products by net revenue, ties by stock code, each with its name as of
+/// `epoch`; products whose revenue nets to zero are not in a ranking (they left the
+/// aggregate).
+fn ranked(products: &BTreeMap<String, i64>, n: usize, names: &Names, epoch: u64) -> Value {
     let mut all: Vec<(&String, i64)> = products
         .iter()
         .filter(|(_, r)| **r != 0)
@@ -255,7 +268,10 @@ fn ranked(products: &BTreeMap<String, i64>, n: usize) -> Value {
     Value::Array(
         all.into_iter()
             .take(n)
-            .map(|(p, r)| json!({"stock_code": p, "revenue_milli": r}))
+            .map(|(p, r)| {
+                json!({"stock_code": p, "description": name_of(names, p, epoch),
+                       "revenue_milli": r})
+            })
             .collect(),
     )
 }
@@ -299,6 +315,7 @@ pub fn oracle(messages: &[TopicMessage], flags: &Flags) -> Expected {
     let mut customers = BTreeSet::new();
     let mut countries: BTreeMap<String, Sums> = BTreeMap::new();
     let mut products: BTreeMap<String, i64> = BTreeMap::new();
+    let mut names = Names::new();
     let mut epochs: BTreeMap<u64, EpochRow> = BTreeMap::new();
     let mut bursts: BTreeMap<(u64, String), i64> = BTreeMap::new();
     let mut alerts: BTreeMap<(String, String), i64> = BTreeMap::new();
@@ -334,6 +351,17 @@ pub fn oracle(messages: &[TopicMessage], flags: &Flags) -> Expected {
             let epoch = event.max(from);
             latest = Some(latest.map_or(epoch, |l| l.max(epoch)));
 
+            let description = line.description.as_deref().map(str::trim);
+            if let Some(d) = description.filter(|d| line.price_milli > 0 && !d.is_empty()) {
+                let best = names
+                    .entry(line.stock_code.clone())
+                    .or_default()
+                    .entry(epoch)
+                    .or_default();
+                if d > best.as_str() {
+                    *best = d.to_owned();
+                }
+            }
             totals.add(&line);
             late_lines += i64::from(late);
             if line.invoice.starts_with('C') {
@@ -441,7 +469,7 @@ pub fn oracle(messages: &[TopicMessage], flags: &Flags) -> Expected {
             let mut value = row.sums.json();
             value["invoices"] = json!(row.invoices.len());
             value["late_lines"] = json!(row.late);
-            value["top_products"] = ranked(&row.products, 5);
+            value["top_products"] = ranked(&row.products, 5, &names, *e);
             (label(*e, flags.epoch_secs), value)
         })
         .collect();
@@ -454,7 +482,7 @@ pub fn oracle(messages: &[TopicMessage], flags: &Flags) -> Expected {
         },
         "by_country": countries.iter().map(|(c, s)| (c.clone(), s.json()))
             .collect::<serde_json::Map<_, _>>(),
-        "top_products": ranked(&products, 10),
+        "top_products": ranked(&products, 10, &names, last_epoch),
         "epochs": epoch_rows.len(),
         "alerts": alerts.values().sum::<i64>(),
         "dead_letters": {"total": dead.len(), "by_reason": reasons},
