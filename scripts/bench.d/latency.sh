@@ -179,7 +179,7 @@ fi
 # --- the dataflow job ------------------------------------------------------------
 df_sinks=jsonl,kafka pg_args=""
 if [[ -n $pg_url ]]; then df_sinks=jsonl,kafka,postgres pg_args=" --pg-schema $pg_schema"; fi
-cmd_df="target/release/dataflow -b $broker -t $prefix-df --epoch 1s -w $lat_workers --sinks $df_sinks$pg_args --aggregates-topic $prefix-aggregates --checkpoint-topic $prefix-checkpoints --job-id $prefix --group-id $prefix --reset --progress-interval 5s -o $lw/dataflow-out"
+cmd_df="target/release/dataflow -b $broker -t $prefix-df --epoch 1s -w $lat_workers --sinks $df_sinks$pg_args --aggregates-topic $prefix-aggregates --checkpoint-topic $prefix-checkpoints --job-id $prefix --group-id $prefix --reset --progress-interval 5s -o $lw/dataflow-out${BENCH_LATENCY_DATAFLOW_ARGS:+ $BENCH_LATENCY_DATAFLOW_ARGS}"
 if ((run_df)); then
   say "dataflow: topic $prefix-df, dataflow --epoch 1s -w $lat_workers (exactly-once: Kafka transactions + JSON lines${pg_url:+ + PostgreSQL})"
   create_topic "$prefix-df"
