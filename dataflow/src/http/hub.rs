@@ -6,18 +6,22 @@
 //! sources) and hands it to the [`Hub`] once the commit is confirmed: by the Kafka commit
 //! thread after its transaction, or right after the files are written when the job does not
 //! commit to Kafka. So nothing shown here can be taken back by a crash, and the hub reads
-//! nothing but what the writer published (no source lock). The HTTP threads read the hub
-//! under a short lock and render outside it; a worker never waits for a reader.
+//! nothing but what the writer published (no source lock). The server reads the hub under a
+//! short lock; event streams learn of a new event from a `watch` channel of the sequence
+//! number, which the publishing thread bumps without waiting for any of them. A worker never
+//! waits for a reader.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::shapes::{
     Durations, EventTime, Health, Offsets, PartitionHealth, Progress, Sink, SourceMetrics,
@@ -62,8 +66,10 @@ impl Default for CommitMetrics {
 struct Shown {
     /// Bumped by every change; SSE readers wait for it to move.
     seq: u64,
-    /// The SSE events, newest last, with their sequence number.
-    events: VecDeque<(u64, String)>,
+    /// The SSE events, newest last, with their sequence number (shared by every stream).
+    events: VecDeque<(u64, Bytes)>,
+    /// The current view as an event, for a stream that starts; rendered once per change.
+    current: Option<Bytes>,
     state: Option<Value>,
     /// Epoch rows by label (labels sort as times).
     epochs: BTreeMap<String, Value>,
@@ -85,7 +91,8 @@ struct Shown {
 /// The committed results the server shows, and the readers of the event stream.
 pub struct Hub {
     shown: Mutex<Shown>,
-    changed: Condvar,
+    /// The sequence number of the newest event, for the event streams to wait on.
+    changed: watch::Sender<u64>,
     clock: EpochClock,
     topic: String,
     job_id: String,
@@ -108,6 +115,7 @@ impl Hub {
             source: Snapshot::default(),
             seq: 0,
             events: VecDeque::new(),
+            current: None,
             state: None,
             epochs: BTreeMap::new(),
             progress: VecDeque::new(),
@@ -119,7 +127,7 @@ impl Hub {
         };
         Hub {
             shown: Mutex::new(shown),
-            changed: Condvar::new(),
+            changed: watch::Sender::new(0),
             clock,
             topic,
             job_id,
@@ -182,8 +190,9 @@ impl Hub {
         while shown.progress.len() > KEEP_PROGRESS {
             shown.progress.pop_front();
         }
+        let seq = shown.seq;
         drop(shown);
-        self.changed.notify_all();
+        self.changed.send_replace(seq);
     }
 
     /// The run is over and its final state is shown: readers are told so.
@@ -193,8 +202,9 @@ impl Hub {
         let progress = shown.progress.back().cloned();
         let event = self.view(&shown, progress.as_ref(), 60);
         push_event(&mut shown, "finished", &event);
+        let seq = shown.seq;
         drop(shown);
-        self.changed.notify_all();
+        self.changed.send_replace(seq);
     }
 
     /// A progress entry for a commit, in the shape of Spark's `StreamingQueryProgress`.
@@ -306,34 +316,36 @@ impl Hub {
         serde_json::to_value(health).expect("health serialises")
     }
 
-    /// The current view, for a reader that just connected.
-    pub fn current(&self) -> (u64, String) {
-        let shown = self.lock();
-        let progress = shown.progress.back().cloned();
-        let name = if shown.finished { "finished" } else { "epoch" };
-        (
-            shown.seq,
-            event_text(name, &self.view(&shown, progress.as_ref(), 60)),
-        )
+    /// The current view and its sequence number, for a reader that just connected.
+    pub fn current(&self) -> (u64, Bytes) {
+        let mut shown = self.lock();
+        let current = match &shown.current {
+            Some(current) => current.clone(),
+            None => {
+                let progress = shown.progress.back().cloned();
+                let name = if shown.finished { "finished" } else { "epoch" };
+                let text = event_text(name, &self.view(&shown, progress.as_ref(), 60));
+                shown.current.insert(text).clone()
+            }
+        };
+        (shown.seq, current)
     }
 
-    /// Events after `seq`, waiting up to `wait` for one; `None` when nothing came.
-    pub fn events_after(&self, seq: u64, wait: Duration) -> Option<(u64, Vec<String>)> {
+    /// Tells of every new event: the receiver sees the sequence number change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The events after `seq` (those still kept), and the newest sequence number.
+    pub fn events_since(&self, seq: u64) -> (u64, Vec<Bytes>) {
         let shown = self.lock();
-        let (shown, _) = self
-            .changed
-            .wait_timeout_while(shown, wait, |s| s.seq <= seq)
-            .unwrap_or_else(|e| e.into_inner());
-        if shown.seq <= seq {
-            return None;
-        }
         let events = shown
             .events
             .iter()
             .filter(|(s, _)| *s > seq)
             .map(|(_, e)| e.clone())
             .collect();
-        Some((shown.seq, events))
+        (shown.seq, events)
     }
 
     /// `/api/state`: the last committed state (with its open alerts), `None` before the first
@@ -367,19 +379,22 @@ impl Hub {
     }
 }
 
-/// Appends an SSE event (and drops the oldest past [`KEEP_EVENTS`]).
+/// Appends an SSE event (and drops the oldest past [`KEEP_EVENTS`]); it is the current view
+/// too.
 fn push_event(shown: &mut Shown, name: &str, data: &Value) {
     shown.seq += 1;
     let seq = shown.seq;
-    shown.events.push_back((seq, event_text(name, data)));
+    let event = event_text(name, data);
+    shown.current = Some(event.clone());
+    shown.events.push_back((seq, event));
     while shown.events.len() > KEEP_EVENTS {
         shown.events.pop_front();
     }
 }
 
 /// One server-sent event: its name and its JSON on one `data:` line.
-fn event_text(name: &str, data: &Value) -> String {
-    format!("event: {name}\ndata: {data}\n\n")
+fn event_text(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
 fn round(x: f64) -> f64 {
@@ -490,25 +505,37 @@ mod tests {
             json!(["1970-01-01T01:00:00", "1970-01-01T02:00:00"])
         );
         // One event for the commit, with both epochs' rows and the alert the second opened.
-        let (seq, events) = hub.events_after(0, Duration::ZERO).expect("events");
+        let mut changed = hub.subscribe();
+        let (seq, events) = hub.events_since(0);
         assert_eq!(seq, 1);
         assert_eq!(events.len(), 1);
-        assert!(events[0].starts_with("event: epoch\ndata: {"));
-        assert!(events[0].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
-        assert!(events[0].contains("\"epoch\":\"1970-01-01T01:00:00\""));
-        let view: Value = serde_json::from_str(&hub.current().1["event: epoch\ndata: ".len()..])
+        let event = std::str::from_utf8(&events[0]).unwrap();
+        assert!(event.starts_with("event: epoch\ndata: {"));
+        assert!(event.contains("\"opened_in\":\"1970-01-01T02:00:00\""));
+        assert!(event.contains("\"epoch\":\"1970-01-01T01:00:00\""));
+        let (_, current) = hub.current();
+        assert_eq!(
+            current, events[0],
+            "a new stream starts with the latest view"
+        );
+        let current = std::str::from_utf8(&current).unwrap();
+        let view: Value = serde_json::from_str(&current["event: epoch\ndata: ".len()..])
             .expect("the current view");
         let health = &view["health"];
         assert_eq!(health["records_read"], 7);
         assert_eq!(health["late_lines"], 1);
         assert_eq!(health["dead_letters"], json!({"not_json": 2}));
         assert_eq!(health["partitions"][0]["partition"], 0);
-        assert!(hub.events_after(1, Duration::from_millis(10)).is_none());
+        assert!(hub.events_since(1).1.is_empty());
+        assert!(!changed.has_changed().unwrap());
         hub.finish();
-        let (_, events) = hub
-            .events_after(1, Duration::ZERO)
-            .expect("the finished event");
-        assert!(events[0].starts_with("event: finished\n"));
+        assert!(
+            changed.has_changed().unwrap(),
+            "streams are told of the event"
+        );
+        assert_eq!(*changed.borrow_and_update(), 2);
+        let (_, events) = hub.events_since(1);
+        assert!(events[0].starts_with(b"event: finished\n"));
         assert_eq!(hub.metrics().epochs.get(), 2);
     }
 }
