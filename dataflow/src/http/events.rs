@@ -43,7 +43,8 @@ impl Events {
         // Subscribe first: an event published between the two calls is then sent, not lost.
         let changed = hub.subscribe();
         let (seq, current) = hub.current();
-        let ready = VecDeque::from([Bytes::from_static(b"retry: 1000\n\n"), current]);
+        let mut ready = VecDeque::from([Bytes::from_static(b"retry: 1000\n\n"), current]);
+        ready.extend(hub.provisional_event());
         let reader = Reader { hub, changed, seq };
         Events {
             ready,

@@ -92,7 +92,9 @@ pub fn serve_job(
             config.job_id.clone(),
             resumed.unwrap_or(&BTreeMap::new()),
             commits,
-        );
+        )
+        // The open epoch's running figures, which this process's workers add to.
+        .with_provisional(crate::provisional::install());
         Arc::new(hub)
     });
     let registry = metrics::registry(Arc::clone(source), hub.as_ref().map(|h| h.metrics()));
@@ -221,7 +223,16 @@ impl Routes {
             }
             "/api/state" => match hub.state() {
                 Some(state) => json_response(&state, 200),
-                None => error(503, "no epoch has been committed yet"),
+                // Before the first commit, the open epoch's running figures may be there.
+                None => text(
+                    error_body_with(
+                        "no epoch has been committed yet",
+                        "provisional",
+                        hub.provisional(),
+                    ),
+                    JSON,
+                    503,
+                ),
             },
             "/api/epochs" => match last(query, 60, hub::KEEP_EPOCHS) {
                 Ok(n) => json_response(&hub.epochs(n), 200),
@@ -282,6 +293,14 @@ fn json_response(value: &Value, status: u16) -> Response<Body> {
 /// The body of an error: `{"error": message}`.
 fn error_body(message: &str) -> Bytes {
     let mut text = serde_json::to_string_pretty(&json!({ "error": message })).expect("JSON");
+    text.push('\n');
+    Bytes::from(text)
+}
+
+/// The body of an error with one more field: `{"error": message, key: value}`.
+fn error_body_with(message: &str, key: &str, value: Value) -> Bytes {
+    let body = json!({ "error": message, key: value });
+    let mut text = serde_json::to_string_pretty(&body).expect("JSON");
     text.push('\n');
     Bytes::from(text)
 }

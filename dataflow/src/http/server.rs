@@ -51,6 +51,9 @@ const MAX_REFUSING: usize = 64;
 /// How long a refused connection is given to take its 503 and have its request drained.
 const REFUSE_TIME: Duration = Duration::from_secs(1);
 
+/// How often the open epoch's running figures are sampled for the page.
+const PROVISIONAL_EVERY: Duration = Duration::from_secs(1);
+
 /// The server's limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -120,6 +123,9 @@ async fn accept(
     routes: Arc<Routes>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    if let Some(hub) = &routes.hub {
+        tokio::spawn(Arc::clone(hub).sample_every(PROVISIONAL_EVERY));
+    }
     let open = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
     let mut http = hyper::server::conn::http1::Builder::new();

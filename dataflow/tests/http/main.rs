@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod page;
+mod provisional;
 mod viewers;
 
 use std::collections::BTreeMap;
