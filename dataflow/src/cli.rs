@@ -204,6 +204,12 @@ pub struct Args {
     #[arg(long, requires_all = ["http", "until_end"])]
     pub http_linger: bool,
 
+    /// With --http: open connections at most (event streams, pages, API and metrics requests
+    /// together); one more is answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
     /// With --http: the currency of the amounts, as the live page shows them (an ISO 4217
     /// code such as GBP, EUR or USD; the browser's locale places the symbol and separators).
     /// Amounts stay integer thousandths in every output.
@@ -364,6 +370,8 @@ pub struct Config {
     pub http: Option<String>,
     /// `--http-linger`: keep serving after a bounded run.
     pub http_linger: bool,
+    /// `--http-max-connections`: open connections at most.
+    pub http_max_connections: usize,
     /// `--currency`: how the page shows amounts.
     pub currency: String,
     /// This process's index and the process count.
@@ -490,6 +498,7 @@ impl Args {
                 .then_some(self.progress_interval),
             http: self.http,
             http_linger: self.http_linger,
+            http_max_connections: self.http_max_connections as usize,
             currency: self.currency,
             process: self.process,
             processes: self.processes,
@@ -571,6 +580,7 @@ impl Config {
             topic: self.topic.clone(),
             job_id: self.job_id.clone(),
             currency: self.currency.clone(),
+            max_connections: self.http_max_connections,
         })
     }
 }

@@ -14,6 +14,7 @@
 //! - [`outcome`]: what a run ends with: its report, or its error and the exit status it means.
 //! - [`peers`]: heartbeats between the processes of a job, so that a failed one is noticed.
 //! - `http`: `--http`: the live page, the query API and `/metrics`.
+//! - `provisional`: the open epoch's running figures, for the page only.
 //! - [`native`]: the calls into C that the safe wrappers do not offer (the only `unsafe`).
 
 pub mod aggregate;
@@ -29,6 +30,7 @@ pub mod native;
 pub mod outcome;
 pub mod parse;
 pub mod peers;
+pub(crate) mod provisional;
 pub(crate) mod retention;
 pub mod sink;
 pub(crate) mod source;

@@ -21,6 +21,7 @@ use timely::progress::operate::FrontierInterest;
 
 use super::per_epoch::EpochPart;
 use super::{Alert, AlertRules, DistinctKey, Line, Revenue, StatKey, Sums, Text, Updates, invoice};
+use crate::provisional::Part;
 
 /// The inputs of the aggregates, each already summed per key and time within a batch.
 pub struct Derived<'scope> {
@@ -221,6 +222,9 @@ pub fn derive<'scope>(
     let mut parts = OutputBuilder::from(parts);
     builder.build(move |_| {
         let mut fold = Fold::new();
+        // `--http` on the process that serves the page: the open epoch's running figures take
+        // each batch's per-epoch sums (one lock per batch); `None` otherwise.
+        let provisional = crate::provisional::installed();
         move |_frontiers| {
             let mut measures = measures.activate();
             let mut invoice_numbers = invoice_numbers.activate();
@@ -239,7 +243,16 @@ pub fn derive<'scope>(
                     }
                 }
                 fold.flush();
-                parts.session(&cap).give_container(&mut fold.epoch_parts());
+                let mut epoch_parts = fold.epoch_parts();
+                if let Some(provisional) = &provisional {
+                    provisional.add(epoch_parts.iter().map(|(part, _, _)| Part {
+                        epoch: part.epoch,
+                        lines: part.sums.lines,
+                        revenue_milli: part.sums.revenue_milli,
+                        products: &part.products,
+                    }));
+                }
+                parts.session(&cap).give_container(&mut epoch_parts);
                 measures
                     .session(&cap)
                     .give_container(&mut fold.measures.drain());

@@ -6,18 +6,22 @@
 //! sources) and hands it to the [`Hub`] once the commit is confirmed: by the Kafka commit
 //! thread after its transaction, or right after the files are written when the job does not
 //! commit to Kafka. So nothing shown here can be taken back by a crash, and the hub reads
-//! nothing but what the writer published (no source lock). The HTTP threads read the hub
-//! under a short lock and render outside it; a worker never waits for a reader.
+//! nothing but what the writer published (no source lock). The server reads the hub under a
+//! short lock; event streams learn of a new event from a `watch` channel of the sequence
+//! number, which the publishing thread bumps without waiting for any of them. A worker never
+//! waits for a reader.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::shapes::{
     Durations, EventTime, Health, Offsets, PartitionHealth, Progress, Sink, SourceMetrics,
@@ -26,6 +30,7 @@ use super::shapes::{
 use crate::checkpoint::Resume;
 use crate::epoch::EpochClock;
 use crate::metrics::Snapshot;
+use crate::provisional::{Provisional, Sample};
 use crate::sink::publish::Update;
 
 /// Epoch rows kept for `/api/epochs` and the chart.
@@ -62,8 +67,15 @@ impl Default for CommitMetrics {
 struct Shown {
     /// Bumped by every change; SSE readers wait for it to move.
     seq: u64,
-    /// The SSE events, newest last, with their sequence number.
-    events: VecDeque<(u64, String)>,
+    /// The SSE events, newest last, with their sequence number (shared by every stream).
+    events: VecDeque<(u64, Bytes)>,
+    /// The current view as an event, for a stream that starts; rendered once per change.
+    current: Option<Bytes>,
+    /// The open epoch's running figures as last sampled (`provisional` of `/api/state`, and
+    /// the last `provisional` event), kept apart from every committed figure.
+    provisional: Option<Sample>,
+    provisional_shown: Value,
+    provisional_event: Option<Bytes>,
     state: Option<Value>,
     /// Epoch rows by label (labels sort as times).
     epochs: BTreeMap<String, Value>,
@@ -85,12 +97,16 @@ struct Shown {
 /// The committed results the server shows, and the readers of the event stream.
 pub struct Hub {
     shown: Mutex<Shown>,
-    changed: Condvar,
+    /// The sequence number of the newest event, for the event streams to wait on.
+    changed: watch::Sender<u64>,
     clock: EpochClock,
     topic: String,
     job_id: String,
     run_id: AtomicU64,
     metrics: CommitMetrics,
+    /// The open epoch's running figures, which the workers of this process add to (process 0
+    /// with `--http`).
+    provisional: Option<Arc<Provisional>>,
 }
 
 impl Hub {
@@ -108,6 +124,10 @@ impl Hub {
             source: Snapshot::default(),
             seq: 0,
             events: VecDeque::new(),
+            current: None,
+            provisional: None,
+            provisional_shown: Value::Null,
+            provisional_event: None,
             state: None,
             epochs: BTreeMap::new(),
             progress: VecDeque::new(),
@@ -119,13 +139,21 @@ impl Hub {
         };
         Hub {
             shown: Mutex::new(shown),
-            changed: Condvar::new(),
+            changed: watch::Sender::new(0),
             clock,
             topic,
             job_id,
             run_id: AtomicU64::new(0),
+            provisional: None,
             metrics,
         }
+    }
+
+    /// Shows the open epoch's running figures of `provisional` too (sampled by
+    /// [`Hub::sample_every`]).
+    pub fn with_provisional(mut self, provisional: Arc<Provisional>) -> Hub {
+        self.provisional = Some(provisional);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shown> {
@@ -178,12 +206,20 @@ impl Hub {
         shown.last_commit = Some((last.label.clone(), SystemTime::now()));
         let event = self.view(&shown, Some(&progress), 60);
         push_event(&mut shown, "epoch", &event);
+        // The committed epochs leave the running figures at once, not at the next sample.
+        if let Some(provisional) = &self.provisional
+            && let Some(epoch) = self.clock.epoch_of_label(&last.label)
+        {
+            provisional.committed(epoch);
+            self.show_provisional(&mut shown, provisional.sample());
+        }
         shown.progress.push_back(progress);
         while shown.progress.len() > KEEP_PROGRESS {
             shown.progress.pop_front();
         }
+        let seq = shown.seq;
         drop(shown);
-        self.changed.notify_all();
+        self.changed.send_replace(seq);
     }
 
     /// The run is over and its final state is shown: readers are told so.
@@ -193,8 +229,75 @@ impl Hub {
         let progress = shown.progress.back().cloned();
         let event = self.view(&shown, progress.as_ref(), 60);
         push_event(&mut shown, "finished", &event);
+        let seq = shown.seq;
         drop(shown);
-        self.changed.notify_all();
+        self.changed.send_replace(seq);
+    }
+
+    /// Samples the open epoch's running figures every `every` (a task of the server), until the
+    /// process ends; without them, returns at once.
+    pub async fn sample_every(self: Arc<Self>, every: Duration) {
+        if self.provisional.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sample_provisional();
+        }
+    }
+
+    /// Shows the open epoch's running figures when they changed: a `provisional` event, and
+    /// `provisional` of `/api/state`.
+    pub fn sample_provisional(&self) {
+        let Some(provisional) = &self.provisional else {
+            return;
+        };
+        let sample = provisional.sample();
+        let mut shown = self.lock();
+        if self.show_provisional(&mut shown, sample) {
+            let seq = shown.seq;
+            drop(shown);
+            self.changed.send_replace(seq);
+        }
+    }
+
+    /// Makes `sample` the running figures shown; false when they are those shown already.
+    fn show_provisional(&self, shown: &mut Shown, sample: Option<Sample>) -> bool {
+        if sample == shown.provisional {
+            return false;
+        }
+        shown.provisional_shown = sample.as_ref().map_or(Value::Null, |s| {
+            let top: Vec<Value> = (s.top.iter())
+                .map(|(code, revenue)| json!({"stock_code": code, "revenue_milli": revenue}))
+                .collect();
+            json!({
+                "epoch": self.clock.label(s.epoch).to_string(),
+                "epoch_seconds": self.clock.epoch_secs,
+                "lines": s.lines,
+                "revenue_milli": s.revenue_milli,
+                "top_products": top,
+                "as_of": iso_now(),
+            })
+        });
+        shown.provisional = sample;
+        let event = event_text("provisional", &shown.provisional_shown);
+        shown.provisional_event = Some(event.clone());
+        shown.seq += 1;
+        let seq = shown.seq;
+        keep_event(shown, seq, event);
+        true
+    }
+
+    /// The last `provisional` event, for a stream that starts.
+    pub fn provisional_event(&self) -> Option<Bytes> {
+        self.lock().provisional_event.clone()
+    }
+
+    /// The open epoch's running figures as shown (null when there are none).
+    pub fn provisional(&self) -> Value {
+        self.lock().provisional_shown.clone()
     }
 
     /// A progress entry for a commit, in the shape of Spark's `StreamingQueryProgress`.
@@ -306,40 +409,47 @@ impl Hub {
         serde_json::to_value(health).expect("health serialises")
     }
 
-    /// The current view, for a reader that just connected.
-    pub fn current(&self) -> (u64, String) {
-        let shown = self.lock();
-        let progress = shown.progress.back().cloned();
-        let name = if shown.finished { "finished" } else { "epoch" };
-        (
-            shown.seq,
-            event_text(name, &self.view(&shown, progress.as_ref(), 60)),
-        )
+    /// The current view and its sequence number, for a reader that just connected.
+    pub fn current(&self) -> (u64, Bytes) {
+        let mut shown = self.lock();
+        let current = match &shown.current {
+            Some(current) => current.clone(),
+            None => {
+                let progress = shown.progress.back().cloned();
+                let name = if shown.finished { "finished" } else { "epoch" };
+                let text = event_text(name, &self.view(&shown, progress.as_ref(), 60));
+                shown.current.insert(text).clone()
+            }
+        };
+        (shown.seq, current)
     }
 
-    /// Events after `seq`, waiting up to `wait` for one; `None` when nothing came.
-    pub fn events_after(&self, seq: u64, wait: Duration) -> Option<(u64, Vec<String>)> {
+    /// Tells of every new event: the receiver sees the sequence number change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The events after `seq` (those still kept), and the newest sequence number.
+    pub fn events_since(&self, seq: u64) -> (u64, Vec<Bytes>) {
         let shown = self.lock();
-        let (shown, _) = self
-            .changed
-            .wait_timeout_while(shown, wait, |s| s.seq <= seq)
-            .unwrap_or_else(|e| e.into_inner());
-        if shown.seq <= seq {
-            return None;
-        }
         let events = shown
             .events
             .iter()
             .filter(|(s, _)| *s > seq)
             .map(|(_, e)| e.clone())
             .collect();
-        Some((shown.seq, events))
+        (shown.seq, events)
     }
 
     /// `/api/state`: the last committed state (with its open alerts), `None` before the first
     /// commit.
     pub fn state(&self) -> Option<Value> {
-        self.lock().state.clone()
+        let shown = self.lock();
+        let mut state = shown.state.clone()?;
+        if let Some(fields) = state.as_object_mut() {
+            fields.insert("provisional".into(), shown.provisional_shown.clone());
+        }
+        Some(state)
     }
 
     /// `/api/epochs`: the last `n` epoch rows, oldest first.
@@ -367,19 +477,27 @@ impl Hub {
     }
 }
 
-/// Appends an SSE event (and drops the oldest past [`KEEP_EVENTS`]).
+/// Appends an SSE event (and drops the oldest past [`KEEP_EVENTS`]); it is the current view
+/// too.
 fn push_event(shown: &mut Shown, name: &str, data: &Value) {
     shown.seq += 1;
     let seq = shown.seq;
-    shown.events.push_back((seq, event_text(name, data)));
+    let event = event_text(name, data);
+    shown.current = Some(event.clone());
+    keep_event(shown, seq, event);
+}
+
+/// Keeps an event for the streams (and drops the oldest past [`KEEP_EVENTS`]).
+fn keep_event(shown: &mut Shown, seq: u64, event: Bytes) {
+    shown.events.push_back((seq, event));
     while shown.events.len() > KEEP_EVENTS {
         shown.events.pop_front();
     }
 }
 
 /// One server-sent event: its name and its JSON on one `data:` line.
-fn event_text(name: &str, data: &Value) -> String {
-    format!("event: {name}\ndata: {data}\n\n")
+fn event_text(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
 fn round(x: f64) -> f64 {
@@ -408,107 +526,4 @@ fn label_secs(secs: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::aggregate::{Alert, Output, Sums};
-    use crate::sink::Renderer;
-    use crate::state::State;
-
-    fn sums(lines: i64, revenue_milli: i64) -> Sums {
-        Sums {
-            lines,
-            revenue_milli,
-            ..Sums::default()
-        }
-    }
-
-    #[test]
-    fn a_published_commit_shows_each_epoch_the_state_after_it_and_a_progress_entry() {
-        let clock = EpochClock {
-            epoch_secs: 3600,
-            lateness_epochs: 0,
-        };
-        let mut renderer = Renderer {
-            clock,
-            state: State::default(),
-        };
-        let hub = Hub::new(
-            clock,
-            "sales".into(),
-            "job".into(),
-            &BTreeMap::new(),
-            CommitMetrics::default(),
-        );
-        let mut update = Update::begin();
-        for (epoch, lines) in [(1u64, 2i64), (2, 3)] {
-            let total = sums(lines + if epoch == 2 { 2 } else { 0 }, 1000 * epoch as i64);
-            let mut outputs = vec![
-                (Output::Totals(total), 1),
-                (
-                    Output::Epoch(epoch, sums(lines, 500), vec![("A".into(), 500)]),
-                    1,
-                ),
-            ];
-            if epoch == 2 {
-                outputs.push((Output::Totals(sums(2, 1000)), -1));
-                let alert = Alert::LargeInvoice {
-                    invoice: "9".into(),
-                    value_milli: 7,
-                };
-                outputs.push((Output::Alert(alert), 1));
-            }
-            let batch = renderer.render(epoch, outputs, vec![]);
-            update.add(&batch);
-        }
-        // The health shown is the sources as the writer saw them at the commit.
-        let source = Snapshot {
-            messages: 7,
-            late: 1,
-            dead_reasons: BTreeMap::from([("not_json", 2)]),
-            partitions: BTreeMap::from([(0, Default::default())]),
-        };
-        update.close(&renderer.state, &BTreeMap::new(), source);
-        hub.publish(update);
-
-        let state = hub.state().expect("a state");
-        assert_eq!(state["epoch"], "1970-01-01T02:00:00");
-        assert_eq!(state["totals"]["lines"], 5);
-        assert_eq!(state["epochs"], 2);
-        assert_eq!(state["open_alerts"][0]["rule"], "large_invoice");
-        assert_eq!(state["open_alerts"][0]["key"], "large_invoice/9");
-        let rows = hub.epochs(10);
-        assert_eq!(rows.as_array().unwrap().len(), 2);
-        assert_eq!(rows[1]["epoch"], "1970-01-01T02:00:00");
-        assert_eq!(rows[1]["lines"], 3);
-        assert_eq!(hub.epochs(1)[0], rows[1]);
-        let progress = hub.progress_entries(5);
-        assert_eq!(progress.as_array().unwrap().len(), 1);
-        assert_eq!(progress[0]["numInputRows"], 5);
-        assert_eq!(progress[0]["batchId"], 1);
-        assert_eq!(
-            progress[0]["epochs"],
-            json!(["1970-01-01T01:00:00", "1970-01-01T02:00:00"])
-        );
-        // One event for the commit, with both epochs' rows and the alert the second opened.
-        let (seq, events) = hub.events_after(0, Duration::ZERO).expect("events");
-        assert_eq!(seq, 1);
-        assert_eq!(events.len(), 1);
-        assert!(events[0].starts_with("event: epoch\ndata: {"));
-        assert!(events[0].contains("\"opened_in\":\"1970-01-01T02:00:00\""));
-        assert!(events[0].contains("\"epoch\":\"1970-01-01T01:00:00\""));
-        let view: Value = serde_json::from_str(&hub.current().1["event: epoch\ndata: ".len()..])
-            .expect("the current view");
-        let health = &view["health"];
-        assert_eq!(health["records_read"], 7);
-        assert_eq!(health["late_lines"], 1);
-        assert_eq!(health["dead_letters"], json!({"not_json": 2}));
-        assert_eq!(health["partitions"][0]["partition"], 0);
-        assert!(hub.events_after(1, Duration::from_millis(10)).is_none());
-        hub.finish();
-        let (_, events) = hub
-            .events_after(1, Duration::ZERO)
-            .expect("the finished event");
-        assert!(events[0].starts_with("event: finished\n"));
-        assert_eq!(hub.metrics().epochs.get(), 2);
-    }
-}
+mod tests;

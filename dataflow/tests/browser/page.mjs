@@ -9,6 +9,11 @@
 //   node page.mjs lost URL              prints {"ready":..} once figures show, then waits for
 //                                       the error state (the test stops the job) and prints
 //                                       what the page shows then
+//   node page.mjs provisional URL SCREENSHOT
+//                                       under a live feed: two readings of the provisional
+//                                       panel that differ, the committed figures with the
+//                                       /api/state of the same commit, then at 390x844 a
+//                                       SCREENSHOT and {"phone": {"width", "scroll_width"}}
 //
 // Chromium is the system's ($CHROMIUM, default /usr/bin/chromium), driven by playwright-core.
 import { chromium } from "playwright-core";
@@ -17,7 +22,7 @@ import { existsSync } from "node:fs";
 const [mode, url, screenshot] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 if (!mode || !url) {
-  console.error("usage: node page.mjs final|live|lost URL [SCREENSHOT]");
+  console.error("usage: node page.mjs final|live|lost|provisional URL [SCREENSHOT]");
   process.exit(2);
 }
 if (!existsSync(executablePath)) {
@@ -127,6 +132,47 @@ try {
     await state("error");
     console.log(JSON.stringify({ lost: await read(page) }));
     if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  } else if (mode === "provisional") {
+    await state("live");
+    const shown = () => page.evaluate(() => {
+      const t = (id) => document.querySelector(`[data-testid="${id}"]`).textContent.trim();
+      const panel = document.querySelector('[data-testid="provisional"]');
+      return {
+        hidden: panel.hidden,
+        marked: panel.classList.contains("provisional") && /provisional/i.test(panel.textContent),
+        title: t("prov-title"),
+        epoch: t("prov-epoch"),
+        lines: t("prov-lines"),
+        revenue: t("prov-revenue"),
+        top: [...panel.querySelectorAll('[data-testid="prov-top"] tr')].map((tr) =>
+          [...tr.querySelectorAll("td")].map((td) => td.textContent.trim())),
+      };
+    });
+    await page.waitForSelector('[data-testid="provisional"]:not([hidden])', { timeout: TIMEOUT });
+    const first = await shown();
+    await page.waitForFunction(
+      (before) => document.querySelector('[data-testid="prov-lines"]').textContent !== before,
+      first.lines,
+      { timeout: TIMEOUT },
+    );
+    const second = await shown();
+    // The committed figures and /api/state of the same commit: read the page, the API, the
+    // page again, until no commit came in between.
+    let committed;
+    for (let i = 0; i < 50 && !committed; i++) {
+      const before = await read(page);
+      const api = await page.evaluate(async () => (await fetch("/api/state")).json());
+      const after = await read(page);
+      if (before.last_epoch === api.epoch && after.last_epoch === api.epoch) {
+        committed = { page: after, api };
+      }
+    }
+    console.log(JSON.stringify({ first, second, committed }));
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(200);
+    await page.screenshot({ path: screenshot, fullPage: true });
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    console.log(JSON.stringify({ phone: { width: 390, scroll_width: width } }));
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

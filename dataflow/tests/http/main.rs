@@ -12,6 +12,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod page;
+mod provisional;
+mod viewers;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};

@@ -1,6 +1,6 @@
-// The live page: one EventSource on /events; every event carries the whole view as of a
-// committed epoch (state, last epochs, latest alerts, progress, health), rendered here with no
-// library. When the stream drops, the numbers are cleared and the page says so: a shop must
+// The live page: one EventSource on /events; every `epoch` event carries the whole view as of
+// a committed epoch (state, last epochs, latest alerts, progress, health), rendered here with no
+// library; `provisional` events carry the open epoch's running figures, shown apart. When the stream drops, the numbers are cleared and the page says so: a shop must
 // not read stale figures as current ones.
 "use strict";
 
@@ -209,6 +209,29 @@ function render(view, state) {
   });
 }
 
+// A product of the provisional top 5 (its stock code).
+function provisionalLabel(p) {
+  return p.stock_code;
+}
+
+// The open epoch's running figures (`provisional` events; null when there is none), in a
+// panel of their own that says they are provisional: never mixed into the committed figures.
+function provisional(p) {
+  const panel = $("provisional");
+  panel.hidden = !p;
+  if (!p) return;
+  text("prov-title", p.epoch_seconds === 3600 ? "This hour so far" : "This epoch so far");
+  text("prov-epoch", p.epoch);
+  text("prov-as-of", p.as_of.slice(11, 19) + " UTC");
+  text("prov-revenue", money(p.revenue_milli));
+  text("prov-lines", count(p.lines));
+  rows("prov-top", p.top_products, (tr, item, i) => {
+    cell(tr, String(i + 1));
+    cell(tr, provisionalLabel(item));
+    cell(tr, money(item.revenue_milli), true);
+  });
+}
+
 // The stream dropped (the job stopped, or the network): no number stays on screen.
 function lost() {
   const status = $("status");
@@ -218,15 +241,17 @@ function lost() {
   for (const el of document.querySelectorAll("b[id], #last-commit-at, #open-alerts, #epoch-label, #chart-count")) {
     el.textContent = NONE;
   }
-  for (const id of ["epoch-top", "top-products", "countries", "alerts", "dead-letters", "lag", "chart", "chart-scale"]) {
+  for (const id of ["epoch-top", "top-products", "countries", "alerts", "dead-letters", "lag", "chart", "chart-scale", "prov-top"]) {
     $(id).replaceChildren();
   }
+  $("provisional").hidden = true;
 }
 
 function connect() {
   const events = new EventSource("/events");
   events.addEventListener("epoch", (e) => render(JSON.parse(e.data), "live"));
   events.addEventListener("finished", (e) => render(JSON.parse(e.data), "finished"));
+  events.addEventListener("provisional", (e) => provisional(JSON.parse(e.data)));
   events.onerror = lost;
 }
 
