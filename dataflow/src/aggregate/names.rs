@@ -9,7 +9,7 @@
 //!
 //! The source offers each line's description to a [`Namer`] of its partition, which passes on
 //! only what may change a name; [`latest`] keeps the current name of each product and emits
-//! it whenever it changes.
+//! it whenever its description changes.
 
 use std::hash::Hash;
 
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::{Filter, Map};
 
 use super::Text;
-use super::running::running_sums;
+use super::running::running_sums_shown;
 
 /// A candidate name of a product: a description and the epoch of the line that carried it.
 /// Candidates combine by taking the greatest (latest epoch, then greatest description), which
@@ -88,7 +88,8 @@ impl Namer {
 }
 
 /// The name of each product as of each epoch, from the candidates passed on (and the names a
-/// checkpoint restored): `(code, name)` with -1 when a name is replaced and +1 for the new one.
+/// checkpoint restored): `(code, name)` with -1 when a name's description is replaced and +1
+/// for the new one.
 pub fn latest<'scope>(
     candidates: VecCollection<'scope, u64, Text, Name>,
 ) -> VecCollection<'scope, u64, (Text, Name)> {
@@ -99,7 +100,12 @@ pub fn latest<'scope>(
         .filter(|_| false)
         .map(|(code, t, _)| (code, t, 1isize))
         .as_collection();
-    running_sums(candidates, never, "Running: product names")
+    // A name's epoch advances with every epoch that names the product; only a change of its
+    // description is a change anyone sees (and a checkpoint needs: a resumed job's new
+    // candidates all come from later epochs, whatever epoch the saved name carries).
+    running_sums_shown(candidates, never, "Running: product names", |old, new| {
+        old.description == new.description
+    })
 }
 
 #[cfg(test)]
@@ -148,6 +154,80 @@ mod tests {
             got(namer.offer("B", 1, "CUP")),
             Some(("B".into(), 1, "CUP".into()))
         );
+    }
+
+    /// `latest` over `candidates` (code, epoch, description) on `workers` workers: its
+    /// changes, consolidated, as (code, description, epoch, diff).
+    fn latest_of(
+        candidates: &[(&str, u64, &str)],
+        workers: usize,
+    ) -> Vec<(String, String, u64, isize)> {
+        use differential_dataflow::consolidation::consolidate_updates;
+        use differential_dataflow::input::Input;
+        use std::sync::{Arc, Mutex};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        let candidates: Vec<(String, u64, String)> = (candidates.iter())
+            .map(|(c, e, d)| (c.to_string(), *e, d.to_string()))
+            .collect();
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let sink = Arc::clone(&sink);
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, candidates) = scope.new_collection::<Text, Name>();
+                latest(candidates).inspect(move |((code, name), t, r)| {
+                    let change = (code.to_string(), name.description.to_string(), *t, *r);
+                    sink.lock().unwrap().push(change);
+                });
+                input
+            });
+            // Each worker offers every other candidate, in the order given.
+            for (i, (code, epoch, description)) in candidates.iter().enumerate() {
+                if i % worker.peers() == worker.index() {
+                    let name = Name {
+                        epoch: *epoch,
+                        description: description.as_str().into(),
+                    };
+                    input.update_at(code.as_str().into(), *epoch, name);
+                }
+            }
+        })
+        .expect("timely runs");
+        let mut changes: Vec<((String, String), u64, isize)> = (got.lock().unwrap().iter())
+            .map(|(c, d, t, r)| ((c.clone(), d.clone()), *t, *r))
+            .collect();
+        consolidate_updates(&mut changes);
+        changes
+            .into_iter()
+            .map(|((c, d), t, r)| (c, d, t, r))
+            .collect()
+    }
+
+    #[test]
+    fn a_name_changes_only_when_its_description_does_whatever_the_workers() {
+        let candidates = [
+            ("A", 3, "WHITE LANTERN"),
+            ("A", 1, "LANTERN"),
+            ("A", 2, "LANTERN"),
+            // The epoch's greatest description wins, whatever the order.
+            ("A", 2, "CANDLE"),
+            ("A", 3, "CREAM LANTERN"),
+            // A later epoch with the same description changes nothing anyone sees.
+            ("A", 4, "WHITE LANTERN"),
+            ("B", 2, "CUP"),
+        ];
+        let expected = vec![
+            ("A".to_string(), "LANTERN".to_string(), 1, 1),
+            ("A".to_string(), "LANTERN".to_string(), 3, -1),
+            ("A".to_string(), "WHITE LANTERN".to_string(), 3, 1),
+            ("B".to_string(), "CUP".to_string(), 2, 1),
+        ];
+        for workers in [1, 2, 3] {
+            assert_eq!(
+                latest_of(&candidates, workers),
+                expected,
+                "{workers} workers"
+            );
+        }
     }
 
     #[test]

@@ -45,6 +45,23 @@ where
     K: ExchangeData + Hash,
     R: ExchangeData + Semigroup,
 {
+    running_sums_shown(updates, closes, name, |old, new| old == new)
+}
+
+/// [`running_sums`], where a sum's change is emitted only when `same` tells the old and new
+/// sums apart: a sum may change in ways no reader sees (a product name's epoch advancing while
+/// its description stays). The sum kept is always the newest; the one emitted is the newest
+/// that differed.
+pub fn running_sums_shown<'scope, K, R>(
+    updates: VecCollection<'scope, u64, K, R>,
+    closes: VecCollection<'scope, u64, K>,
+    name: &str,
+    same: fn(&R, &R) -> bool,
+) -> VecCollection<'scope, u64, (K, R), isize>
+where
+    K: ExchangeData + Hash,
+    R: ExchangeData + Semigroup,
+{
     let by_key = Exchange::new(|(key, _, _): &(K, u64, R)| key.hashed());
     let closing_by_key = Exchange::new(|(key, _, _): &(K, u64, isize)| key.hashed());
     updates
@@ -56,6 +73,9 @@ where
             name,
             |_, _| {
                 let mut sums: BTreeMap<K, R> = BTreeMap::new();
+                // The sum last emitted, for the keys whose sum kept has changed unseen since
+                // (none when `same` is equality).
+                let mut emitted: BTreeMap<K, R> = BTreeMap::new();
                 let mut pending: BTreeMap<u64, Pending<K, R>> = BTreeMap::new();
                 move |(input, frontier), (closing, closing_frontier), output| {
                     input.for_each(|cap, data| {
@@ -89,7 +109,8 @@ where
                         let mut session = output.session(&cap);
                         for key in closes {
                             if let Some(old) = sums.remove(&key) {
-                                session.give(((key, old), time, -1));
+                                let shown = emitted.remove(&key).unwrap_or(old);
+                                session.give(((key, shown), time, -1));
                             }
                         }
                         // Sorted by key, each key's updates summed, zero sums gone.
@@ -99,11 +120,16 @@ where
                                 Entry::Occupied(mut sum) => {
                                     let old = sum.get().clone();
                                     sum.get_mut().plus_equals(&diff);
-                                    // Unchanged (a sum that keeps its greatest, say): no change.
-                                    if *sum.get() == old {
+                                    let shown = emitted.remove(sum.key()).unwrap_or(old);
+                                    // No change a reader sees (or none at all: a sum that
+                                    // keeps its greatest, say): nothing is emitted.
+                                    if same(&shown, sum.get()) {
+                                        if shown != *sum.get() {
+                                            emitted.insert(sum.key().clone(), shown);
+                                        }
                                         continue;
                                     }
-                                    session.give(((sum.key().clone(), old), time, -1));
+                                    session.give(((sum.key().clone(), shown), time, -1));
                                     if sum.get().is_zero() {
                                         sum.remove();
                                     } else {
