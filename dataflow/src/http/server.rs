@@ -2,7 +2,7 @@
 //! that runs inside the `http` thread, so that a thousand open event streams are a thousand
 //! small tasks on that thread, not a thousand threads.
 //!
-//! The listener owns nothing but connections (as mini-redis's does); what is answered is
+//! The listener owns nothing but connections; what is answered is
 //! [`super::Routes`]'s business. Its limits keep a crowd of clients, slow or hostile, from
 //! costing the job more than a bounded amount of memory and no threads at all:
 //! - at most [`Limits::max_connections`] connections at once; one more is answered `503` with
