@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -255,7 +255,6 @@ impl KafkaOut {
                 })?;
                 offsets_added = Instant::now();
             }
-            self.deliver_outstanding(Duration::from_secs(60))?;
             retry("committing a transaction", || {
                 self.producer.commit_transaction(Duration::from_secs(60))
             })
@@ -275,25 +274,6 @@ impl KafkaOut {
             let _ = self.producer.abort_transaction(Duration::from_secs(30));
         }
         result
-    }
-
-    /// Waits until every record produced so far is delivered (or `timeout` passes), serving
-    /// delivery failures in steps of a millisecond. The client's own commit flushes first,
-    /// but it waits for an event in steps of 100 ms; failures are the only events (reports of
-    /// successful deliveries are off), so every commit would wait a whole step for nothing.
-    fn deliver_outstanding(&self, timeout: Duration) -> Result<(), KafkaOutError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.producer.flush(Duration::ZERO) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
-                    if Instant::now() < deadline =>
-                {
-                    self.producer.poll(Duration::from_millis(1));
-                }
-                Err(e) => return Err(classify(e)),
-            }
-        }
     }
 
     /// Waits for every outstanding record (non-transactional mode) and reports failures.
