@@ -27,6 +27,7 @@ use super::shapes::{
     Durations, EventTime, Health, Offsets, PartitionHealth, Progress, Sink, SourceMetrics,
     SourceProgress, StateOperator,
 };
+use crate::aggregate::Text;
 use crate::checkpoint::Resume;
 use crate::epoch::EpochClock;
 use crate::metrics::Snapshot;
@@ -76,6 +77,9 @@ struct Shown {
     provisional: Option<Sample>,
     provisional_shown: Value,
     provisional_event: Option<Bytes>,
+    /// Every product's name as of the last commit: the open epoch's products are named by
+    /// them (a product first sold in the open epoch has none until its epoch commits).
+    names: BTreeMap<Text, Text>,
     state: Option<Value>,
     /// Epoch rows by label (labels sort as times).
     epochs: BTreeMap<String, Value>,
@@ -128,6 +132,7 @@ impl Hub {
             provisional: None,
             provisional_shown: Value::Null,
             provisional_event: None,
+            names: BTreeMap::new(),
             state: None,
             epochs: BTreeMap::new(),
             progress: VecDeque::new(),
@@ -202,6 +207,7 @@ impl Hub {
         }
         // One event per commit, whatever the epochs in it: it carries their rows.
         shown.state = Some(update.state.clone());
+        shown.names = update.names;
         shown.batches += update.epochs.len() as u64;
         shown.last_commit = Some((last.label.clone(), SystemTime::now()));
         let event = self.view(&shown, Some(&progress), 60);
@@ -270,7 +276,13 @@ impl Hub {
         }
         shown.provisional_shown = sample.as_ref().map_or(Value::Null, |s| {
             let top: Vec<Value> = (s.top.iter())
-                .map(|(code, revenue)| json!({"stock_code": code, "revenue_milli": revenue}))
+                .map(|(code, revenue)| {
+                    json!({
+                        "stock_code": code,
+                        "description": shown.names.get(code),
+                        "revenue_milli": revenue,
+                    })
+                })
                 .collect();
             json!({
                 "epoch": self.clock.label(s.epoch).to_string(),

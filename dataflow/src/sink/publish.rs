@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::aggregate::Text;
 use crate::checkpoint::Resume;
 use crate::metrics::Snapshot;
 use crate::sink::Batch;
@@ -87,6 +88,9 @@ pub struct Update {
     pub state: Value,
     /// State entries the writer holds after the commit.
     pub state_entries: usize,
+    /// Every product's name as of the commit's last epoch, to name the products of the open
+    /// epoch's running figures.
+    pub names: BTreeMap<Text, Text>,
     /// When the writer began rendering the commit.
     pub started: Instant,
     /// This process's sources as the commit was made, for the page's health and progress.
@@ -101,6 +105,7 @@ impl Update {
             positions: BTreeMap::new(),
             state: Value::Null,
             state_entries: 0,
+            names: BTreeMap::new(),
             started: Instant::now(),
             source: Snapshot::default(),
         }
@@ -137,6 +142,7 @@ impl Update {
             let mut shown = state_json(state, &last.label);
             shown["open_alerts"] = open_alerts(state);
             self.state = shown;
+            self.names = state.names.clone();
         }
         self.state_entries = state_entries(state);
     }

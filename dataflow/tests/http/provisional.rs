@@ -10,7 +10,8 @@ fn the_open_hour_moves_on_the_page_apart_from_the_committed_figures() {
     let topic = unique("http-provisional");
     // History in December 2010, whose hours commit once the live feed moves every partition's
     // watermark to now; then sales stamped with the current time, in the open hour.
-    publish(&topic, &["--generate", "3000", "--seed", "17"], dir.path());
+    // 20,000 lines sell most of the catalogue's 4,000 products: the open hour's are named.
+    publish(&topic, &["--generate", "20000", "--seed", "17"], dir.path());
     let out = dir.path().join("out");
     let log = dir.path().join("job.log");
     let mut job = spawn_logged(
@@ -56,6 +57,11 @@ fn the_open_hour_moves_on_the_page_apart_from_the_committed_figures() {
         assert!((1..=5).contains(&top.len()), "{reading}");
         let revenues: Vec<i64> = top.iter().map(|r| milli(r[2].as_str().unwrap())).collect();
         assert!(revenues.windows(2).all(|w| w[0] >= w[1]), "{reading}");
+        // Products are shown by name and code as committed (a code has no space).
+        assert!(
+            top.iter().any(|r| r[1].as_str().unwrap().contains(' ')),
+            "no product of the open hour is named: {reading}"
+        );
         milli(reading["revenue"].as_str().unwrap());
     }
     let lines = |r: &Value| digits(r["lines"].as_str().unwrap()).parse::<u64>().unwrap();
@@ -80,6 +86,8 @@ fn the_open_hour_moves_on_the_page_apart_from_the_committed_figures() {
     assert!(second["epoch"].as_str() > api["epoch"].as_str(), "{second}");
     let provisional = &api["provisional"];
     assert!(provisional["lines"].as_i64().unwrap() > 0, "{api}");
+    let named = provisional["top_products"].as_array().unwrap();
+    assert!(named.iter().any(|p| p["description"].is_string()), "{api}");
     assert!(
         provisional["epoch"].as_str() > api["epoch"].as_str(),
         "{api}"

@@ -209,11 +209,6 @@ function render(view, state) {
   });
 }
 
-// A product of the provisional top 5 (its stock code).
-function provisionalLabel(p) {
-  return p.stock_code;
-}
-
 // The open epoch's running figures (`provisional` events; null when there is none), in a
 // panel of their own that says they are provisional: never mixed into the committed figures.
 function provisional(p) {
@@ -227,7 +222,7 @@ function provisional(p) {
   text("prov-lines", count(p.lines));
   rows("prov-top", p.top_products, (tr, item, i) => {
     cell(tr, String(i + 1));
-    cell(tr, provisionalLabel(item));
+    productCell(tr, item);
     cell(tr, money(item.revenue_milli), true);
   });
 }

@@ -160,6 +160,7 @@ fn the_open_epoch_is_shown_apart_and_dropped_once_committed() {
     let outputs = vec![
         (Output::Totals(sums(3, 1600)), 1),
         (Output::Epoch(1, sums(3, 1600), vec![("B".into(), 900)]), 1),
+        (Output::Name("B".into(), "BLUE MUG".into()), 1),
     ];
     update.add(&renderer.render(1, outputs, vec![]));
     update.close(&renderer.state, &BTreeMap::new(), Snapshot::default());
@@ -176,4 +177,9 @@ fn the_open_epoch_is_shown_apart_and_dropped_once_committed() {
     let state = hub.state().unwrap();
     assert_eq!(state["provisional"]["epoch"], "1970-01-01T02:00:00");
     assert_eq!(state["totals"]["lines"], 3);
+    // Its products carry their names as of the last commit; one never named has none.
+    let top = &state["provisional"]["top_products"];
+    assert_eq!(top[0]["description"], "BLUE MUG");
+    assert_eq!(top[1]["stock_code"], "A");
+    assert_eq!(top[1]["description"], Value::Null);
 }

@@ -256,6 +256,7 @@ impl KafkaOut {
                 offsets_added = Instant::now();
             }
             retry("committing a transaction", || {
+                self.deliver_outstanding(Duration::from_secs(60));
                 self.producer.commit_transaction(Duration::from_secs(60))
             })
         })();
@@ -274,6 +275,18 @@ impl KafkaOut {
             let _ = self.producer.abort_transaction(Duration::from_secs(30));
         }
         result
+    }
+
+    /// Waits up to `limit` until every record sent is delivered, serving the producer's events
+    /// every millisecond. `commit_transaction` flushes first as well, but its flush polls in
+    /// steps of 100 ms that no event cuts short (only failed deliveries are reported), so every
+    /// commit would wait 100 ms however soon its records were delivered. Whatever is still
+    /// outstanding after `limit` is left to that flush and its errors.
+    fn deliver_outstanding(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
     }
 
     /// Waits for every outstanding record (non-transactional mode) and reports failures.
